@@ -1,0 +1,62 @@
+"""Deterministic weights of the reference fixtures (``../shared/reference/README.md`` section 2).
+
+Every parameter is drawn from a ``numpy.random.RandomState`` seeded with the CRC-32 of its MXNet name,
+so the weights the MXNet fixtures were made with can be regenerated bit for bit with numpy alone.
+The gains keep activations O(1) through 33 residual additions; they make no trained model, only one
+whose numbers are comparable with the reference's.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Iterable, Mapping
+
+import numpy as np
+
+_GAINS = {
+    "conv1_weight": 0.01,
+    "rpn_cls_score_weight": 0.5,
+    "rpn_bbox_pred_weight": 0.1,
+    "rfcn_cls_weight": 2.0,
+    "rfcn_bbox_weight": 0.5,
+    "Convolution5_weight": 3.0,
+    "Convolution5_scale_weight": 0.5,
+}
+
+
+def weight_gain(name: str) -> float:
+    if name.startswith("res") and name.endswith("_branch2c_weight"):
+        return 0.2
+    return _GAINS.get(name, 1.0)
+
+
+def bias_offset(name: str) -> float:
+    return {"Convolution5_scale_bias": 1.0}.get(name, 0.0)
+
+
+def make_param(name: str, shape: Iterable[int]) -> np.ndarray:
+    """The fixture value of MXNet parameter ``name`` (no ``arg:``/``aux:`` prefix) as float32."""
+    shape = tuple(int(s) for s in shape)
+    rng = np.random.RandomState(zlib.crc32(name.encode("utf-8")) & 0xFFFFFFFF)
+    # the expression order matters for bit-exactness: float64 math, then one cast
+    if name.endswith("_moving_var"):
+        v = rng.uniform(0.5, 1.5, size=shape)
+    elif name.endswith("_moving_mean"):
+        v = rng.standard_normal(size=shape) * 0.1
+    elif name.endswith("_gamma"):
+        v = rng.standard_normal(size=shape) * 0.1 + 1.0
+    elif name.endswith("_beta"):
+        v = rng.standard_normal(size=shape) * 0.1
+    elif name.endswith("_bias") or name.endswith("_bias_test"):
+        v = rng.standard_normal(size=shape) * 0.01 + bias_offset(name)
+    elif name.endswith("_weight") or name.endswith("_weight_test"):
+        fan_in = int(np.prod(shape[1:]))
+        std = weight_gain(name) * float(np.sqrt(2.0 / fan_in))
+        v = rng.standard_normal(size=shape) * std
+    else:
+        raise ValueError("no fixture recipe for parameter " + name)
+    return np.ascontiguousarray(v.astype(np.float32))
+
+
+def make_params(shapes: Mapping[str, Iterable[int]]) -> dict[str, np.ndarray]:
+    """``{'arg:NAME' | 'aux:NAME' | 'NAME': shape}`` -> the same keys with fixture values."""
+    return {key: make_param(key.split(":", 1)[-1], shape) for key, shape in shapes.items()}
