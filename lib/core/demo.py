@@ -1,0 +1,179 @@
+"""The demo command shared by ``rfcn/demo.py`` (per-frame) and ``dff_rfcn/demo.py`` (DFF).
+
+Input: a video file or a folder of frames (ordered by frame number). Output: annotated frames and an
+``.mp4`` in ``--out``, a per-frame log line, and a summary with fps and the per-stage time split.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import Config, ConfigError, load_config
+from ..dataset.classes import VID_CLASSES
+from ..utils.vis import draw_detections
+from .frames import FrameSource, VideoReadError
+from .video import STAGES, FrameResult, VideoDetector
+
+
+class DemoError(RuntimeError):
+    """A user-facing problem (missing model, bad input); printed as one line."""
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=name, description=__doc__)
+    ap.add_argument("input", nargs="?", default=None,
+                    help="video file or folder of frames (default: the embedded synthetic clip)")
+    ap.add_argument("--model", default=None,
+                    help="weights: an original MXNet .params file or a native checkpoint (.pth)")
+    ap.add_argument("--cfg", default=default_cfg, help="YAML config (default: %(default)s)")
+    ap.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    ap.add_argument("--thresh", type=float, default=1e-4 if dff else 1e-3,
+                    help="detection score threshold (reference: 1e-4 DFF, 1e-3 R-FCN)")
+    ap.add_argument("--vis-thresh", type=float, default=0.7, help="draw boxes above this score (reference: 0.7)")
+    ap.add_argument("--no-video", action="store_true", help="do not write the .mp4")
+    ap.add_argument("--no-frames", action="store_true", help="do not write annotated frames")
+    ap.add_argument("--quiet", action="store_true", help="no per-frame lines")
+    if dff:
+        ap.add_argument("--key-interval", type=int, default=None,
+                        help="key frame every N frames (default: TEST.KEY_FRAME_INTERVAL of the config)")
+        ap.add_argument("--compare", action="store_true",
+                        help="also run per-frame R-FCN (same weights, every frame a key frame) and report the speed-up")
+    return ap
+
+
+def load_model(model_cls: Callable[[Config], torch.nn.Module], cfg_path: str, model_path: str | None,
+               device: str, what: str) -> tuple[torch.nn.Module, Config]:
+    """Build ``model_cls`` and load weights (MXNet ``.params`` or native checkpoint, by content)."""
+    from ..utils.checkpoint import CheckpointError, checkpoint_config, load_model_weights
+
+    if model_path is None:
+        raise DemoError(
+            f"no model given. Pass --model with {what} (the reference's released MXNet checkpoint, "
+            "see README 'Models') or a native checkpoint written by the training script "
+            "(output/.../*.pth), e.g. one made by `python tools/make_fixture_checkpoint.py`.")
+    if not os.path.isfile(model_path):
+        raise DemoError(f"{model_path}: model file not found")
+    cfg = load_config(cfg_path)
+    try:
+        saved = checkpoint_config(model_path)  # a native checkpoint carries the config it was trained with
+        if saved is not None:
+            cfg = Config(saved)
+        model = model_cls(cfg)
+        load_model_weights(model, model_path)
+    except CheckpointError as e:
+        raise DemoError(str(e)) from None
+    return model.to(device).eval(), cfg
+
+
+def _summary(label: str, results: list[FrameResult], wall: float, warmup: int) -> dict:
+    timed = results[warmup:] or results
+    n = len(timed)
+    stage_ms = {s: 1000 * float(np.mean([r.times[s] for r in timed])) for s in STAGES}
+    net = float(np.mean([r.times["total"] - r.times["post"] for r in timed]))
+    return {
+        "label": label,
+        "frames": len(results),
+        "key_frames": sum(r.is_key for r in results),
+        "net_ms": 1000 * net,
+        "net_fps": 1.0 / net if net > 0 else float("inf"),
+        "stage_ms": stage_ms,
+        "end_to_end_fps": len(results) / wall if wall > 0 else float("inf"),
+        "timed_frames": n,
+    }
+
+
+def _print_summary(s: dict) -> None:
+    split = ", ".join(f"{k} {v:.1f}" for k, v in s["stage_ms"].items())
+    print(f"{s['label']}: {s['frames']} frames ({s['key_frames']} key), network {s['net_ms']:.1f} ms/frame "
+          f"= {s['net_fps']:.2f} fps; end-to-end {s['end_to_end_fps']:.2f} fps (decode included)")
+    print(f"  per-stage mean ms: {split}")
+
+
+def _run(detector: VideoDetector, source: FrameSource, label: str, out_dir: str | None, writer_path: str | None,
+         vis_thresh: float, quiet: bool, mark_keys: bool) -> tuple[list[FrameResult], float]:
+    results: list[FrameResult] = []
+    writer, size = None, None
+    t0 = time.perf_counter()
+    total = len(source)
+    with tqdm(total=total or None, desc=label, unit="frame", file=sys.stderr, disable=None) as bar:
+        for r in detector.run(source):
+            if out_dir is not None or writer_path is not None:
+                im = draw_detections(r.image, r.detections, VID_CLASSES, vis_thresh,
+                                     key_frame=r.is_key if mark_keys else None)
+                if out_dir is not None:
+                    name = os.path.splitext(r.name)[0] + ".jpg"
+                    cv2.imwrite(os.path.join(out_dir, name), im)
+                if writer_path is not None:
+                    if writer is None:
+                        size = (im.shape[1], im.shape[0])
+                        writer = cv2.VideoWriter(writer_path + ".tmp.mp4", cv2.VideoWriter_fourcc(*"mp4v"),
+                                                 25.0, size)
+                    if (im.shape[1], im.shape[0]) == size:  # an .mp4 has one frame size; others go to frames only
+                        writer.write(im)
+            r.image = None  # drop the frame: memory must not grow with the video
+            results.append(r)
+            ndet = sum(int((np.asarray(d)[:, 4] > vis_thresh).sum()) for d in r.detections[1:] if len(d))
+            if not quiet:
+                tqdm.write(f"{label} {r.name} {'key' if r.is_key else '   '} {1000 * r.times['total']:.1f} ms "
+                           f"{ndet} boxes > {vis_thresh}", file=sys.stderr)
+            bar.update(1)
+    wall = time.perf_counter() - t0
+    if writer is not None:
+        writer.release()
+        os.replace(writer_path + ".tmp.mp4", writer_path)
+    return results, wall
+
+
+def run_demo(argv: list[str] | None, *, name: str, model_cls: Callable[[Config], torch.nn.Module],
+             default_cfg: str, default_out: str, what: str, dff: bool) -> int:
+    args = build_parser(name, default_cfg, default_out, dff).parse_args(argv)
+    try:
+        if args.input is None:
+            raise DemoError("no input given: pass a video file or a folder of frames, "
+                            "e.g. ../shared/data/ILSVRC2015_val_00007010")
+        model, cfg = load_model(model_cls, args.cfg, args.model, args.device, what)
+        interval = args.key_interval if dff else 1
+        detector = VideoDetector(model, cfg, key_interval=interval, device=args.device, thresh=args.thresh,
+                                 keep_images=True)
+        source = FrameSource(args.input, prepare=detector.prepare, max_frames=args.max_frames, on_error="skip")
+        os.makedirs(args.out, exist_ok=True)
+        warm = FrameSource(args.input, prepare=detector.prepare, max_frames=2, on_error="skip")
+        for _ in detector.run(warm):  # warm-up (the reference runs two frames first)
+            pass
+        frames_dir = None if args.no_frames else args.out
+        video_path = None if args.no_video else os.path.join(args.out, "demo.mp4")
+        label = "dff" if dff else "rfcn"
+        results, wall = _run(detector, source, label, frames_dir, video_path, args.vis_thresh, args.quiet, dff)
+        summary = _summary(label + (f" (key interval {detector.key_interval})" if dff else ""), results, wall, 0)
+        if source.skipped:
+            print(f"skipped {len(source.skipped)} unreadable frame(s): {', '.join(source.skipped[:5])}")
+        _print_summary(summary)
+        if dff and args.compare:
+            base = VideoDetector(model, cfg, key_interval=1, device=args.device, thresh=args.thresh)
+            for _ in base.run(FrameSource(args.input, prepare=base.prepare, max_frames=2, on_error="skip")):
+                pass
+            base_src = FrameSource(args.input, prepare=base.prepare, max_frames=args.max_frames, on_error="skip")
+            base_results, base_wall = _run(base, base_src, "per-frame", None, None, args.vis_thresh, True, False)
+            b = _summary("per-frame R-FCN (same weights)", base_results, base_wall, 0)
+            _print_summary(b)
+            print(f"speed-up of DFF over per-frame (network only): {b['net_ms'] / summary['net_ms']:.2f}x")
+        print(f"peak RSS {peak_rss_mb():.0f} MB; wrote {args.out}")
+        return 0
+    except (DemoError, ConfigError, VideoReadError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,14 @@
+"""Per-frame R-FCN demo: ``python rfcn/demo.py FRAMES_OR_VIDEO --model rfcn_vid-0000.params``."""
+import os
+import sys
+
+from dff.core.demo import run_demo
+from dff.models.rfcn import RFCN
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+if __name__ == "__main__":
+    sys.exit(run_demo(
+        sys.argv[1:], name="rfcn/demo.py", model_cls=RFCN,
+        default_cfg=os.path.join(REPO, "experiments", "rfcn", "cfgs", "rfcn_vid_demo.yaml"),
+        default_out=os.path.join("demo_out", "rfcn"), what="rfcn_vid-0000.params", dff=False))
