@@ -60,3 +60,22 @@ def make_param(name: str, shape: Iterable[int]) -> np.ndarray:
 def make_params(shapes: Mapping[str, Iterable[int]]) -> dict[str, np.ndarray]:
     """``{'arg:NAME' | 'aux:NAME' | 'NAME': shape}`` -> the same keys with fixture values."""
     return {key: make_param(key.split(":", 1)[-1], shape) for key, shape in shapes.items()}
+
+
+def fixture_state_dict(model) -> dict:
+    """A state dict for ``model`` filled by the recipe, keyed like ``model.state_dict()``.
+
+    Any model whose parameters map to MXNet names works (the parity fixtures, a demo run that only
+    checks the pipeline): the values depend only on the MXNet name and the shape.
+    """
+    import torch
+
+    from .checkpoint import torch_to_mxnet_name
+
+    out = {}
+    for key, value in model.state_dict().items():
+        name = torch_to_mxnet_name(key)
+        if name is None:
+            raise KeyError(f"no MXNet name for model key {key!r}")
+        out[key] = torch.from_numpy(make_param(name.split(":", 1)[-1], value.shape))
+    return out
