@@ -1,0 +1,19 @@
+"""DFF's custom operators: position-sensitive RoI pooling and the fused flow-warp x scale.
+
+Each runs either the compiled C++/CUDA library (``operator_cxx/``, built by ``sh init.sh`` or
+``python -m dff.ops.build``) or a pure-PyTorch fallback with the same semantics; see
+:mod:`dff.ops.backend` for the choice (``DFF_OPS_BACKEND`` = auto | compiled | fallback).
+"""
+from ._ext import compiled_available
+from .backend import get_default_backend, ops_backend, set_default_backend
+from .psroi import psroi_pool
+from .warp import warp_scale
+
+__all__ = [
+    "compiled_available",
+    "get_default_backend",
+    "ops_backend",
+    "psroi_pool",
+    "set_default_backend",
+    "warp_scale",
+]
