@@ -192,8 +192,9 @@ def test_missing_and_mismatched_keys_fail_and_leave_model_untouched(tmp_path, st
         load_mxnet_checkpoint(model, path)
     msg = str(info.value)
     assert msg.startswith(str(path) + ": ") and "\n" not in msg
-    assert "missing 2 [rpn_head.rpn_bbox_pred.weight, rpn_head.rpn_bbox_pred.bias]" in msg
-    assert "backbone.res2a.branch2b.weight: file (8, 8, 3, 3) vs model (4, 8, 3, 3)" in msg
+    assert ("missing 2 [arg:rpn_bbox_pred_weight (rpn_head.rpn_bbox_pred.weight), "
+            "arg:rpn_bbox_pred_bias (rpn_head.rpn_bbox_pred.bias)]") in msg
+    assert "arg:res2a_branch2b_weight (backbone.res2a.branch2b.weight): file (8, 8, 3, 3) vs model (4, 8, 3, 3)" in msg
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # non-strict: what fits is loaded, the rest is reported
     report = load_mxnet_checkpoint(model, path, strict=False)

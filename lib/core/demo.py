@@ -37,7 +37,8 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
     ap.add_argument("input", nargs="?", default=None,
                     help="video file or folder of frames (default: the embedded synthetic clip)")
     ap.add_argument("--model", default=None,
-                    help="weights: an original MXNet .params file or a native checkpoint (.pth)")
+                    help="weights: an original MXNet .params file, a native checkpoint (.pth), or 'fixture' "
+                         "(the parity fixtures' deterministic weights: checks the pipeline, detects nothing real)")
     ap.add_argument("--cfg", default=default_cfg, help="YAML config (default: %(default)s)")
     ap.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -66,9 +67,16 @@ def load_model(model_cls: Callable[[Config], torch.nn.Module], cfg_path: str, mo
             f"no model given. Pass --model with {what} (the reference's released MXNet checkpoint, "
             "see README 'Models') or a native checkpoint written by the training script "
             "(output/.../*.pth), e.g. one made by `python tools/make_fixture_checkpoint.py`.")
+    cfg = load_config(cfg_path)
+    if model_path == "fixture":
+        from ..utils.fixture_weights import fixture_state_dict
+
+        # deterministic weights of the parity fixtures: meaningless detections, the real pipeline
+        model = model_cls(cfg)
+        model.load_state_dict(fixture_state_dict(model))
+        return model.to(device).eval(), cfg
     if not os.path.isfile(model_path):
         raise DemoError(f"{model_path}: model file not found")
-    cfg = load_config(cfg_path)
     try:
         saved = checkpoint_config(model_path)  # a native checkpoint carries the config it was trained with
         if saved is not None:

@@ -216,11 +216,12 @@ def _apply_state(model: nn.Module, entries: Iterable[tuple[str, str | None, Any]
             continue
         covered.add(key)
         target = state[key]
+        name = key if file_key == key else f"{file_key} ({key})"  # MXNet files: name both
         if _shape(value) != _shape(target):
-            report.mismatched.append(f"{key}: file {_shape(value)} vs model {_shape(target)}")
+            report.mismatched.append(f"{name}: file {_shape(value)} vs model {_shape(target)}")
         elif _is_float(value) != target.is_floating_point():
             dtype = value.dtype if isinstance(value, torch.Tensor) else np.asarray(value).dtype
-            report.mismatched.append(f"{key}: file dtype {dtype} vs model {target.dtype}")
+            report.mismatched.append(f"{name}: file dtype {dtype} vs model {target.dtype}")
         else:
             to_copy.append((key, value))
     for key in state:
@@ -228,7 +229,8 @@ def _apply_state(model: nn.Module, entries: Iterable[tuple[str, str | None, Any]
             if any(fnmatch.fnmatchcase(key, pattern) for pattern in ignore_missing):
                 report.ignored_missing.append(key)
             else:
-                report.missing.append(key)
+                mx = torch_to_mxnet_name(key) if fmt == "mxnet" else None
+                report.missing.append(f"{mx} ({key})" if mx else key)
     if strict and (report.missing or report.mismatched or (report.unexpected and not allow_unexpected)):
         problems = []
         if report.missing:
@@ -474,3 +476,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise CheckpointError(f"{path}: 'model' is not a state_dict of tensors")
     return ckpt
+
+
+def checkpoint_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The config a native checkpoint was saved with (None for an MXNet file or a checkpoint without one)."""
+    if detect_format(path) != "native":
+        return None
+    config = load_checkpoint(path).get("config")
+    return config if isinstance(config, dict) else None
