@@ -229,12 +229,15 @@ def _apply_state(model: nn.Module, entries: Iterable[tuple[str, str | None, Any]
             if any(fnmatch.fnmatchcase(key, pattern) for pattern in ignore_missing):
                 report.ignored_missing.append(key)
             else:
-                mx = torch_to_mxnet_name(key) if fmt == "mxnet" else None
-                report.missing.append(f"{mx} ({key})" if mx else key)
+                report.missing.append(key)
     if strict and (report.missing or report.mismatched or (report.unexpected and not allow_unexpected)):
         problems = []
         if report.missing:
-            problems.append(f"missing {_listing(report.missing)}")
+            if fmt == "mxnet":  # name what the user should find in the file, and where it goes
+                missing = [f"{torch_to_mxnet_name(k) or '?'} ({k})" for k in report.missing]
+            else:
+                missing = report.missing
+            problems.append(f"missing {_listing(missing)}")
         if report.mismatched:
             problems.append(f"mismatched {_listing(report.mismatched)}")
         if report.unexpected and not allow_unexpected:
