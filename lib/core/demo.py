@@ -10,6 +10,7 @@ import os
 import resource
 import sys
 import time
+import warnings
 from typing import Callable
 
 import cv2
@@ -150,6 +151,8 @@ def _run(detector: VideoDetector, source: FrameSource, label: str, out_dir: str 
 def run_demo(argv: list[str] | None, *, name: str, model_cls: Callable[[Config], torch.nn.Module],
              default_cfg: str, default_out: str, what: str, dff: bool) -> int:
     args = build_parser(name, default_cfg, default_out, dff).parse_args(argv)
+    # one line per warning (skipped frames, operator fallback), not the source line that raised it
+    warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
     try:
         if args.input is None:
             raise DemoError("no input given: pass a video file or a folder of frames, "
