@@ -1,0 +1,247 @@
+"""Benchmark DFF against the per-frame R-FCN, in one process, through the same video engine.
+
+    python tools/benchmark.py --cfg experiments/dff_rfcn/cfgs/resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml \\
+        --video ../shared/data/videos/vtest.avi --frames 20 --key-intervals 10 --scale 600,1000 --device cpu
+
+For every key interval it reports network-only fps (frames decoded, preprocessed and already on the
+device; feature network, FlowNet, warp and task network, without NMS post-processing), end-to-end
+fps (decoding the file and post-processing included), the per-stage split, peak memory, and the
+speed-up over per-frame (network-only DFF fps / per-frame fps, both measured in this run on the same
+frames). Without ``--model`` the networks get deterministic initial weights: enough to measure speed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from dff.config import ConfigError, load_config, update_config
+from dff.core.frames import FrameSource, VideoReadError
+from dff.core.video import STAGES, VideoDetector
+
+NET_STAGES = ("feature", "flow", "warp", "head")
+
+
+def _reset_peak_rss() -> None:
+    try:  # Linux: "5" resets the peak resident set size of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
+
+
+def synthetic_clip(n: int, height: int = 576, width: int = 768) -> list[np.ndarray]:
+    """A moving textured scene (used when no --video is given)."""
+    rng = np.random.RandomState(0)
+    base = cv2_blur(rng.randint(0, 255, (height + 64, width + 64, 3)).astype(np.uint8))
+    frames = []
+    for i in range(n):
+        dy, dx = i % 64, (2 * i) % 64
+        frames.append(np.ascontiguousarray(base[dy:dy + height, dx:dx + width]))
+    return frames
+
+
+def cv2_blur(im: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.GaussianBlur(im, (0, 0), 3)
+
+
+def build_model(cfg, model_path: str | None, device: torch.device):
+    from dff.utils.fixture_weights import fixture_state_dict
+    from dff_rfcn.model import DFF
+
+    model = DFF(cfg)
+    if model_path:
+        from dff.utils.checkpoint import load_model_weights
+
+        load_model_weights(model, model_path)
+    else:
+        model.load_state_dict(fixture_state_dict(model))  # activations O(1), like a trained net
+    return model.to(device).eval()
+
+
+def time_network(detector: VideoDetector, prepared: list, warmup: int = 2) -> dict:
+    """Network-only time per frame over prepared inputs already on the device."""
+    detector.reset()
+    for data, im_info in prepared[:warmup]:
+        detector.step(data, im_info)
+    detector.reset()
+    per_stage = {s: [] for s in NET_STAGES}
+    keys = 0
+    sync = detector.device.type == "cuda"
+    if sync:
+        torch.cuda.synchronize(detector.device)
+    t0 = time.perf_counter()
+    for data, im_info in prepared:
+        _, is_key, times = detector.step(data, im_info)
+        keys += is_key
+        for s in NET_STAGES:
+            per_stage[s].append(times[s])
+    if sync:
+        torch.cuda.synchronize(detector.device)
+    wall = time.perf_counter() - t0
+    n = len(prepared)
+    return {"fps": n / wall, "ms_per_frame": 1000 * wall / n, "key_frames": keys,
+            "stages_ms": {s: 1000 * float(np.sum(v)) / n for s, v in per_stage.items()}}
+
+
+def time_end_to_end(detector: VideoDetector, video: str | None, frames: list[np.ndarray], n: int) -> dict:
+    """From the file (decoding in the background worker) to post-processed detections."""
+    if video is not None:
+        source = FrameSource(video, prepare=detector.prepare, max_frames=n)
+    else:
+        from dff.core.frames import frames_from_arrays
+
+        source = frames_from_arrays(frames, detector.prepare)
+    t0 = time.perf_counter()
+    count = 0
+    post = 0.0
+    for r in detector.run(source):
+        count += 1
+        post += r.times["post"]
+    wall = time.perf_counter() - t0
+    return {"fps": count / wall, "post_ms": 1000 * post / max(count, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cfg", default="experiments/dff_rfcn/cfgs/resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml")
+    ap.add_argument("--model", default=None, help="MXNet .params or native checkpoint (default: initial weights)")
+    ap.add_argument("--video", default=None, help="video file or frame folder (default: a generated clip)")
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--key-intervals", default="1,2,5,10,20")
+    ap.add_argument("--scale", default=None, help="short,max-long side (default: the config's SCALES)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--plot", default=None, help="write a PNG of fps per key interval here")
+    ap.add_argument("--no-end-to-end", action="store_true", help="skip the end-to-end runs")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.cfg)
+        if args.scale:
+            short, long_ = (int(v) for v in args.scale.split(","))
+            update_config(cfg, {"SCALES": [short, long_]}, "--scale")
+        intervals = sorted({int(k) for k in args.key_intervals.split(",")})
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
+        model = build_model(cfg, args.model, device)
+        base = VideoDetector(model, cfg, key_interval=1, device=device)
+        if args.video:
+            frames = [f.image for f in FrameSource(args.video, max_frames=args.frames)]
+        else:
+            frames = synthetic_clip(args.frames)
+        if len(frames) < args.frames:
+            print(f"note: the video has only {len(frames)} frames", file=sys.stderr)
+        prepared = [tuple(t.to(device) for t in base.prepare(im)) for im in frames]
+    except (ConfigError, VideoReadError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    h, w = prepared[0][0].shape[-2:]
+    print(f"{len(frames)} frames {frames[0].shape[1]}x{frames[0].shape[0]} -> network input {w}x{h}, "
+          f"{cfg.network.BACKBONE}, device {hardware(device)}")
+    _reset_peak_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    per_frame = time_network(base, prepared)
+    results = {}
+    for k in intervals:
+        det = VideoDetector(model, cfg, key_interval=k, device=device)
+        _reset_peak_rss()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        net = per_frame if k == 1 else time_network(det, prepared)
+        e2e = {} if args.no_end_to_end else time_end_to_end(det, args.video, frames, args.frames)
+        row = {
+            "per_frame_fps": per_frame["fps"],
+            "dff_fps": net["fps"],
+            "speedup": net["fps"] / per_frame["fps"],
+            "end_to_end_fps": e2e.get("fps"),
+            "key_frames": net["key_frames"],
+            "stages": {**{f"{s}_ms": v for s, v in net["stages_ms"].items()}, "post_ms": e2e.get("post_ms")},
+            "peak_memory_mb": {"rss": _peak_rss_mb()},
+        }
+        if device.type == "cuda":
+            row["peak_memory_mb"]["gpu"] = torch.cuda.max_memory_allocated(device) / 2**20
+        results[str(k)] = row
+
+    print(f"{'interval':>8} {'per-frame fps':>14} {'DFF fps':>9} {'speed-up':>9} {'end-to-end fps':>15} "
+          f"{'feature':>8} {'flow':>7} {'warp':>7} {'head':>7} {'post':>7} {'RSS MB':>7}")
+    for k, r in results.items():
+        s = r["stages"]
+        e2e = f"{r['end_to_end_fps']:.3f}" if r["end_to_end_fps"] is not None else "-"
+        post = f"{s['post_ms']:.1f}" if s["post_ms"] is not None else "-"
+        print(f"{k:>8} {r['per_frame_fps']:>14.3f} {r['dff_fps']:>9.3f} {r['speedup']:>8.2f}x {e2e:>15} "
+              f"{s['feature_ms']:>8.1f} {s['flow_ms']:>7.1f} {s['warp_ms']:>7.1f} {s['head_ms']:>7.1f} {post:>7} "
+              f"{r['peak_memory_mb']['rss']:>7.0f}")
+    print("(stage columns: mean ms per frame over all frames; network-only fps excludes decoding and post-processing)")
+    report = {
+        "intervals": results,
+        "hardware": hardware(device),
+        "versions": {"torch": torch.__version__, "python": platform.python_version(),
+                     "compiled_ops": __import__("dff.ops", fromlist=["x"]).compiled_available()},
+        "command": " ".join(["python", "tools/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
+        "input": {"frames": len(frames), "network_input": [int(h), int(w)], "backbone": cfg.network.BACKBONE},
+    }
+    if args.json:
+        d = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(tmp, args.json)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        ks = [int(k) for k in results]
+        plt.figure(figsize=(5, 3.5))
+        plt.plot(ks, [results[str(k)]["dff_fps"] for k in ks], "o-", label="DFF (network)")
+        plt.axhline(per_frame["fps"], color="gray", ls="--", label="per-frame R-FCN")
+        plt.xlabel("key frame interval")
+        plt.ylabel("frames per second")
+        plt.legend()
+        plt.tight_layout()
+        plt.savefig(args.plot, dpi=120)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
