@@ -1,0 +1,56 @@
+// Argument checks shared by the CPU and CUDA entry points (host only).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace dff {
+
+inline void check_psroi_forward(const at::Tensor& data, const at::Tensor& rois, int64_t group_size,
+                                int64_t pooled_size, int64_t output_dim) {
+  TORCH_CHECK(data.dim() == 4, "psroi_pool: data must be (N, C, H, W), got ", data.dim(), " dims");
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5,
+              "psroi_pool: rois must be (R, 5) [batch, x1, y1, x2, y2], got ", rois.sizes());
+  TORCH_CHECK(data.scalar_type() == rois.scalar_type(), "psroi_pool: data (", data.scalar_type(),
+              ") and rois (", rois.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK(data.device() == rois.device(), "psroi_pool: data (", data.device(), ") and rois (",
+              rois.device(), ") must be on the same device");
+  TORCH_CHECK(group_size >= 1 && pooled_size >= 1 && output_dim >= 1,
+              "psroi_pool: group_size, pooled_size and output_dim must be >= 1, got ", group_size, ", ",
+              pooled_size, ", ", output_dim);
+  TORCH_CHECK(data.size(1) == output_dim * group_size * group_size, "psroi_pool: data has ", data.size(1),
+              " channels, expected output_dim*group_size^2 = ", output_dim * group_size * group_size);
+}
+
+inline void check_psroi_backward(const at::Tensor& grad_out, const at::Tensor& rois,
+                                 const at::Tensor& mapping_channel, int64_t pooled_size,
+                                 c10::IntArrayRef data_size) {
+  TORCH_CHECK(data_size.size() == 4, "psroi_pool_backward: data_size must be (N, C, H, W)");
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == rois.size(0) && grad_out.size(2) == pooled_size &&
+                  grad_out.size(3) == pooled_size,
+              "psroi_pool_backward: grad_out must be (R, output_dim, P, P), got ", grad_out.sizes());
+  TORCH_CHECK(mapping_channel.sizes() == grad_out.sizes() && mapping_channel.scalar_type() == at::kInt,
+              "psroi_pool_backward: mapping_channel must be int32 with grad_out's shape");
+  TORCH_CHECK(data_size[1] % grad_out.size(1) == 0,
+              "psroi_pool_backward: data channels must be a multiple of output_dim");
+  TORCH_CHECK(grad_out.scalar_type() == rois.scalar_type(), "psroi_pool_backward: grad_out and rois dtypes differ");
+}
+
+inline void check_warp(const at::Tensor& feat, const at::Tensor& flow, const c10::optional<at::Tensor>& scale) {
+  TORCH_CHECK(feat.dim() == 4, "warp_scale: feat must be (N, C, H, W), got ", feat.dim(), " dims");
+  TORCH_CHECK(flow.dim() == 4 && flow.size(0) == feat.size(0) && flow.size(1) == 2 &&
+                  flow.size(2) == feat.size(2) && flow.size(3) == feat.size(3),
+              "warp_scale: flow must be (N, 2, H, W) = (", feat.size(0), ", 2, ", feat.size(2), ", ",
+              feat.size(3), "), got ", flow.sizes());
+  TORCH_CHECK(flow.scalar_type() == feat.scalar_type(), "warp_scale: feat (", feat.scalar_type(),
+              ") and flow (", flow.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK(flow.device() == feat.device(), "warp_scale: feat and flow must be on the same device");
+  if (scale.has_value() && scale->defined()) {
+    TORCH_CHECK(scale->sizes() == feat.sizes(), "warp_scale: scale must have feat's sizes ", feat.sizes(),
+                " (expand a broadcastable scale first), got ", scale->sizes());
+    TORCH_CHECK(scale->scalar_type() == feat.scalar_type(), "warp_scale: scale dtype differs from feat");
+    TORCH_CHECK(scale->device() == feat.device(), "warp_scale: scale must be on feat's device");
+  }
+}
+
+}  // namespace dff
