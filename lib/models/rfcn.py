@@ -6,6 +6,8 @@ The network is split the way DFF needs it:
   key frames only by DFF; its output is the feature that DFF caches and warps.
 * :meth:`RFCN.detect` -- the cheap *task network* (RPN, proposals, position-sensitive score maps),
   run on every frame on either the frame's own feature or a warped key-frame feature.
+* :meth:`RFCN.forward_train` / :meth:`RFCN.task_losses` -- the training forward (targets, OHEM and
+  the four losses of spec 1.9) on a frame's own feature, or (DFF) on a warped key-frame feature.
 
 ``dff_rfcn.model.DFF`` subclasses this class, so the heads are one piece of code for both models.
 """
@@ -18,6 +20,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..config import Config
+from ..core.loss import ohem_select, rcnn_losses, rpn_losses
+from ..core.targets import anchor_target, proposal_target
 from ..ops import psroi_pool
 from ..rpn import proposal, rpn_inv_normalize
 from .resnet import ResNetV1
@@ -143,6 +147,84 @@ class RFCN(nn.Module):
         out = self.detect(feat, im_info)
         out["feat"] = feat
         return out
+
+    # training -------------------------------------------------------------------------------------
+    def task_losses(self, feat: Tensor, im_info: Tensor, gt_boxes: Tensor,
+                    generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Training task network on one image's feature: targets, proposals, OHEM and the four losses.
+
+        Args:
+            feat: (1, DFF_FEAT_DIM, h, w) the frame's feature (or, for DFF, the warped key feature).
+            im_info: (1, 3) or (3,) ``[height, width, scale]`` of the frame that carries the loss.
+            gt_boxes: (1, G, 5) or (G, 5) ``[x1, y1, x2, y2, class]`` in scaled-image pixels.
+            generator: randomness of the anchor / roi subsampling (reproducible training).
+        Returns:
+            ``loss`` (0-d, the sum of the four, differentiable), ``rpn_cls_loss``, ``rpn_bbox_loss``,
+            ``rcnn_cls_loss``, ``rcnn_bbox_loss`` (0-d, differentiable) and ``rpn_acc``, ``rcnn_acc``
+            (0-d, detached; accuracies over the non-ignored anchors / OHEM rois).
+
+        As the reference: the RPN anchor targets come from the feature size and the gt; proposals use
+        the ``TRAIN.RPN_*`` settings on the inverse-normalised deltas without gradient; the R-FCN rois
+        are the 300 proposals plus the gt boxes (:func:`dff.core.targets.proposal_target`); with
+        ``TRAIN.ENABLE_OHEM`` the 128 hardest rois carry the R-FCN losses. Without OHEM the box loss is
+        divided by ``TRAIN.BATCH_ROIS``; for ``BATCH_ROIS = -1`` the reference would divide by -1 (its
+        ``grad_scale = 1/BATCH_ROIS``, i.e. gradient *ascent* on the box loss, a configuration no
+        shipped YAML uses), so the number of sampled rois is used instead.
+        """
+        if feat.dim() != 4 or feat.shape[0] != 1:
+            raise ValueError(f"task_losses: one image per call (the reference asserts it); feat is {tuple(feat.shape)}")
+        info = im_info.reshape(-1)
+        if info.numel() != 3:
+            raise ValueError(f"task_losses: im_info must be (1, 3) [height, width, scale], got {tuple(im_info.shape)}")
+        gt = gt_boxes[0] if gt_boxes.dim() == 3 and gt_boxes.shape[0] == 1 else gt_boxes
+        if gt.dim() != 2 or gt.shape[1] != 5:
+            raise ValueError(f"task_losses: gt_boxes must be (1, G, 5) or (G, 5) [x1, y1, x2, y2, class], "
+                             f"got {tuple(gt_boxes.shape)}")
+        cfg, tr, net = self.cfg, self.cfg.TRAIN, self.cfg.network
+        gt = gt.to(device=feat.device, dtype=torch.float32)
+        half = self.feat_dim // 2
+
+        # RPN
+        rpn_cls_score, rpn_bbox_pred = self.rpn_head(feat[:, :half])
+        rpn_label, rpn_target, rpn_weight = anchor_target(rpn_cls_score.shape[-2:], gt, info, cfg, generator)
+        rpn_cls, rpn_box, rpn_acc = rpn_losses(
+            rpn_cls_score, rpn_bbox_pred, rpn_label, rpn_target, rpn_weight,
+            sigma=1.0 if net.NORMALIZE_RPN else 3.0, batch_size=int(tr.RPN_BATCH_SIZE))
+
+        # proposals (no gradient) -> sampled rois with targets
+        rois, _ = self.propose(rpn_softmax(rpn_cls_score.detach()), rpn_bbox_pred, info.view(1, 3), train=True)
+        rois, labels, bbox_target, bbox_weight = proposal_target(rois, gt, cfg, generator)
+
+        # R-FCN heads on the sampled rois
+        cls_score, bbox_pred = self.rfcn_head(feat[:, half:], rois)
+        if tr.ENABLE_OHEM:
+            labels, bbox_weight = ohem_select(cls_score, bbox_pred, labels, bbox_target, bbox_weight,
+                                              int(tr.BATCH_ROIS_OHEM))
+            normalizer = float(tr.BATCH_ROIS_OHEM)
+        else:
+            normalizer = float(tr.BATCH_ROIS) if int(tr.BATCH_ROIS) > 0 else float(max(rois.shape[0], 1))
+        rcnn_cls, rcnn_box, rcnn_acc = rcnn_losses(cls_score, bbox_pred, labels, bbox_target, bbox_weight,
+                                                   normalizer=normalizer)
+        return {
+            "loss": rpn_cls + rpn_box + rcnn_cls + rcnn_box,
+            "rpn_cls_loss": rpn_cls,
+            "rpn_bbox_loss": rpn_box,
+            "rcnn_cls_loss": rcnn_cls,
+            "rcnn_bbox_loss": rcnn_box,
+            "rpn_acc": rpn_acc,
+            "rcnn_acc": rcnn_acc,
+        }
+
+    def forward_train(self, data: Tensor, im_info: Tensor, gt_boxes: Tensor,
+                      generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Training forward of the per-frame R-FCN on one image (the reference's ``get_train_symbol``).
+
+        data (1, 3, H, W) preprocessed image, im_info (1, 3), gt_boxes (1, G, 5) or (G, 5) in
+        scaled-image pixels. Returns the dict of :meth:`task_losses`; call ``out["loss"].backward()``.
+        """
+        if data.dim() != 4 or data.shape[0] != 1:
+            raise ValueError(f"forward_train: data must be one image (1, 3, H, W), got {tuple(data.shape)}")
+        return self.task_losses(self.extract_feature(data), im_info, gt_boxes, generator)
 
     def frozen_parameter_prefixes(self) -> list[str]:
         """MXNet-name prefixes of ``network.FIXED_PARAMS`` (matched as name prefixes, spec 5.4)."""
