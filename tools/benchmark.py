@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -24,7 +23,8 @@ import torch
 
 from dff.config import ConfigError, load_config, update_config
 from dff.core.frames import FrameSource, VideoReadError
-from dff.core.video import STAGES, VideoDetector
+from dff.core.video import VideoDetector
+from dff.utils.io import atomic_write_text
 
 NET_STAGES = ("feature", "flow", "warp", "head")
 
@@ -219,12 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "input": {"frames": len(frames), "network_input": [int(h), int(w)], "backbone": cfg.network.BACKBONE},
     }
     if args.json:
-        d = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(report, indent=1))
     if args.plot:
         import matplotlib
 

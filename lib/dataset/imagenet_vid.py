@@ -45,7 +45,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
 from collections import Counter
@@ -53,6 +52,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from ..utils.io import atomic_open
 from .classes import VID_CLASSES, VID_WNIDS
 
 __all__ = [
@@ -302,17 +302,8 @@ class ValVideo(NamedTuple):
 # the dataset
 # ------------------------------------------------------------------------------------------------
 def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
-    d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".npz", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 class ImageNetVID:
@@ -565,21 +556,9 @@ class ImageNetVID:
 
     def write_eval_image_set(self, path: str) -> int:
         """Write :meth:`eval_image_set_lines` to ``path`` atomically; returns the number of frames."""
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".txt", dir=d)
-        n = 0
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for line in self.eval_image_set_lines():
-                    f.write(line + "\n")
-                    n += 1
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return n
+        from .imagesets import write_lines
+
+        return write_lines(path, self.eval_image_set_lines())
 
     def __repr__(self) -> str:
         return f"ImageNetVID({self.image_set!r}, {self.dataset_path!r})"

@@ -32,11 +32,11 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from collections import defaultdict
 from typing import Iterable, Iterator, Sequence
 
-from dff.dataset.imagenet_vid import WNIDS
+from ..utils.io import atomic_open
+from .imagenet_vid import WNIDS
 
 __all__ = [
     "vid15_frame_ids", "scan_vid_videos", "vid_train_15frames_lines", "vid_val_videos_lines",
@@ -187,20 +187,11 @@ def det_train_30classes_lines(image_classes: dict[str, set[int]], max_per_class:
 
 def write_lines(path: str, lines: Iterable[str]) -> int:
     """Write lines (each followed by a newline) atomically; returns the count."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".txt", dir=d)
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line + "\n")
-                n += 1
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
+            n += 1
     return n
 
 

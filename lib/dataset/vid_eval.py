@@ -49,12 +49,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 import xml.etree.ElementTree as ET
 from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
+
+from ..utils.io import atomic_open
 
 __all__ = [
     "VID_CLASSES", "VID_WNIDS", "MOTION_RANGES", "MOTION_WINDOW",
@@ -187,22 +188,10 @@ def read_image_set(image_set_lines: Sequence[str] | PathLike) -> tuple[list[str]
 # results file
 # ------------------------------------------------------------------------------------------------
 def _atomic_write_text(path: PathLike, chunks: Iterable[str]) -> None:
-    """Write to a temp file beside ``path``, then ``os.replace``: readers never see a partial file."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            for c in chunks:
-                f.write(c)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write the text chunks to ``path`` atomically (readers never see a partial file)."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        for c in chunks:
+            f.write(c)
 
 
 def write_vid_results(path: PathLike, all_boxes: Sequence[Sequence[Any]], frame_ids: Sequence[int]) -> None:

@@ -28,13 +28,13 @@ import dataclasses
 import fnmatch
 import os
 import re
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from .io import atomic_open
 from .mxnet_params import LIST_MAGIC, MXNetParamsError, process_test_params, read_params, write_params
 
 NATIVE_FORMAT = "dff-native"
@@ -434,28 +434,8 @@ def save_checkpoint(path: str | os.PathLike, *, model_state: Mapping[str, torch.
         raise ValueError(f"{path}: extra keys {clash} clash with the reserved keys {_RESERVED_KEYS}")
     content = {"format": NATIVE_FORMAT, "version": NATIVE_VERSION, "model": state, "config": config, **extra}
     _check_weights_only_safe(content, f"{path}: checkpoint")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(content, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable; not possible on every platform/filesystem
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    with atomic_open(path, "wb") as f:
+        torch.save(content, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

@@ -25,10 +25,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
-import tempfile
 from typing import Mapping
 
 import numpy as np
+
+from .io import atomic_write_bytes
 
 LIST_MAGIC = 0x112
 V1_MAGIC = 0xF993FAC8
@@ -291,25 +292,6 @@ def encode_params(arrays: Mapping[str, np.ndarray], layout: str = "v2",
     for name in names:
         parts.append(struct.pack("<Q", len(name)) + name)
     return b"".join(parts)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the complete new one, never a torn one."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def write_params(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], layout: str = "v2",
