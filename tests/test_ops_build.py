@@ -42,6 +42,19 @@ def test_library_built_and_loaded_when_a_compiler_exists():
             assert _ext.has_kernel(op, "cuda"), op
 
 
+def test_cuda_build_when_nvcc_and_a_cuda_torch_exist():
+    """Where nvcc and a CUDA build of torch are present (CI here: nvcc 13, no GPU), init.sh must have
+    compiled the CUDA kernels, not silently fallen back to a CPU-only library."""
+    import torch
+
+    toolkit, how = cuda_toolkit()
+    if toolkit is None or torch.version.cuda is None:
+        pytest.skip(f"no CUDA toolkit or CPU-only torch ({how}): a CPU-only build is correct here")
+    assert _stamp().get("config", {}).get("cuda"), "nvcc is present but the library was built without CUDA"
+    for op in OPS:
+        assert _ext.has_kernel(op, "cuda"), op
+
+
 def test_build_script_is_idempotent():
     if find_cxx() is None:
         pytest.skip("no C++ compiler on this machine: nothing can be built")
