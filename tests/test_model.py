@@ -99,3 +99,25 @@ def test_fixture_weights_reproduce_reference_sha1(reference_dir):
     state = fixture_state(str(reference_dir), "rfcn_params.json")
     bad = [e["key"] for e in entries if hashlib.sha1(state[e["key"]].astype("<f4").tobytes()).hexdigest() != e["sha1"]]
     assert not bad
+
+
+def test_dff_mxnet_checkpoint_loads_and_gives_the_same_outputs(tmp_path):
+    """A DFF checkpoint in the reference's format (all 578 kinds of names incl. FlowNet) loads and the
+    non-key path gives the same outputs as the model it was written from."""
+    cfg = _cfg(BACKBONE="resnet_v1_tiny", DFF_FEAT_DIM=64)
+    src = DFF(cfg).eval()
+    src.load_state_dict(fixture_state_dict(src))
+    path = tmp_path / "rfcn_dff_flownet_vid-0000.params"
+    save_mxnet_checkpoint(src, path, layout="legacy")
+    dst = DFF(cfg).eval()
+    report = load_model_weights(dst, path)
+    assert not report.missing and not report.mismatched
+    assert any(k.startswith("flownet.") for k in report.loaded)
+    key, cur = torch.randn(1, 3, 64, 96) * 50, torch.randn(1, 3, 64, 96) * 50
+    im_info = torch.tensor([[64.0, 96.0, 1.0]])
+    with torch.no_grad():
+        ka = src.forward_key(key, im_info)
+        a = src.forward_cur(cur, im_info, key, ka["feat"])
+        b = dst.forward_cur(cur, im_info, key, ka["feat"])
+    for k in ("flow", "scale", "feat", "rois", "cls_prob", "bbox_pred"):
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
