@@ -110,18 +110,22 @@ def test_results_eval_and_resume(val_vid, tmp_path, monkeypatch):
     r2 = run_tester(model, cfg, kind="rfcn", output_dir=str(out), progress=False)
     assert calls["n"] == 0 and r2["videos_cached"] == 2 and res.read_bytes() == before
     assert r2["mAP"] == r1["mAP"] or (np.isnan(r2["mAP"]) and np.isnan(r1["mAP"]))
-    # a lost video is redone alone
+    # a lost video is redone alone; so is one whose file is damaged
     os.unlink(out / "detections" / "val__ILSVRC2015_val_00000001.npz")
     r3 = run_tester(model, cfg, kind="rfcn", output_dir=str(out), progress=False)
     assert calls["n"] == 7 and r3["videos_cached"] == 1 and res.read_bytes() == before
+    damaged = out / "detections" / "val__ILSVRC2015_val_00000000.npz"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    run_tester(model, cfg, kind="rfcn", output_dir=str(out), progress=False)
+    assert calls["n"] == 14 and res.read_bytes() == before
     # --ignore-cache redoes everything; other weights or threshold invalidate the cache
     run_tester(model, cfg, kind="rfcn", output_dir=str(out), progress=False, ignore_cache=True)
-    assert calls["n"] == 21
+    assert calls["n"] == 28
     run_tester(model, cfg, kind="rfcn", output_dir=str(out), progress=False, thresh=0.01)
-    assert calls["n"] == 35
+    assert calls["n"] == 42
     assert all(float(ln.split()[2]) > 0.01 for ln in res.read_text().splitlines())
     run_tester(_model("rfcn", cfg, seed=1), cfg, kind="rfcn", output_dir=str(out), progress=False, thresh=0.01)
-    assert calls["n"] == 49
+    assert calls["n"] == 56
 
 
 def test_dff_key_frames_and_bad_frame(val_vid, tmp_path):
@@ -153,9 +157,14 @@ def test_default_model_path_error(val_vid, tmp_path):
     assert default_model_path(cfg, "x/dff_rfcn_synthetic_tiny.yaml") == str(d / "dff_rfcn_vid-0002.params")
 
 
-def test_missing_model_is_one_line(val_vid, tmp_path, capsys):
+def test_missing_dataset_or_model_is_one_line(val_vid, tmp_path, capsys):
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text(f"dataset:\n  dataset_path: {tmp_path / 'none'}\n")
+    cfg_file.write_text(f"dataset:\n  dataset_path: {tmp_path / 'none'}\noutput_path: {tmp_path / 'out'}\n")
+    code = tester_mod.run_test(["--cfg", str(cfg_file)], "dff")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(tmp_path / "none") in err[0] and "make_synthetic_vid.py" in err[0]
+    assert not (tmp_path / "out").exists()
+    cfg_file.write_text(f"dataset:\n  dataset_path: {val_vid}\noutput_path: {tmp_path / 'out'}\n")
     code = tester_mod.run_test(["--cfg", str(cfg_file), "--model", str(tmp_path / "m.pth")], "rfcn")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "m.pth: model file not found" in err[0]

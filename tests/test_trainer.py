@@ -290,8 +290,9 @@ def test_missing_pretrained_file_names_it_and_the_flag(tiny_vid, tmp_path):
 def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
     cfg_file = tmp_path / "x.yaml"
     cfg_file.write_text(yaml.safe_dump({"dataset": {"dataset_path": str(tmp_path / "nowhere")},
-                                        "TRAIN": {"BATCH_IMAGES": 1}}))
+                                        "TRAIN": {"BATCH_IMAGES": 1}, "output_path": str(tmp_path / "out")}))
     assert run_train_test(["--cfg", str(cfg_file), "--no-progress"], "dff") == 2
+    assert not (tmp_path / "out").exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(tmp_path / "nowhere") in err[0]
     assert "make_synthetic_vid.py" in err[0] and "make_imagesets.py" in err[0]
@@ -312,3 +313,18 @@ def test_dff_trains_and_resumes(tiny_vid, tmp_path):
     trainer_mod.initialize(init, cfg, TrainOptions(kind="dff"))
     assert not torch.equal(init.flownet.Convolution5.weight, full.model.flownet.Convolution5.weight)
     assert torch.equal(full.model.flownet.Convolution5_scale.bias, torch.ones_like(init.flownet.Convolution5_scale.bias))
+
+
+def test_unreadable_training_image_is_skipped_and_counted(tiny_vid, tmp_path):
+    import shutil
+    root = tmp_path / "vid"
+    shutil.copytree(tiny_vid, root)
+    broken = root / "Data" / "VID" / "train" / "ILSVRC2015_VID_train_0000" / "ILSVRC2015_train_00000000" / "000002.JPEG"
+    broken.write_bytes(b"\xff\xd8 not really")
+    cfg = tiny_cfg("rfcn", root, tmp_path, end_epoch=1)
+    res = run(cfg, tmp_path / "o", accumulate=4)
+    # frame 2 and its flipped copy are skipped; the epoch runs to its end
+    assert res.bad_samples == 2 and res.epoch == 1 and res.iteration == 3
+    assert sum(h["images"] for h in res.history) == 10
+    log = (tmp_path / "o" / "train.log").read_text()
+    assert f"warning: {broken}: cannot decode" in log and "2 unreadable training samples were skipped" in log

@@ -1,0 +1,15 @@
+"""Train DFF (R-FCN + FlowNet) end to end, then test and evaluate it on the config's test list.
+
+    python experiments/dff_rfcn/dff_rfcn_end2end_train_test.py --cfg experiments/dff_rfcn/cfgs/X.yaml [flags]
+    torchrun --nproc_per_node 4 experiments/dff_rfcn/dff_rfcn_end2end_train_test.py --cfg ...   (4 GPUs, as the reference)
+
+Flags beyond the reference's ``--cfg``: ``--resume --from-scratch --init PATH --frequent N --accumulate K
+--amp {bf16,fp16} --max-iters N --num-workers N --seed N --save-every N --no-mxnet --no-test`` and the
+test script's ``--thresh --ignore-cache --key-interval --max-videos`` (``--help`` lists them all).
+"""
+import sys
+
+from dff.core.trainer import run_train_test
+
+if __name__ == "__main__":
+    sys.exit(run_train_test(sys.argv[1:], "dff", prog="dff_rfcn_end2end_train_test.py"))
