@@ -65,9 +65,11 @@ class FlowNet(nn.Module):
             the MXNet fixtures were made (tests/test_flownet.py proves it from ``resize_data_output``);
             ``"full"`` divides by 4, as cuDNN's count-include-padding average does on the GPU path.
             Even sizes give identical results with both.
+        width: channel multiplier of every layer (1.0 = the reference; smaller for the tiny CPU
+            models, whose embedded checkpoints must stay small). Layer names do not change.
     """
 
-    def __init__(self, feat_dim: int = 1024, avg_pool: str = "valid") -> None:
+    def __init__(self, feat_dim: int = 1024, avg_pool: str = "valid", width: float = 1.0) -> None:
         super().__init__()
         if avg_pool not in AVG_POOL_MODES:
             raise ValueError(f"FlowNet: avg_pool must be one of {AVG_POOL_MODES}, got {avg_pool!r}")
@@ -75,33 +77,35 @@ class FlowNet(nn.Module):
             raise ValueError(f"FlowNet: feat_dim must be positive, got {feat_dim}")
         self.feat_dim = feat_dim
         self.avg_pool = avg_pool
+        self.width = width
+        c1, c2, c3, c4, c6 = (max(1, round(c * width)) for c in (64, 128, 256, 512, 1024))
+        d5, d4, d3, d2 = (max(1, round(c * width)) for c in (512, 256, 128, 64))
         # encoder; input channels 0-2 = current frame, 3-5 = key frame (spec 4.2)
-        self.flow_conv1 = _conv(6, 64, 7, 2)
-        self.conv2 = _conv(64, 128, 5, 2)
-        self.conv3 = _conv(128, 256, 5, 2)
-        self.conv3_1 = _conv(256, 256, 3)
-        self.conv4 = _conv(256, 512, 3, 2)
-        self.conv4_1 = _conv(512, 512, 3)
-        self.conv5 = _conv(512, 512, 3, 2)
-        self.conv5_1 = _conv(512, 512, 3)
-        self.conv6 = _conv(512, 1024, 3, 2)
-        self.conv6_1 = _conv(1024, 1024, 3)
-        # decoder: flow predictor, feature upsampling and flow upsampling at every scale
-        self.Convolution1 = _conv(1024, 2, 3)
-        self.deconv5 = _deconv(1024, 512)
+        self.flow_conv1 = _conv(6, c1, 7, 2)
+        self.conv2 = _conv(c1, c2, 5, 2)
+        self.conv3 = _conv(c2, c3, 5, 2)
+        self.conv3_1 = _conv(c3, c3, 3)
+        self.conv4 = _conv(c3, c4, 3, 2)
+        self.conv4_1 = _conv(c4, c4, 3)
+        self.conv5 = _conv(c4, c4, 3, 2)
+        self.conv5_1 = _conv(c4, c4, 3)
+        self.conv6 = _conv(c4, c6, 3, 2)
+        self.conv6_1 = _conv(c6, c6, 3)
+        # decoder: each level concatenates [skip, deconv, upsampled coarser flow]
+        self.Convolution1 = _conv(c6, 2, 3)
+        self.deconv5 = _deconv(c6, d5)
         self.upsample_flow6to5 = _deconv(2, 2)
-        self.Convolution2 = _conv(512 + 512 + 2, 2, 3)
-        self.deconv4 = _deconv(1026, 256)
+        self.Convolution2 = _conv(c4 + d5 + 2, 2, 3)
+        self.deconv4 = _deconv(c4 + d5 + 2, d4)
         self.upsample_flow5to4 = _deconv(2, 2)
-        self.Convolution3 = _conv(512 + 256 + 2, 2, 3)
-        self.deconv3 = _deconv(770, 128)
+        self.Convolution3 = _conv(c4 + d4 + 2, 2, 3)
+        self.deconv3 = _deconv(c4 + d4 + 2, d3)
         self.upsample_flow4to3 = _deconv(2, 2)
-        self.Convolution4 = _conv(256 + 128 + 2, 2, 3)
-        self.deconv2 = _deconv(386, 64)
+        self.Convolution4 = _conv(c3 + d3 + 2, 2, 3)
+        self.deconv2 = _deconv(c3 + d3 + 2, d2)
         self.upsample_flow3to2 = _deconv(2, 2)
-        # heads on the pooled Concat5 (stride 16 of the network input)
-        self.Convolution5 = _conv(128 + 64 + 2, 2, 3)
-        self.Convolution5_scale = nn.Conv2d(194, feat_dim, 1, bias=True)
+        self.Convolution5 = _conv(c2 + d2 + 2, 2, 3)
+        self.Convolution5_scale = nn.Conv2d(c2 + d2 + 2, feat_dim, 1, bias=True)
 
     # ------------------------------------------------------------------------------------------
     def forward(self, cur: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:

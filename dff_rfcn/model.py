@@ -24,7 +24,8 @@ class DFF(RFCN):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        self.flownet = FlowNet(feat_dim=self.feat_dim, avg_pool=cfg.network.FLOW_AVG_POOL)
+        self.flownet = FlowNet(feat_dim=self.feat_dim, avg_pool=cfg.network.FLOW_AVG_POOL,
+                               width=float(cfg.network.FLOWNET_WIDTH))
 
     def estimate_flow(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:
         """(flow (N, 2, h, w) from the current frame to the key frame, scale map (N, C, h, w))."""

@@ -108,6 +108,8 @@ def default_config() -> Config:
         # port: FlowNet's ceil-mode average pooling divisor on a partial window (spec 3.4, AMBIGUOUS):
         # "valid" divides by the in-image count (MXNet CPU / the fixtures), "full" divides by 4 (cuDNN).
         "FLOW_AVG_POOL": "valid",
+        # port: FlowNet channel multiplier (1.0 = the reference; the tiny CPU models use less)
+        "FLOWNET_WIDTH": 1.0,
     }
 
     c.dataset = {

@@ -11,4 +11,5 @@ if __name__ == "__main__":
     sys.exit(run_demo(
         sys.argv[1:], name="rfcn/demo.py", model_cls=RFCN,
         default_cfg=os.path.join(REPO, "experiments", "rfcn", "cfgs", "rfcn_vid_demo.yaml"),
-        default_out=os.path.join("demo_out", "rfcn"), what="rfcn_vid-0000.params", dff=False))
+        default_out=os.path.join("demo_out", "rfcn"), what="rfcn_vid-0000.params", dff=False,
+        default_model=os.path.join(REPO, "data", "models", "rfcn_synthetic_tiny.pth")))

@@ -1,6 +1,7 @@
 """The demos end to end, as a user runs them (subprocesses from the repository root)."""
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -53,9 +54,31 @@ def test_missing_frame_folder(tmp_path):
     _assert_one_line_error(rc, err, tmp_path / "nope", "not found")
 
 
-def test_no_model_says_what_to_pass(shared_data_dir, tmp_path):
-    rc, _, err = run("rfcn/demo.py", shared_data_dir / "ILSVRC2015_val_00007010", "--out", tmp_path)
-    _assert_one_line_error(rc, err, "--model", "rfcn_vid-0000.params")
+def test_missing_model_file(shared_data_dir, tmp_path):
+    rc, _, err = run("rfcn/demo.py", shared_data_dir / "ILSVRC2015_val_00007010", "--model", tmp_path / "x.params",
+                     "--out", tmp_path)
+    _assert_one_line_error(rc, err, tmp_path / "x.params", "not found")
+
+
+def test_no_model_and_no_embedded_model_says_what_to_pass(tmp_path):
+    from dff.core.demo import run_demo
+    from dff.models.rfcn import RFCN
+
+    rc = run_demo([str(tmp_path)], name="demo", model_cls=RFCN, default_cfg=str(REPO / "experiments/rfcn/cfgs/rfcn_vid_demo.yaml"),
+                  default_out=str(tmp_path / "o"), what="rfcn_vid-0000.params", dff=False,
+                  default_model=str(tmp_path / "absent.pth"))
+    assert rc == 2
+
+
+def test_demo_with_no_arguments_uses_the_embedded_model(tmp_path):
+    """A fresh machine: no data, no model given. The embedded model runs on a synthetic clip and finds its objects."""
+    rc, out, err = run("dff_rfcn/demo.py", "--out", tmp_path, "--quiet", "--max-frames", "20")
+    assert rc == 0, err
+    assert "embedded model" in out and "synthetic clip" in out
+    assert "20 frames (2 key)" in out
+    drawn = int(re.search(r"(\d+) boxes drawn", out).group(1))
+    assert drawn >= 10, out  # the synthetic objects are found on most frames
+    assert (tmp_path / "demo.mp4").is_file()
 
 
 def test_truncated_params_file(shared_data_dir, reference_dir, tmp_path):

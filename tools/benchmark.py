@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -85,7 +86,7 @@ def build_model(cfg, model_path: str | None, device: torch.device):
     from dff_rfcn.model import DFF
 
     model = DFF(cfg)
-    if model_path:
+    if model_path and model_path != "fixture":
         from dff.utils.checkpoint import load_model_weights
 
         load_model_weights(model, model_path)
@@ -149,9 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--plot", default=None, help="write a PNG of fps per key interval here")
     ap.add_argument("--no-end-to-end", action="store_true", help="skip the end-to-end runs")
+    ap.add_argument("--eval", action="store_true",
+                    help="also evaluate mAP per key interval on the config's test set (a trained --model; "
+                         "the synthetic mini-VID for the tiny configs) and plot mAP against fps")
+    ap.add_argument("--eval-dir", default=None, help="where the test outputs go (default: a temporary folder)")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.cfg)
+        if args.model and args.model != "fixture":
+            from dff.config import Config
+            from dff.utils.checkpoint import checkpoint_config
+
+            saved = checkpoint_config(args.model)  # a native checkpoint carries the config it was trained with
+            if saved is not None:
+                cfg = Config(saved)
         if args.scale:
             short, long_ = (int(v) for v in args.scale.split(","))
             update_config(cfg, {"SCALES": [short, long_]}, "--scale")
@@ -199,6 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             row["peak_memory_mb"]["gpu"] = torch.cuda.max_memory_allocated(device) / 2**20
         results[str(k)] = row
+    if args.eval:
+        from dff.core.tester import run_test_set
+
+        out_dir = args.eval_dir or tempfile.mkdtemp(prefix="dff_bench_eval_")
+        for k in intervals:
+            ev = run_test_set(model, cfg, kind="dff", output_dir=os.path.join(out_dir, f"interval_{k}"),
+                              key_interval=k, device=device, progress=False)
+            results[str(k)]["mAP"] = ev.get("mAP_present_classes", ev["mAP"])
+            results[str(k)]["mAP_all_30"] = ev["mAP"]
 
     print(f"{'interval':>8} {'per-frame fps':>14} {'DFF fps':>9} {'speed-up':>9} {'end-to-end fps':>15} "
           f"{'feature':>8} {'flow':>7} {'warp':>7} {'head':>7} {'post':>7} {'RSS MB':>7}")
@@ -210,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['feature_ms']:>8.1f} {s['flow_ms']:>7.1f} {s['warp_ms']:>7.1f} {s['head_ms']:>7.1f} {post:>7} "
               f"{r['peak_memory_mb']['rss']:>7.0f}")
     print("(stage columns: mean ms per frame over all frames; network-only fps excludes decoding and post-processing)")
+    if args.eval:
+        print("mAP per key interval (classes present in the test set): " +
+              ", ".join(f"{k}: {r['mAP']:.4f}" for k, r in results.items()))
     report = {
         "intervals": results,
         "hardware": hardware(device),
@@ -228,10 +252,20 @@ def main(argv: list[str] | None = None) -> int:
 
         ks = [int(k) for k in results]
         plt.figure(figsize=(5, 3.5))
-        plt.plot(ks, [results[str(k)]["dff_fps"] for k in ks], "o-", label="DFF (network)")
-        plt.axhline(per_frame["fps"], color="gray", ls="--", label="per-frame R-FCN")
-        plt.xlabel("key frame interval")
-        plt.ylabel("frames per second")
+        if args.eval:  # the speed/accuracy curve: each interval is a point, per-frame is interval 1
+            fps = [results[str(k)]["dff_fps"] for k in ks]
+            maps = [100 * results[str(k)]["mAP"] for k in ks]
+            plt.plot(fps, maps, "o-", label="DFF")
+            for k, x, y in zip(ks, fps, maps):
+                plt.annotate("per-frame" if k == 1 else f"k={k}", (x, y), textcoords="offset points", xytext=(4, 4))
+            plt.xlabel("frames per second (network only)")
+            plt.ylabel("mAP (%)")
+        else:
+            plt.plot(ks, [results[str(k)]["dff_fps"] for k in ks], "o-", label="DFF (network)")
+            plt.axhline(per_frame["fps"], color="gray", ls="--", label="per-frame R-FCN")
+            plt.xlabel("key frame interval")
+            plt.ylabel("frames per second")
+        plt.title(f"{cfg.network.BACKBONE}, {int(w)}x{int(h)}, {hardware(device).split(',')[0]}", fontsize=8)
         plt.legend()
         plt.tight_layout()
         plt.savefig(args.plot, dpi=120)

@@ -36,10 +36,12 @@ def peak_rss_mb() -> float:
 def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=name, description=__doc__)
     ap.add_argument("input", nargs="?", default=None,
-                    help="video file or folder of frames (default: the embedded synthetic clip)")
+                    help="video file or folder of frames (default: a synthetic clip generated on the spot, "
+                         "for the embedded model)")
     ap.add_argument("--model", default=None,
                     help="weights: an original MXNet .params file, a native checkpoint (.pth), or 'fixture' "
-                         "(the parity fixtures' deterministic weights: checks the pipeline, detects nothing real)")
+                         "(the parity fixtures' deterministic weights: checks the pipeline, detects nothing real); "
+                         "default: the small model trained on the synthetic mini-VID that ships in data/models/")
     ap.add_argument("--cfg", default=default_cfg, help="YAML config (default: %(default)s)")
     ap.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -89,7 +91,7 @@ def load_model(model_cls: Callable[[Config], torch.nn.Module], cfg_path: str, mo
     return model.to(device).eval(), cfg
 
 
-def _summary(label: str, results: list[FrameResult], wall: float, warmup: int) -> dict:
+def _summary(label: str, results: list[FrameResult], wall: float, warmup: int, drawn: int = 0) -> dict:
     timed = results[warmup:] or results
     n = len(timed)
     stage_ms = {s: 1000 * float(np.mean([r.times[s] for r in timed])) for s in STAGES}
@@ -103,6 +105,7 @@ def _summary(label: str, results: list[FrameResult], wall: float, warmup: int) -
         "stage_ms": stage_ms,
         "end_to_end_fps": len(results) / wall if wall > 0 else float("inf"),
         "timed_frames": n,
+        "drawn": drawn,
     }
 
 
@@ -111,12 +114,15 @@ def _print_summary(s: dict) -> None:
     print(f"{s['label']}: {s['frames']} frames ({s['key_frames']} key), network {s['net_ms']:.1f} ms/frame "
           f"= {s['net_fps']:.2f} fps; end-to-end {s['end_to_end_fps']:.2f} fps (decode included)")
     print(f"  per-stage mean ms: {split}")
+    if s["drawn"]:
+        print(f"  {s['drawn']} boxes drawn (score above --vis-thresh)")
 
 
 def _run(detector: VideoDetector, source: FrameSource, label: str, out_dir: str | None, writer_path: str | None,
-         vis_thresh: float, quiet: bool, mark_keys: bool) -> tuple[list[FrameResult], float]:
+         vis_thresh: float, quiet: bool, mark_keys: bool) -> tuple[list[FrameResult], float, int]:
     results: list[FrameResult] = []
     writer, size = None, None
+    drawn = 0
     t0 = time.perf_counter()
     total = len(source)
     with tqdm(total=total or None, desc=label, unit="frame", file=sys.stderr, disable=None) as bar:
@@ -137,6 +143,7 @@ def _run(detector: VideoDetector, source: FrameSource, label: str, out_dir: str 
             r.image = None  # drop the frame: memory must not grow with the video
             results.append(r)
             ndet = sum(int((np.asarray(d)[:, 4] > vis_thresh).sum()) for d in r.detections[1:] if len(d))
+            drawn += ndet
             if not quiet:
                 tqdm.write(f"{label} {r.name} {'key' if r.is_key else '   '} {1000 * r.times['total']:.1f} ms "
                            f"{ndet} boxes > {vis_thresh}", file=sys.stderr)
@@ -145,18 +152,35 @@ def _run(detector: VideoDetector, source: FrameSource, label: str, out_dir: str 
     if writer is not None:
         writer.release()
         os.replace(writer_path + ".tmp.mp4", writer_path)
-    return results, wall
+    return results, wall, drawn
+
+
+def synthetic_clip(out_dir: str, frames: int = 60, seed: int = 2017) -> str:
+    """Generate one held-out synthetic video (a seed the embedded models never saw) and return its frame folder."""
+    from ..dataset.synthetic import SynthConfig, generate
+
+    root = os.path.join(out_dir, "synthetic_clip")
+    generate(root, SynthConfig(seed=seed, train_videos=0, val_videos=1, frames=frames, det_images=0))
+    videos = os.path.join(root, "Data", "VID", "val")
+    return os.path.join(videos, sorted(os.listdir(videos))[0])
 
 
 def run_demo(argv: list[str] | None, *, name: str, model_cls: Callable[[Config], torch.nn.Module],
-             default_cfg: str, default_out: str, what: str, dff: bool) -> int:
+             default_cfg: str, default_out: str, what: str, dff: bool, default_model: str | None = None) -> int:
     args = build_parser(name, default_cfg, default_out, dff).parse_args(argv)
     # one line per warning (skipped frames, operator fallback), not the source line that raised it
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
     try:
+        if args.model is None and default_model is not None and os.path.isfile(default_model):
+            args.model = default_model
+            print(f"model: {os.path.relpath(default_model)} (the embedded model, trained on the synthetic mini-VID)")
         if args.input is None:
-            raise DemoError("no input given: pass a video file or a folder of frames, "
-                            "e.g. ../shared/data/ILSVRC2015_val_00007010")
+            if args.model != default_model:
+                raise DemoError("no input given: pass a video file or a folder of frames, "
+                                "e.g. ../shared/data/ILSVRC2015_val_00007010")
+            os.makedirs(args.out, exist_ok=True)
+            args.input = synthetic_clip(args.out)
+            print(f"input: {args.input} (a synthetic clip generated now, unseen in training)")
         model, cfg = load_model(model_cls, args.cfg, args.model, args.device, what)
         interval = args.key_interval if dff else 1
         detector = VideoDetector(model, cfg, key_interval=interval, device=args.device, thresh=args.thresh,
@@ -169,8 +193,9 @@ def run_demo(argv: list[str] | None, *, name: str, model_cls: Callable[[Config],
         frames_dir = None if args.no_frames else args.out
         video_path = None if args.no_video else os.path.join(args.out, "demo.mp4")
         label = "dff" if dff else "rfcn"
-        results, wall = _run(detector, source, label, frames_dir, video_path, args.vis_thresh, args.quiet, dff)
-        summary = _summary(label + (f" (key interval {detector.key_interval})" if dff else ""), results, wall, 0)
+        results, wall, drawn = _run(detector, source, label, frames_dir, video_path, args.vis_thresh, args.quiet, dff)
+        summary = _summary(label + (f" (key interval {detector.key_interval})" if dff else ""), results, wall, 0,
+                           drawn)
         if source.skipped:
             print(f"skipped {len(source.skipped)} unreadable frame(s): {', '.join(source.skipped[:5])}")
         _print_summary(summary)
@@ -179,7 +204,7 @@ def run_demo(argv: list[str] | None, *, name: str, model_cls: Callable[[Config],
             for _ in base.run(FrameSource(args.input, prepare=base.prepare, max_frames=2, on_error="skip")):
                 pass
             base_src = FrameSource(args.input, prepare=base.prepare, max_frames=args.max_frames, on_error="skip")
-            base_results, base_wall = _run(base, base_src, "per-frame", None, None, args.vis_thresh, True, False)
+            base_results, base_wall, _ = _run(base, base_src, "per-frame", None, None, args.vis_thresh, True, False)
             b = _summary("per-frame R-FCN (same weights)", base_results, base_wall, 0)
             _print_summary(b)
             print(f"speed-up of DFF over per-frame (network only): {b['net_ms'] / summary['net_ms']:.2f}x")
