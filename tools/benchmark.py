@@ -75,6 +75,19 @@ def synthetic_clip(n: int, height: int = 576, width: int = 768) -> list[np.ndarr
     return frames
 
 
+def stream_frames(n: int, height: int, width: int, prepare):
+    """``n`` frames of a panning textured scene, generated one at a time (nothing is kept)."""
+    from dff.core.frames import Frame
+
+    rng = np.random.RandomState(1)
+    base = cv2_blur(rng.randint(0, 255, (height + 128, width + 128, 3)).astype(np.uint8))
+    for i in range(n):
+        t = i % 256
+        dy, dx = (t if t < 128 else 255 - t), (2 * i) % 128
+        im = np.ascontiguousarray(base[dy:dy + height, dx:dx + width])
+        yield Frame(i, f"frame_{i:06d}", im, prepare(im))
+
+
 def cv2_blur(im: np.ndarray) -> np.ndarray:
     import cv2
 
@@ -154,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also evaluate mAP per key interval on the config's test set (a trained --model; "
                          "the synthetic mini-VID for the tiny configs) and plot mAP against fps")
     ap.add_argument("--eval-dir", default=None, help="where the test outputs go (default: a temporary folder)")
+    ap.add_argument("--lengths", default=None,
+                    help="e.g. 100,1000,5000: stream that many generated frames end to end through DFF at the "
+                         "largest key interval and report time and peak RSS per length (memory must stay flat)")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.cfg)
@@ -221,6 +237,18 @@ def main(argv: list[str] | None = None) -> int:
             results[str(k)]["mAP"] = ev.get("mAP_present_classes", ev["mAP"])
             results[str(k)]["mAP_all_30"] = ev["mAP"]
 
+    if args.lengths:
+        k = max(intervals)
+        det = VideoDetector(model, cfg, key_interval=k, device=device)
+        h0, w0 = frames[0].shape[:2]
+        scaling = {}
+        for n in sorted(int(v) for v in args.lengths.split(",")):
+            _reset_peak_rss()
+            t0 = time.perf_counter()
+            count = sum(1 for _ in det.run(stream_frames(n, h0, w0, det.prepare)))
+            wall = time.perf_counter() - t0
+            scaling[str(n)] = {"seconds": wall, "ms_per_frame": 1000 * wall / count, "peak_rss_mb": _peak_rss_mb()}
+            print(f"length {n:>6}: {wall:8.1f} s, {1000 * wall / count:7.1f} ms/frame, peak RSS {_peak_rss_mb():.0f} MB")
     print(f"{'interval':>8} {'per-frame fps':>14} {'DFF fps':>9} {'speed-up':>9} {'end-to-end fps':>15} "
           f"{'feature':>8} {'flow':>7} {'warp':>7} {'head':>7} {'post':>7} {'RSS MB':>7}")
     for k, r in results.items():
@@ -242,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "tools/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
         "input": {"frames": len(frames), "network_input": [int(h), int(w)], "backbone": cfg.network.BACKBONE},
     }
+    if args.lengths:
+        report["lengths"] = scaling
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=1))
     if args.plot:
