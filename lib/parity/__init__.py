@@ -61,3 +61,20 @@ def compare(case: str, tensor: str, got: Any, expected: Any, atol: float, rtol: 
 
 def not_implemented(case: str) -> Result:
     return Result(case, "", note="NOT-IMPLEMENTED")
+
+
+def op_fixture_files(fixture_dir: str, pattern: str, backend: str) -> tuple[list[str], list[Result]]:
+    """The ``ops/<pattern>`` fixture files, or the rows that explain why they cannot be checked
+    (none present; the compiled backend asked for but not built)."""
+    import glob
+    import os
+
+    from ..ops import _ext
+
+    files = sorted(glob.glob(os.path.join(fixture_dir, "ops", pattern)))
+    if not files:
+        return [], [Result(f"ops/{pattern.split('*')[0].rstrip('_')}", "", note=f"MISSING: no ops/{pattern}")]
+    if backend == "compiled" and not _ext.compiled_available():
+        note = f"compiled operators not available ({_ext.load_error()}); {_ext.BUILD_HINT}"
+        return [], [Result(f"ops/{os.path.basename(f)[:-4]}", "", note=note) for f in files]
+    return files, []

@@ -14,7 +14,6 @@ Tolerances (README section 7: op fixtures "exact up to about 1e-6; PSROI forward
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from . import TOL_EXACT, Result, compare
+from . import op_fixture_files, TOL_EXACT, Result, compare
 
 TOL_OUT = TOL_EXACT
 TOL_GRAD = dict(atol=1e-6, rtol=1e-6)
@@ -57,17 +56,8 @@ def _case(path: str, summary: dict, backend: str) -> Iterator[Result]:
 
 
 def cases(fixture_dir: str, backend: str) -> Iterator[Result]:
-    from ..ops import _ext
-
-    files = sorted(glob.glob(os.path.join(fixture_dir, "ops", "psroipool_*.npz")))
-    if not files:
-        yield Result("ops/psroipool", "", note="MISSING: no ops/psroipool_*.npz")
-        return
-    if backend == "compiled" and not _ext.compiled_available():
-        for f in files:
-            yield Result(f"ops/{os.path.basename(f)[:-4]}", "", note=(
-                f"compiled operators not available ({_ext.load_error()}); {_ext.BUILD_HINT}"))
-        return
+    files, problems = op_fixture_files(fixture_dir, "psroipool_*.npz", backend)
+    yield from problems
     try:
         with open(os.path.join(fixture_dir, "ops", "ops_summary.json")) as fh:
             summary = json.load(fh)

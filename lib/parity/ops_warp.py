@@ -23,14 +23,13 @@ convention) are left out of ``flow_grad`` and counted in the row's note. Everywh
 """
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from . import TOL_FEATURE, Result, compare
+from . import op_fixture_files, TOL_FEATURE, Result, compare
 
 TOL_OUT = dict(atol=1e-4, rtol=0.0)
 TOL_GRAD = TOL_FEATURE
@@ -71,17 +70,8 @@ def _case(path: str, backend: str) -> Iterator[Result]:
 
 
 def cases(fixture_dir: str, backend: str) -> Iterator[Result]:
-    from ..ops import _ext
-
-    files = sorted(glob.glob(os.path.join(fixture_dir, "ops", "flow_warp_*.npz")))
-    if not files:
-        yield Result("ops/flow_warp", "", note="MISSING: no ops/flow_warp_*.npz")
-        return
-    if backend == "compiled" and not _ext.compiled_available():
-        for f in files:
-            yield Result(f"ops/{os.path.basename(f)[:-4]}", "", note=(
-                f"compiled operators not available ({_ext.load_error()}); {_ext.BUILD_HINT}"))
-        return
+    files, problems = op_fixture_files(fixture_dir, "flow_warp_*.npz", backend)
+    yield from problems
     for f in files:
         try:
             yield from _case(f, backend)
