@@ -242,3 +242,13 @@ def test_config_errors(tmp_path):
         generate(str(tmp_path), SynthConfig(classes=("car", "unicorn")))
     with pytest.raises(ValueError, match="min_frames"):
         generate(str(tmp_path), SynthConfig(frames=5, min_frames=9))
+
+
+def test_motion_multiplier_scales_every_motion():
+    """motion=0 freezes the scene (zero flow everywhere); motion=0.5 halves the flow of motion=1."""
+    still = video_params(SynthConfig(seed=3, frames=12, motion=0.0), "val", 0)
+    assert np.abs(gt_flow(still, 9, 0)).max() < 1e-6
+    full = gt_flow(video_params(SynthConfig(seed=3, frames=12), "val", 0), 1, 0)
+    half = gt_flow(video_params(SynthConfig(seed=3, frames=12, motion=0.5), "val", 0), 1, 0)
+    assert np.abs(full).mean() > 0.3
+    assert 0.35 < np.abs(half).mean() / np.abs(full).mean() < 0.65

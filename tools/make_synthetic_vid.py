@@ -33,11 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--det-images", type=int, default=d.det_images, help="still DET images")
     ap.add_argument("--max-objects", type=int, default=d.max_objects, help="objects per video/image (1..N)")
     ap.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
+    ap.add_argument("--motion", type=float, default=d.motion,
+                    help="multiplier of all motion (default %(default)s; 0.35 gives a VID-like slow/medium/fast mix)")
     args = ap.parse_args(argv)
     cfg = SynthConfig(seed=args.seed, train_videos=args.train_videos, val_videos=args.val_videos,
                       frames=args.frames, min_frames=args.min_frames, height=args.height, width=args.width,
                       classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()),
-                      max_objects=args.max_objects, det_images=args.det_images, jpeg_quality=args.jpeg_quality)
+                      max_objects=args.max_objects, det_images=args.det_images, jpeg_quality=args.jpeg_quality,
+                      motion=args.motion)
     try:
         cfg.validate()
     except ValueError as e:

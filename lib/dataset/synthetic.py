@@ -90,6 +90,9 @@ class SynthConfig:
     jpeg_quality: int = 92
     min_box_area: int = 24
     min_visible: int = 12
+    # multiplies every motion (pan, zoom, object speed, rotation, scale change); 1.0 is fast for VID:
+    # most objects fall in FGFA's "fast" group; 0.35 gives a slow/medium/fast mix close to VID val
+    motion: float = 1.0
 
     def validate(self) -> None:
         for c in self.classes:
@@ -104,6 +107,8 @@ class SynthConfig:
         if self.frames < 1 or (self.min_frames is not None and not 1 <= self.min_frames <= self.frames):
             raise ValueError(f"SynthConfig: frames={self.frames}, min_frames={self.min_frames}: "
                              "need 1 <= min_frames <= frames")
+        if not self.motion >= 0:
+            raise ValueError(f"SynthConfig: motion must be >= 0, got {self.motion}")
         if self.train_videos < 0 or self.val_videos < 0 or self.det_images < 0 or self.max_objects < 1:
             raise ValueError("SynthConfig: counts must be >= 0 and max_objects >= 1")
 
@@ -200,13 +205,14 @@ def _background(rng: np.random.Generator, n_waves: int = 14) -> dict[str, Any]:
     return {"base": [float(b) for b in rng.uniform(0.3, 0.7, size=3)], "waves": waves}
 
 
-def _camera(rng: np.random.Generator, n: int) -> list[list[float]]:
-    """Per frame ``[zoom, ex, ey]``: pan of 0..2.5 px/frame with a slow wobble, zoom drift <= 0.4%/frame."""
-    speed = rng.uniform(0.0, 2.5)
+def _camera(rng: np.random.Generator, n: int, motion: float = 1.0) -> list[list[float]]:
+    """Per frame ``[zoom, ex, ey]``: pan of 0..2.5 px/frame with a slow wobble, zoom drift <= 0.4%/frame
+    (all times ``motion``)."""
+    speed = rng.uniform(0.0, 2.5) * motion
     ang = rng.uniform(0, 2 * np.pi)
     vx, vy = speed * math.cos(ang), speed * math.sin(ang)
-    wob_a, wob_f, wob_p = rng.uniform(0, 0.6), rng.uniform(0.1, 0.4), rng.uniform(0, 2 * np.pi)
-    dzoom = rng.uniform(-0.004, 0.004)
+    wob_a, wob_f, wob_p = rng.uniform(0, 0.6) * motion, rng.uniform(0.1, 0.4), rng.uniform(0, 2 * np.pi)
+    dzoom = rng.uniform(-0.004, 0.004) * motion
     ex, ey = float(rng.uniform(-500, 500)), float(rng.uniform(-500, 500))
     out = []
     for t in range(n):
@@ -223,7 +229,7 @@ def _object(rng: np.random.Generator, cfg: SynthConfig, n: int, trackid: int, cl
     rx = float(rng.uniform(0.09, 0.2) * m)
     ry = float(rx * rng.uniform(0.65, 1.4))
     mode = rng.choice(["inside", "enter", "leave"], p=[0.5, 0.25, 0.25])
-    speed = float(rng.uniform(0.3, 2.0) if mode == "inside" else rng.uniform(1.5, 4.0))
+    speed = float(rng.uniform(0.3, 2.0) if mode == "inside" else rng.uniform(1.5, 4.0)) * cfg.motion
     if mode == "enter":  # start beyond an edge, move inwards
         edge = int(rng.integers(4))
         cx = [-1.2 * rx, w + 1.2 * rx, rng.uniform(0, w), rng.uniform(0, w)][edge]
@@ -233,8 +239,8 @@ def _object(rng: np.random.Generator, cfg: SynthConfig, n: int, trackid: int, cl
         cx, cy = rng.uniform(0.2 * w, 0.8 * w), rng.uniform(0.2 * h, 0.8 * h)
         ang = rng.uniform(0, 2 * np.pi)
     turn = rng.uniform(-0.04, 0.04)        # velocity direction change per frame
-    omega = rng.uniform(-0.05, 0.05)       # rotation, rad/frame
-    dscale = rng.uniform(-0.012, 0.012)    # log-scale change per frame
+    omega = rng.uniform(-0.05, 0.05) * cfg.motion      # rotation, rad/frame
+    dscale = rng.uniform(-0.012, 0.012) * cfg.motion   # log-scale change per frame
     theta = rng.uniform(-0.5, 0.5)
     frames = []
     for t in range(n):
@@ -266,7 +272,7 @@ def video_params(cfg: SynthConfig, split: str, k: int) -> dict[str, Any]:
     depth = rng.permutation(n_obj).tolist()  # back-to-front drawing order (fixed: a depth per object)
     return {
         "version": 1, "height": cfg.height, "width": cfg.width, "n_frames": n,
-        "background": _background(rng), "camera": _camera(rng, n), "objects": objs, "depth_order": depth,
+        "background": _background(rng), "camera": _camera(rng, n, cfg.motion), "objects": objs, "depth_order": depth,
         "min_box_area": cfg.min_box_area, "min_visible": cfg.min_visible,
     }
 
