@@ -431,7 +431,7 @@ def load_flownet_weights(model: nn.Module, path: str, *, allow_missing_scale: bo
     if not isinstance(target, FlowNet):
         raise TypeError(f"load_flownet_weights: {type(model).__name__} is neither a FlowNet nor has a .flownet")
     # load into a scratch FlowNet first: a strict load checks everything before copying anything
-    scratch = _Holder(FlowNet(feat_dim=target.feat_dim, avg_pool=target.avg_pool))
+    scratch = _Holder(FlowNet(feat_dim=target.feat_dim, avg_pool=target.avg_pool, width=target.width))
     ignore = ("*.num_batches_tracked",) + (("flownet." + _SCALE_PREFIX + "*",) if allow_missing_scale else ())
     try:
         report = load_model_weights(scratch, path, strict=True, ignore_missing=ignore, allow_unexpected=True)

@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     torch.manual_seed(args.seed)
-    flownet = FlowNet(feat_dim=int(cfg.network.DFF_FEAT_DIM), avg_pool=cfg.network.FLOW_AVG_POOL)
+    flownet = FlowNet(feat_dim=int(cfg.network.DFF_FEAT_DIM), avg_pool=cfg.network.FLOW_AVG_POOL,
+                      width=float(cfg.network.FLOWNET_WIDTH))
     init_flownet(flownet, args.seed)
     if args.init:
         try:
