@@ -275,7 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=1))
     if args.plot:
-        import matplotlib
+        try:
+            import matplotlib
+        except ImportError:
+            print("error: --plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')",
+                  file=sys.stderr)
+            return 2
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
