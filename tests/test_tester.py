@@ -149,6 +149,7 @@ def test_dff_key_frames_and_bad_frame(val_vid, tmp_path):
 def test_default_model_path_error(val_vid, tmp_path):
     cfg = _cfg("dff", val_vid, tmp_path)
     cfg.output_path = str(tmp_path / "out")
+    cfg.TEST.test_epoch = 2
     with pytest.raises(TesterError, match=r"dff_rfcn_vid-0002\.pth .*--model"):
         default_model_path(cfg, "x/dff_rfcn_synthetic_tiny.yaml")
     d = tmp_path / "out" / "dff_rfcn_synthetic_tiny" / "DET_train_30classes_VID_train_15frames"
