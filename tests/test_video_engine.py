@@ -67,13 +67,19 @@ def test_interval_one_equals_the_per_frame_detector(cfg, dff_model):
 
 
 def test_only_the_current_key_feature_is_cached(cfg, dff_model):
+    """Each key frame replaces the cached feature and the old one is freed: memory is constant."""
+    import gc
+    import weakref
+
     det = VideoDetector(dff_model, cfg)
-    frames = _clip(9)
-    seen = []
-    for data, im_info in (det.prepare(f) for f in frames):
+    refs = []
+    for data, im_info in (det.prepare(f) for f in _clip(9)):
         det.step(data, im_info)
-        seen.append(id(det._key_feat))
-    assert len(set(seen)) == 3  # frames 0-3, 4-7, 8: one cached feature at a time, replaced at each key frame
+        if not refs or refs[-1]() is not det._key_feat:
+            refs.append(weakref.ref(det._key_feat))
+    gc.collect()
+    assert len(refs) == 3  # key frames 0, 4, 8
+    assert [r() is not None for r in refs] == [False, False, True]
 
 
 def test_size_change_resets_the_cache(cfg, dff_model):
