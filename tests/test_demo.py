@@ -82,3 +82,45 @@ def test_demo_with_no_arguments_uses_the_embedded_model(tmp_path):
     drawn = int(re.search(r"(\d+) boxes drawn", out).group(1))
     assert objects > 20 and drawn >= objects // 4, (drawn, objects)
     assert (tmp_path / "demo.mp4").is_file()
+
+
+def test_truncated_params_file(shared_data_dir, reference_dir, tmp_path):
+    bad = tmp_path / "rfcn_vid-0000.params"
+    data = (reference_dir / "params" / "dff_tiny-0001.params").read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    rc, _, err = run("rfcn/demo.py", shared_data_dir / "ILSVRC2015_val_00007010", "--model", bad, "--out", tmp_path)
+    _assert_one_line_error(rc, err, bad)
+
+
+def test_config_typo(shared_data_dir, tmp_path):
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text("TEST:\n  KEY_FRAME_INTERVALL: 5\n")
+    rc, _, err = run("dff_rfcn/demo.py", shared_data_dir / "ILSVRC2015_val_00007010", "--model", "fixture",
+                     "--cfg", cfg, "--out", tmp_path)
+    _assert_one_line_error(rc, err, cfg, "TEST.KEY_FRAME_INTERVALL")
+
+
+def test_unreadable_frame_is_reported_and_skipped(shared_data_dir, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        shutil.copy(shared_data_dir / "ILSVRC2015_val_00007010" / f"{i:06d}.JPEG", frames / f"{i}.jpg")
+    (frames / "10.jpg").write_bytes(b"\xff\xd8 truncated")  # sorts after 2.jpg by frame number
+    rc, out, err = run("rfcn/demo.py", frames, "--model", "fixture", "--out", tmp_path / "o", "--quiet",
+                       "--no-video")
+    assert rc == 0, err
+    assert "Traceback" not in err
+    assert f"{frames / '10.jpg'}: cannot decode" in err
+    assert "skipped 1 unreadable frame" in out
+    assert sorted(os.listdir(tmp_path / "o")) == ["0.jpg", "1.jpg", "2.jpg"]
+
+
+def test_empty_and_unreadable_videos(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err = run("rfcn/demo.py", empty, "--model", "fixture", "--out", tmp_path / "o")
+    _assert_one_line_error(rc, err, empty, "no image files")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(os.urandom(2048))
+    rc, _, err = run("dff_rfcn/demo.py", junk, "--model", "fixture", "--out", tmp_path / "o")
+    _assert_one_line_error(rc, err, junk)
