@@ -66,16 +66,10 @@ def hardware(device: torch.device) -> str:
 
 def synthetic_clip(n: int, height: int = 576, width: int = 768) -> list[np.ndarray]:
     """A moving textured scene (used when no --video is given)."""
-    rng = np.random.RandomState(0)
-    base = cv2_blur(rng.randint(0, 255, (height + 64, width + 64, 3)).astype(np.uint8))
-    frames = []
-    for i in range(n):
-        dy, dx = i % 64, (2 * i) % 64
-        frames.append(np.ascontiguousarray(base[dy:dy + height, dx:dx + width]))
-    return frames
+    return [f.image for f in stream_frames(n, height, width)]
 
 
-def stream_frames(n: int, height: int, width: int, prepare):
+def stream_frames(n: int, height: int, width: int, prepare=None):
     """``n`` frames of a panning textured scene, generated one at a time (nothing is kept)."""
     from dff.core.frames import Frame
 
@@ -85,7 +79,7 @@ def stream_frames(n: int, height: int, width: int, prepare):
         t = i % 256
         dy, dx = (t if t < 128 else 255 - t), (2 * i) % 128
         im = np.ascontiguousarray(base[dy:dy + height, dx:dx + width])
-        yield Frame(i, f"frame_{i:06d}", im, prepare(im))
+        yield Frame(i, f"frame_{i:06d}", im, prepare(im) if prepare else None)
 
 
 def cv2_blur(im: np.ndarray) -> np.ndarray:

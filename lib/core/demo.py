@@ -91,11 +91,9 @@ def load_model(model_cls: Callable[[Config], torch.nn.Module], cfg_path: str, mo
     return model.to(device).eval(), cfg
 
 
-def _summary(label: str, results: list[FrameResult], wall: float, warmup: int, drawn: int = 0) -> dict:
-    timed = results[warmup:] or results
-    n = len(timed)
-    stage_ms = {s: 1000 * float(np.mean([r.times[s] for r in timed])) for s in STAGES}
-    net = float(np.mean([r.times["total"] - r.times["post"] for r in timed]))
+def _summary(label: str, results: list[FrameResult], wall: float, drawn: int = 0) -> dict:
+    stage_ms = {s: 1000 * float(np.mean([r.times[s] for r in results])) for s in STAGES}
+    net = float(np.mean([r.times["total"] - r.times["post"] for r in results]))
     return {
         "label": label,
         "frames": len(results),
@@ -104,7 +102,6 @@ def _summary(label: str, results: list[FrameResult], wall: float, warmup: int, d
         "net_fps": 1.0 / net if net > 0 else float("inf"),
         "stage_ms": stage_ms,
         "end_to_end_fps": len(results) / wall if wall > 0 else float("inf"),
-        "timed_frames": n,
         "drawn": drawn,
     }
 
@@ -194,8 +191,7 @@ def run_demo(argv: list[str] | None, *, name: str, model_cls: Callable[[Config],
         video_path = None if args.no_video else os.path.join(args.out, "demo.mp4")
         label = "dff" if dff else "rfcn"
         results, wall, drawn = _run(detector, source, label, frames_dir, video_path, args.vis_thresh, args.quiet, dff)
-        summary = _summary(label + (f" (key interval {detector.key_interval})" if dff else ""), results, wall, 0,
-                           drawn)
+        summary = _summary(label + (f" (key interval {detector.key_interval})" if dff else ""), results, wall, drawn)
         if source.skipped:
             print(f"skipped {len(source.skipped)} unreadable frame(s): {', '.join(source.skipped[:5])}")
         _print_summary(summary)
@@ -205,7 +201,7 @@ def run_demo(argv: list[str] | None, *, name: str, model_cls: Callable[[Config],
                 pass
             base_src = FrameSource(args.input, prepare=base.prepare, max_frames=args.max_frames, on_error="skip")
             base_results, base_wall, _ = _run(base, base_src, "per-frame", None, None, args.vis_thresh, True, False)
-            b = _summary("per-frame R-FCN (same weights)", base_results, base_wall, 0)
+            b = _summary("per-frame R-FCN (same weights)", base_results, base_wall)
             _print_summary(b)
             print(f"speed-up of DFF over per-frame (network only): {b['net_ms'] / summary['net_ms']:.2f}x")
         print(f"peak RSS {peak_rss_mb():.0f} MB; wrote {args.out}")

@@ -13,8 +13,6 @@ The network is split the way DFF needs it:
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -232,9 +230,3 @@ class RFCN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"backbone={self.backbone.arch}, feat_dim={self.feat_dim}, classes={self.num_classes}"
-
-
-def build_rfcn(cfg: Config, **overrides: Any) -> RFCN:
-    """Build the per-frame detector from a config (``overrides`` are for tests)."""
-    model = RFCN(cfg)
-    return model.eval()

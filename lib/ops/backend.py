@@ -79,3 +79,8 @@ def resolve(backend: str | None, op: str, like: torch.Tensor) -> str:
         and _ext.has_kernel(op, like.device.type)
     )
     return "compiled" if usable else "fallback"
+
+
+def describe(x: object) -> str:
+    """``shape (..)`` of a tensor, else its type name: for argument errors."""
+    return f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backend import resolve
+from .backend import describe as _shape, resolve
 
 _OP = "dff::psroi_pool_forward"
 
@@ -55,10 +55,6 @@ def _check(data: torch.Tensor, rois: torch.Tensor, group_size: int, pooled_size:
             f"psroi_pool: data has {data.shape[1]} channels, expected output_dim*group_size^2 = "
             f"{output_dim}*{group_size}^2 = {output_dim * group_size * group_size}"
         )
-
-
-def _shape(x: object) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 def psroi_pool(

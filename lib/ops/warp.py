@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import resolve
+from .backend import describe as _shape, resolve
 
 _OP = "dff::warp_scale_forward"
 
@@ -57,10 +57,6 @@ def _check(feat: torch.Tensor, flow: torch.Tensor, scale: torch.Tensor | None) -
             raise ValueError(
                 f"warp_scale: scale ({scale.dtype}, {scale.device}) must match feat ({feat.dtype}, {feat.device})"
             )
-
-
-def _shape(x: object) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 def warp_scale(
