@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dff.core.postprocess import dets_to_rows, im_detect, im_detect_boxes, im_detect_pred_boxes, pred_eval_frame
+from dff.core.postprocess import (dets_to_rows, im_detect, im_detect_boxes, im_detect_pred_boxes, pred_eval_frame,
+                                  pred_eval_rows, rows_to_dets)
 from dff.parity import ops_proposal
 
 
@@ -184,3 +185,36 @@ def test_bad_input_messages():
     assert im_detect is im_detect_boxes
     with pytest.raises(ValueError, match="boxes"):
         pred_eval_frame(torch.zeros(3, 4), torch.zeros(3, 4), 0.1)
+
+
+@pytest.mark.parametrize("fixture", ["rfcn_frame0", "rfcn_frame1", "dff_cur_frame1", "dff_cur_frame2"])
+def test_one_call_rows_equal_the_reference_rows(reference_dir, fixture):
+    """The engine's one-NMS post-processing on MXNet's own head outputs gives the fixture's detections."""
+    d = np.load(reference_dir / "model" / f"{fixture}.npz")
+    scores = torch.from_numpy(d["im_detect_scores"])
+    boxes = torch.from_numpy(d["im_detect_pred_boxes"])
+    rows = pred_eval_rows(scores, boxes, 1e-4, 0.3, 300, method="batched").numpy()
+    exp = d["dets_cls_x1y1x2y2_score"]
+    assert rows.shape == exp.shape
+    np.testing.assert_array_equal(rows[:, 0], exp[:, 0])
+    np.testing.assert_allclose(rows[:, 1:], exp[:, 1:], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("max_per_image,class_agnostic", [(300, True), (15, True), (300, False)])
+def test_one_call_rows_equal_the_per_class_loop(seed, max_per_image, class_agnostic):
+    g = torch.Generator().manual_seed(seed)
+    n, c = 300, 31
+    scores = torch.softmax(3 * torch.randn(n, c, generator=g), dim=1)
+    xy = 500 * torch.rand(n, 2, generator=g, dtype=torch.float64)
+    box = torch.cat([xy, xy + 1 + 200 * torch.rand(n, 2, generator=g, dtype=torch.float64)], dim=1)
+    box[250:], scores[250:] = box[:50], scores[:50]  # Proposal's cyclic padding: exact duplicates
+    boxes = torch.cat([0.9 * box, box], 1) if class_agnostic else \
+        box.repeat(1, c) + 20 * torch.randn(n, 4 * c, generator=g, dtype=torch.float64)
+    loop = dets_to_rows(pred_eval_frame(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic))
+    rows = pred_eval_rows(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic, method="batched")
+    assert rows.shape == loop.shape and rows.shape[0] > 0
+    assert torch.equal(rows, loop)
+    dets = rows_to_dets(rows, c)
+    ref = pred_eval_frame(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic)
+    assert len(dets) == c and all(np.array_equal(a, b.numpy()) for a, b in zip(dets, ref))

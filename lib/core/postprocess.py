@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .bbox_transform import bbox_pred, clip_boxes, nms_plus1
+from .bbox_transform import bbox_pred, clip_boxes, nms_plus1, nms_sorted
 
-__all__ = ["im_detect_pred_boxes", "im_detect_boxes", "im_detect", "pred_eval_frame", "dets_to_rows"]
+__all__ = ["im_detect_pred_boxes", "im_detect_boxes", "im_detect", "pred_eval_frame", "pred_eval_rows",
+           "rows_to_dets", "dets_to_rows"]
 
 
 def _rois_2d(rois: Tensor) -> Tensor:
@@ -115,6 +117,59 @@ def pred_eval_frame(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: fl
             image_thresh = torch.topk(image_scores, max_per_image).values[-1]
             out = [out[0]] + [d[d[:, 4] >= image_thresh] for d in out[1:]]
     return out
+
+
+def pred_eval_rows(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: float = 0.3,
+                   max_per_image: int = 300, class_agnostic: bool = True, method: str = "auto") -> Tensor:
+    """:func:`pred_eval_frame` as (N, 6) float64 rows ``[class, x1, y1, x2, y2, score]`` (:func:`dets_to_rows`).
+
+    ``method="batched"``: one NMS call for all classes, with one ``nonzero`` instead of two host syncs
+    per class (on a GPU the per-class loop costs ~60 syncs and ~300 small launches per frame); same
+    candidates, order and keeps. Classes are separated by shifting each class's boxes by
+    ``class * (max coordinate + 2)`` so no two classes overlap; the shift moves the float64 IoUs by
+    ~1e-11 at most, so only a pair at IoU = ``nms_thresh`` within that could be decided otherwise.
+    ``"loop"``: :func:`pred_eval_frame` (on the CPU it is faster: 30 NMS of ~300 boxes cost far less
+    than one of ~9,000). ``"auto"``: batched on CUDA, the loop elsewhere.
+    """
+    if method not in ("auto", "loop", "batched"):
+        raise ValueError(f"pred_eval_rows: method must be auto, loop or batched, got {method!r}")
+    if method == "loop" or (method == "auto" and scores.device.type != "cuda"):
+        return dets_to_rows(pred_eval_frame(scores, boxes, thresh, nms_thresh, max_per_image, class_agnostic))
+    if scores.dim() != 2 or boxes.dim() != 2 or boxes.shape[0] != scores.shape[0]:
+        raise ValueError(f"pred_eval_rows: scores must be (R, C) and boxes (R, 8 or 4C), got "
+                         f"{tuple(scores.shape)} and {tuple(boxes.shape)}")
+    n_rois, n_cls = scores.shape
+    if (boxes.shape[1] < 8) if class_agnostic else (boxes.shape[1] != 4 * n_cls):
+        raise ValueError(f"pred_eval_rows: boxes of shape {tuple(boxes.shape)} do not fit {n_cls} classes "
+                         f"(class_agnostic={class_agnostic})")
+    boxes = boxes.to(torch.float64)
+    scores = scores.to(boxes.device)
+    thr = torch.tensor(thresh, dtype=scores.dtype, device=boxes.device)
+    roi, col = torch.nonzero(scores[:, 1:] > thr, as_tuple=True)  # row-major: roi index ascends per class
+    cls = col + 1
+    score = scores[roi, cls]
+    # per class: descending score, ties by roi index (two stable sorts), classes ascending
+    order = torch.sort(score, descending=True, stable=True).indices
+    order = order[torch.sort(cls[order], stable=True).indices]
+    roi, cls, score = roi[order], cls[order], score[order].to(torch.float64)
+    cand = boxes[roi, 4:8] if class_agnostic else boxes.view(n_rois, n_cls, 4)[roi, cls]
+    if cand.shape[0]:
+        shift = (cls.to(torch.float64) * (cand.abs().max() + 2.0))[:, None]
+        keep = nms_sorted(cand + shift, nms_thresh)
+        roi, cls, score, cand = roi[keep], cls[keep], score[keep], cand[keep]
+    if 0 < max_per_image < score.numel():
+        image_thresh = torch.topk(score, max_per_image).values[-1]
+        sel = score >= image_thresh
+        cls, score, cand = cls[sel], score[sel], cand[sel]
+    return torch.cat([cls.to(torch.float64)[:, None], cand, score[:, None]], dim=1)
+
+
+def rows_to_dets(rows: np.ndarray | Tensor, num_classes: int) -> list[np.ndarray]:
+    """(N, 6) rows ``[class, x1, y1, x2, y2, score]`` grouped by class -> per-class (k, 5) arrays
+    (index 0, background, empty): the layout of :func:`pred_eval_frame`, as NumPy."""
+    rows = rows.cpu().numpy() if isinstance(rows, Tensor) else np.asarray(rows)
+    cls = rows[:, 0].astype(np.int64)
+    return [rows[cls == j, 1:6] if j else np.zeros((0, 5)) for j in range(num_classes)]
 
 
 def dets_to_rows(dets: Sequence[Tensor]) -> Tensor:

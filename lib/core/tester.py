@@ -45,6 +45,7 @@ from ..dataset.vid_eval import format_table, load_vid_annotations, save_json, vi
 from ..utils.image import ImageReadError, read_image
 from ..utils.io import atomic_open, atomic_write_text
 from .frames import Frame
+from .fastpath import FastPath
 from .video import STAGES, VideoDetector
 
 __all__ = ["VideoFrames", "TesterError", "DEFAULT_THRESH", "list_videos", "eval_output_dir", "model_digest",
@@ -108,9 +109,10 @@ def model_digest(model: torch.nn.Module) -> str:
     """SHA-256 of the model's state_dict (names, shapes, dtypes, bytes): identifies the tested weights."""
     h = hashlib.sha256()
     for k, v in model.state_dict().items():
-        t = v.detach().to("cpu").contiguous()
+        t = v.detach().to("cpu")
         h.update(f"{k}:{tuple(t.shape)}:{t.dtype}\0".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1): NCHW byte order also for channels_last weights (the fast path converts them)
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -198,7 +200,8 @@ def _prefetch_frames(paths: Sequence[str], prepare: Callable[[np.ndarray], Any],
 
 def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: str, thresh: float | None = None,
                  key_interval: int | None = None, device: str | torch.device = "cpu", ignore_cache: bool = False,
-                 num_workers: int = 2, progress: bool = True, max_videos: int | None = None) -> dict[str, Any]:
+                 num_workers: int = 2, progress: bool = True, max_videos: int | None = None,
+                 fast: FastPath | None = None) -> dict[str, Any]:
     """Detect on every test video, write the results file, evaluate; returns the evaluation dict.
 
     Args:
@@ -210,6 +213,7 @@ def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: 
         key_interval: DFF key-frame interval (default ``TEST.KEY_FRAME_INTERVAL``; R-FCN: always 1).
         ignore_cache: run every video again even when its cached detections match.
         max_videos: only the first N videos (smoke tests); the evaluation covers those.
+        fast: the engine's GPU fast path (:class:`dff.core.fastpath.FastPath`), None for plain float32.
 
     The returned dict is :func:`dff.dataset.vid_eval.vid_eval`'s (with the motion breakdown) plus
     ``timing`` (mean seconds per frame and stage over the frames run now), ``videos``, ``frames``,
@@ -233,10 +237,12 @@ def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: 
         raise TesterError(f"{cfg.dataset.test_image_set}: the test list has no usable video")
     device = torch.device(device)
     model = model.to(device).eval()
-    detector = VideoDetector(model, cfg, key_interval=key_interval, device=device, thresh=thresh, sync=False)
+    detector = VideoDetector(model, cfg, key_interval=key_interval, device=device, thresh=thresh, sync=False,
+                             fast=fast)
     sig = json.dumps({"model": model_digest(model), "thresh": thresh, "key_interval": detector.key_interval,
                       "scales": [list(s) for s in cfg.SCALES], "means": list(cfg.network.PIXEL_MEANS),
                       "nms": float(cfg.TEST.NMS), "max_per_image": int(cfg.TEST.max_per_image),
+                      "fast_path": detector.runner.fast.describe(),
                       "test": {k: cfg.TEST[k] for k in ("RPN_NMS_THRESH", "RPN_PRE_NMS_TOP_N",
                                                         "RPN_POST_NMS_TOP_N", "RPN_MIN_SIZE")}},
                      sort_keys=True)

@@ -18,8 +18,9 @@ from torch import Tensor
 
 from ..config import Config
 from ..utils.image import preprocess
+from .fastpath import FastPath, StageRunner
 from .frames import Frame
-from .postprocess import im_detect_boxes, pred_eval_frame
+from .postprocess import im_detect_boxes, pred_eval_rows, rows_to_dets
 
 STAGES = ("feature", "flow", "warp", "head", "post")
 
@@ -46,12 +47,15 @@ class VideoDetector:
         sync: synchronise the device between stages so the per-stage split is exact (costs a little
             on GPU; off gives the true pipelined speed).
         keep_images: attach the original frame to each result (for drawing).
+        fast: the GPU fast path (:class:`~dff.core.fastpath.FastPath`: autocast, channels_last, CUDA
+            graphs); None runs the plain float32 model. ``FastPath.full(device)`` turns on all that applies.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: Config, key_interval: int | None = None,
                  device: str | torch.device = "cpu", thresh: float = 1e-4, sync: bool = True,
-                 keep_images: bool = False) -> None:
+                 keep_images: bool = False, fast: FastPath | None = None) -> None:
         self.model = model
+        self.runner = StageRunner(model, fast)
         self.cfg = cfg
         self.device = torch.device(device)
         self.has_flow = hasattr(model, "propagate")
@@ -97,7 +101,7 @@ class VideoDetector:
             or self._key_data.shape != data.shape  # a size change resets the cache
         )
         if is_key:
-            feat = self.model.extract_feature(data)
+            feat = self.runner.feature(data)
             t1 = self._tick()
             times["feature"] = t1 - t0
             if self.has_flow and self.key_interval > 1:
@@ -106,19 +110,23 @@ class VideoDetector:
                 self._key_data, self._key_feat = data, torch.empty(0)  # nothing to warp from: no cache
             self._since_key = 1
         else:
-            flow, scale = self.model.estimate_flow(data, self._key_data)
+            flow, scale = self.runner.flow(data, self._key_data)
             tf = self._tick()
-            feat = self.model.warp(self._key_feat, flow, scale)
+            feat = self.runner.warp(self._key_feat, flow, scale)
             t1 = self._tick()
             times["flow"], times["warp"] = tf - t0, t1 - tf
             self._since_key += 1
-        out = self.model.detect(feat, im_info_dev)
+        out = self.model.head_rois(self.runner.maps(feat), im_info_dev)
         times["head"] = self._tick() - t1
         return out, is_key, times
 
-    def postprocess(self, out: dict, im_info: Tensor) -> list:
+    def postprocess(self, out: dict, im_info: Tensor) -> list[np.ndarray]:
+        """Network outputs -> per-class (k, 5) ``[x1, y1, x2, y2, score]`` arrays (index 0 empty), original
+        pixels; one device-to-host copy per frame."""
         scores, boxes = im_detect_boxes(out["rois"], out["cls_prob"], out["bbox_pred"], im_info.to(out["rois"].device))
-        return pred_eval_frame(scores, boxes, self.thresh, float(self.cfg.TEST.NMS), int(self.cfg.TEST.max_per_image))
+        rows = pred_eval_rows(scores, boxes, self.thresh, float(self.cfg.TEST.NMS), int(self.cfg.TEST.max_per_image),
+                              class_agnostic=bool(self.cfg.CLASS_AGNOSTIC))
+        return rows_to_dets(rows, scores.shape[1])
 
     def run(self, frames: Iterable[Frame]) -> Iterator[FrameResult]:
         """Detect on every frame of one video, in order. ``frames`` may carry prepared inputs."""
@@ -127,7 +135,7 @@ class VideoDetector:
             data, im_info = frame.prepared if frame.prepared is not None else self.prepare(frame.image)
             out, is_key, times = self.step(data, im_info)
             t = time.perf_counter()
-            dets = [d.cpu().numpy() if isinstance(d, Tensor) else d for d in self.postprocess(out, im_info)]
+            dets = self.postprocess(out, im_info)
             times["post"] = time.perf_counter() - t
             times["total"] = sum(times[s] for s in STAGES)
             yield FrameResult(frame.index, frame.name, is_key, dets, times,

@@ -36,7 +36,7 @@ def rpn_softmax(cls_score: Tensor) -> Tensor:
     pairing (a, a+A) instead of torchvision's (2a, 2a+1).
     """
     n, c, h, w = cls_score.shape
-    return F.softmax(cls_score.view(n, 2, (c // 2) * h, w), dim=1).view(n, c, h, w)
+    return F.softmax(cls_score.reshape(n, 2, (c // 2) * h, w), dim=1).view(n, c, h, w)
 
 
 class RPNHead(nn.Module):
@@ -63,13 +63,19 @@ class RFCNHead(nn.Module):
         self.rfcn_cls = nn.Conv2d(in_channels, g2 * num_classes, 1)
         self.rfcn_bbox = nn.Conv2d(in_channels, g2 * 4 * num_reg_classes, 1)
 
-    def forward(self, x: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
-        """x (N, C, h, w), rois (R, 5) -> (cls_score (R, num_classes), bbox_pred (R, 4*num_reg_classes))."""
-        cls_maps = self.rfcn_cls(x)
-        bbox_maps = self.rfcn_bbox(x)
+    def score_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (N, C, h, w) -> (cls maps (N, 49*num_classes, h, w), bbox maps (N, 49*4*num_reg_classes, h, w))."""
+        return self.rfcn_cls(x), self.rfcn_bbox(x)
+
+    def pool(self, cls_maps: Tensor, bbox_maps: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        """Score maps + rois (R, 5) -> (cls_score (R, num_classes), bbox_pred (R, 4*num_reg_classes))."""
         cls = psroi_pool(cls_maps, rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP, self.num_classes)
         box = psroi_pool(bbox_maps, rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP, 4 * self.num_reg_classes)
         return cls.mean(dim=(2, 3)), box.mean(dim=(2, 3))
+
+    def forward(self, x: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        """x (N, C, h, w), rois (R, 5) -> (cls_score (R, num_classes), bbox_pred (R, 4*num_reg_classes))."""
+        return self.pool(*self.score_maps(x), rois)
 
 
 class RFCN(nn.Module):
@@ -117,18 +123,28 @@ class RFCN(nn.Module):
                         min_size=float(p.RPN_MIN_SIZE))
         return rois, deltas
 
-    def detect(self, feat: Tensor, im_info: Tensor) -> dict[str, Tensor]:
-        """The test-time task network on a feature map (the frame's own or a warped key feature).
+    def head_maps(self, feat: Tensor) -> dict[str, Tensor]:
+        """The convolutional part of the task network: fixed shapes, no host synchronisation.
 
-        Returns (MXNet output names in brackets):
-          ``rois`` (R, 5) [rois_output], ``cls_prob`` (1, R, C) [cls_prob_reshape_output],
-          ``bbox_pred`` (1, R, 4*num_reg_classes) [bbox_pred_reshape_output], ``cls_score`` (R, C),
-          ``rpn_cls_prob`` (N, 2A, h, w), ``rpn_bbox_pred`` (N, 4A, h, w) and ``rpn_bbox_pred_inv``.
+        feat (N, DFF_FEAT_DIM, h, w) -> ``rpn_cls_prob`` (N, 2A, h, w), ``rpn_bbox_pred`` (N, 4A, h, w),
+        ``cls_maps`` (N, 49*C, h, w), ``bbox_maps`` (N, 49*4*num_reg_classes, h, w). Split from
+        :meth:`head_rois` so the fast path can capture it in a CUDA graph.
         """
+        half = self.feat_dim // 2
         rpn_cls_prob, rpn_bbox_pred = self.rpn(feat)
+        cls_maps, bbox_maps = self.rfcn_head.score_maps(feat[:, half:])
+        return {"rpn_cls_prob": rpn_cls_prob, "rpn_bbox_pred": rpn_bbox_pred,
+                "cls_maps": cls_maps, "bbox_maps": bbox_maps}
+
+    def head_rois(self, maps: dict[str, Tensor], im_info: Tensor) -> dict[str, Tensor]:
+        """The data-dependent part of the task network: proposals (NMS), PSROI pooling, softmax.
+
+        ``maps`` from :meth:`head_maps`; returns the outputs of :meth:`detect`.
+        """
+        rpn_cls_prob, rpn_bbox_pred = maps["rpn_cls_prob"], maps["rpn_bbox_pred"]
         rois, deltas = self.propose(rpn_cls_prob, rpn_bbox_pred, im_info)
-        cls_score, bbox_pred = self.rfcn_head(feat[:, self.feat_dim // 2:], rois)
-        n = feat.shape[0]
+        cls_score, bbox_pred = self.rfcn_head.pool(maps["cls_maps"], maps["bbox_maps"], rois)
+        n = rpn_cls_prob.shape[0]
         return {
             "rois": rois,
             "cls_score": cls_score,
@@ -138,6 +154,16 @@ class RFCN(nn.Module):
             "rpn_bbox_pred": rpn_bbox_pred,
             "rpn_bbox_pred_inv": deltas,
         }
+
+    def detect(self, feat: Tensor, im_info: Tensor) -> dict[str, Tensor]:
+        """The test-time task network on a feature map (the frame's own or a warped key feature).
+
+        Returns (MXNet output names in brackets):
+          ``rois`` (R, 5) [rois_output], ``cls_prob`` (1, R, C) [cls_prob_reshape_output],
+          ``bbox_pred`` (1, R, 4*num_reg_classes) [bbox_pred_reshape_output], ``cls_score`` (R, C),
+          ``rpn_cls_prob`` (N, 2A, h, w), ``rpn_bbox_pred`` (N, 4A, h, w) and ``rpn_bbox_pred_inv``.
+        """
+        return self.head_rois(self.head_maps(feat), im_info)
 
     def forward(self, data: Tensor, im_info: Tensor) -> dict[str, Tensor]:
         """Per-frame test forward: data (N, 3, H, W), im_info (N, 3) -> :meth:`detect` outputs + ``feat``."""

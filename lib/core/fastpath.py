@@ -1,0 +1,199 @@
+"""The GPU fast path of the video engine: autocast, channels_last, cuDNN autotuning, CUDA graphs.
+
+:class:`FastPath` says which of these to use; :class:`StageRunner` runs the engine's fixed-shape
+stages with them:
+
+* ``feature(data)`` -- the feature network (key frames);
+* ``flow(data, key_data)`` -- FlowNet: flow and scale map (non-key frames);
+* ``warp(key_feat, flow, scale)`` -- the fused warp x scale (non-key frames);
+* ``maps(feat)`` -- the convolutional task network (:meth:`dff.models.rfcn.RFCN.head_maps`).
+
+The rest of the frame (proposals with their NMS, PSROI pooling, post-processing) has data-dependent
+sizes and runs eagerly. Everything here is float32 at the stage boundaries: under autocast each stage
+casts its outputs back to float32, so proposals, PSROI pooling and the warp (which work in float32
+anyway, see :mod:`dff.ops`) see the same dtypes as without the fast path.
+
+A CUDA graph is captured per input shape the first time a stage sees it (after two warm-up calls
+that also let cuDNN pick its algorithms) and replayed after that, which removes the CPU launch
+overhead of the ~300 kernels of a ResNet-101 frame. Replays write into the graph's static output
+tensors: a stage's result is valid until that stage runs again (the engine copies the key feature
+it caches). If capture fails the stage falls back to eager execution with a warning.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPath:
+    """Which speed-ups to use. All off (the default) is the plain float32 eager engine.
+
+    amp: ``"fp16"`` or ``"bf16"`` autocast of the stages, or None.
+    channels_last: run the convolutions in NHWC memory format (faster tensor-core kernels).
+    cuda_graphs: capture the fixed-shape stages in CUDA graphs (CUDA only).
+    cudnn_benchmark: let cuDNN time its algorithms for each new shape.
+    """
+
+    amp: str | None = None
+    channels_last: bool = False
+    cuda_graphs: bool = False
+    cudnn_benchmark: bool = False
+
+    def __post_init__(self) -> None:
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise ValueError(f"FastPath.amp must be one of {', '.join(AMP_DTYPES)} or None, got {self.amp!r}")
+
+    @classmethod
+    def full(cls, device: str | torch.device, amp: str | None = "fp16") -> "FastPath":
+        """Everything that applies to ``device``: all on for CUDA, nothing for the CPU."""
+        if torch.device(device).type != "cuda":
+            return cls()
+        return cls(amp=amp, channels_last=True, cuda_graphs=True, cudnn_benchmark=True)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.amp or self.channels_last or self.cuda_graphs or self.cudnn_benchmark)
+
+    def describe(self) -> str:
+        parts = [f"amp {self.amp}" if self.amp else "float32"]
+        parts += [name for name, on in (("channels_last", self.channels_last), ("CUDA graphs", self.cuda_graphs),
+                                        ("cuDNN autotune", self.cudnn_benchmark)) if on]
+        return ", ".join(parts)
+
+
+def _float32(x):
+    """Outputs leave a stage in float32 (contiguous NCHW), whatever the stage computed in."""
+    if isinstance(x, Tensor):
+        return x.float().contiguous() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: _float32(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_float32(v) for v in x)
+    return x
+
+
+class _Graphed:
+    """One function, captured in a CUDA graph per input signature; replays copy the inputs in."""
+
+    def __init__(self, fn: Callable, name: str) -> None:
+        self.fn = fn
+        self.name = name
+        self.graphs: dict[tuple, tuple] = {}
+        self.failed = False
+
+    def __call__(self, *args: Tensor):
+        if self.failed:
+            return self.fn(*args)
+        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        entry = self.graphs.get(key)
+        if entry is None:
+            try:
+                entry = self.graphs[key] = self._capture(args)
+            except RuntimeError as e:  # e.g. an operator that synchronises: run this stage eagerly
+                warnings.warn(f"fast path: CUDA graph capture of the {self.name} stage failed ({e}); "
+                              f"running it eagerly")
+                self.failed = True
+                torch.cuda.synchronize()
+                return self.fn(*args)
+        graph, static_in, static_out = entry
+        for dst, src in zip(static_in, args):
+            dst.copy_(src, non_blocking=True)
+        graph.replay()
+        return static_out
+
+    def _capture(self, args: tuple[Tensor, ...]) -> tuple:
+        static_in = [a.detach().clone() for a in args]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture: cuDNN autotuning, lazy inits
+            for _ in range(2):
+                self.fn(*static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: decoding threads may pin memory (a CUDA call) while this thread captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            static_out = self.fn(*static_in)
+        return graph, static_in, static_out
+
+
+class StageRunner:
+    """The engine's fixed-shape stages of ``model`` with the speed-ups of ``fast``.
+
+    ``model`` must be in eval mode on its device; with ``channels_last`` it is converted in place.
+    """
+
+    def __init__(self, model: torch.nn.Module, fast: FastPath | None = None) -> None:
+        self.model = model
+        self.fast = fast or FastPath()
+        try:
+            self.device = next(model.parameters()).device
+        except StopIteration:
+            self.device = torch.device("cpu")
+        f = self.fast
+        if f.cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"fast path: CUDA graphs need the model on a CUDA device, it is on {self.device}")
+        if f.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
+        if f.channels_last:
+            model.to(memory_format=torch.channels_last)
+        has_flow = hasattr(model, "propagate")
+        stages = {"feature": self._feature, "maps": self._maps}
+        if has_flow:
+            stages["flow"] = self._flow
+            stages["warp"] = self._warp
+        if f.cuda_graphs:
+            stages = {k: _Graphed(fn, k) for k, fn in stages.items()}
+        self._stages = stages
+
+    # the stage bodies -------------------------------------------------------------------------
+    def _autocast(self):
+        dtype = AMP_DTYPES.get(self.fast.amp) if self.fast.amp else None
+        # no weight-cast cache: inside a CUDA graph the casts must be part of the graph
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None,
+                              cache_enabled=False if self.fast.cuda_graphs else None)
+
+    def _input(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.fast.channels_last else x
+
+    def _feature(self, data: Tensor) -> Tensor:
+        with self._autocast():
+            return _float32(self.model.extract_feature(self._input(data)))
+
+    def _flow(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:
+        with self._autocast():
+            return _float32(self.model.estimate_flow(self._input(data), self._input(key_data)))
+
+    def _warp(self, key_feat: Tensor, flow: Tensor, scale: Tensor) -> Tensor:
+        return self.model.warp(key_feat, flow, scale)  # float32: the warp samples in float32 anyway
+
+    def _maps(self, feat: Tensor) -> dict[str, Tensor]:
+        with self._autocast():
+            return _float32(self.model.head_maps(self._input(feat)))
+
+    # the engine's calls ----------------------------------------------------------------------------
+    def feature(self, data: Tensor) -> Tensor:
+        """data (1, 3, H, W) -> key feature (1, C, h, w) float32 (a graph output: copy it to keep it)."""
+        return self._stages["feature"](data)
+
+    def flow(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:
+        """FlowNet(data, key_data) -> (flow (1, 2, h, w), scale map (1, C, h, w)), float32."""
+        return self._stages["flow"](data, key_data)
+
+    def warp(self, key_feat: Tensor, flow: Tensor, scale: Tensor) -> Tensor:
+        """warp(key_feat, flow) x scale -> (1, C, h, w) float32."""
+        return self._stages["warp"](key_feat, flow, scale)
+
+    def maps(self, feat: Tensor) -> dict[str, Tensor]:
+        """feature -> the score maps of :meth:`dff.models.rfcn.RFCN.head_maps`, float32."""
+        return self._stages["maps"](feat)
+
+    @property
+    def graphs_captured(self) -> int:
+        return sum(len(s.graphs) for s in self._stages.values() if isinstance(s, _Graphed))

@@ -1,0 +1,235 @@
+"""The fast path changes speed, not results: detections with and without it, on the fixture inputs.
+
+The R-FCN and DFF fixture models (``model/``, deterministic weights, see :mod:`dff.parity.model`) run
+the fixture frames through the video engine (DFF: frame 0 a key frame, the others warped from it)
+twice on one device: plain float32 (TF32 off) and with a :class:`~dff.core.fastpath.FastPath`. Every
+detection scoring above ``score_thresh`` in either run must have a partner in the other run: same
+class, every box coordinate within ``box_tol`` original-image pixels and the score within
+``score_tol``. On a CUDA device the plain float32 run is also compared with MXNet's detections.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import TOL_BOX, Result, compare
+from .model import FIXTURE_THRESH, _build, _frame_inputs
+
+SCORE_THRESH = 0.1
+BOX_TOL = 1.0  # original-image pixels
+SCORE_TOL = 0.02
+# Under autocast a class's NMS can keep the other of two overlapping near-equal-score boxes, so a few
+# detections per frame may lose their partner even on the same rois.
+AMP_MIN_SHARED = 0.95
+
+
+@dataclasses.dataclass
+class Match:
+    """How two detection sets agree above a score threshold (rows ``[class, x1, y1, x2, y2, score]``)."""
+
+    considered: int  # detections above the threshold, both sides
+    unmatched: int
+    max_box_diff: float  # over the matched pairs, pixels
+    max_score_diff: float
+
+    @property
+    def passed(self) -> bool:
+        return self.unmatched == 0
+
+
+def match_rows(a: np.ndarray, b: np.ndarray, score_thresh: float = SCORE_THRESH, box_tol: float = BOX_TOL,
+               score_tol: float = SCORE_TOL) -> Match:
+    """Pair each detection above ``score_thresh`` in ``a`` with its closest same-class one in ``b`` and
+    vice versa (a partner may itself be just below the threshold)."""
+    considered = unmatched = 0
+    box_diff = score_diff = 0.0
+    for src, dst in ((a, b), (b, a)):
+        for row in src[src[:, 5] > score_thresh]:
+            considered += 1
+            same = dst[dst[:, 0] == row[0]]
+            if same.shape[0] == 0:
+                unmatched += 1
+                continue
+            d_box = np.abs(same[:, 1:5] - row[1:5]).max(axis=1)
+            d_score = np.abs(same[:, 5] - row[5])
+            j = int(np.argmin(d_box + d_score))
+            if d_box[j] <= box_tol and d_score[j] <= score_tol:
+                box_diff, score_diff = max(box_diff, float(d_box[j])), max(score_diff, float(d_score[j]))
+            else:
+                unmatched += 1
+    return Match(considered, unmatched, box_diff, score_diff)
+
+
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """Plain float32 on a GPU: cuDNN and cuBLAS would otherwise use TF32 (10-bit mantissa) for fp32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def run_rows(model, frames: list, device: torch.device, fast=None, key_interval: int = 1,
+             fixed_rois: list | None = None) -> tuple[list[np.ndarray], list]:
+    """Detections (rows ``[class, x1, y1, x2, y2, score]``) of each frame through the video engine, and
+    each frame's rois. With ``fixed_rois`` the proposals are replaced by those (one per frame)."""
+    from ..core.postprocess import dets_to_rows
+    from ..core.video import VideoDetector
+
+    det = VideoDetector(model, model.cfg, key_interval=key_interval, device=device, thresh=FIXTURE_THRESH,
+                        sync=False, fast=fast)
+    if fixed_rois is not None:
+        queue = list(fixed_rois)
+        propose = model.propose
+
+        def fixed(*args, **kwargs):  # the engine's proposals, but the given rois
+            _, deltas = propose(*args, **kwargs)
+            return queue.pop(0), deltas
+
+        model.propose = fixed
+    rows, rois = [], []
+    try:
+        for data, im_info in frames:
+            out, _, _ = det.step(data, im_info)
+            dets = det.postprocess(out, im_info)
+            rows.append(dets_to_rows([torch.from_numpy(np.asarray(d)) for d in dets]).numpy())
+            rois.append(out["rois"].clone())
+    finally:
+        if fixed_rois is not None:
+            del model.propose
+    return rows, rois
+
+
+def _tag(fast) -> str:
+    return fast.describe().replace(", ", "+").replace(" ", "_")
+
+
+def _match_results(case: str, plain: list, got: list, min_shared: float = 1.0) -> Iterator[Result]:
+    """One row per frame; it passes when at least ``min_shared`` of the detections have partners."""
+    for k, (a, b) in enumerate(zip(plain, got)):
+        m = match_rows(a, b)
+        shared = (m.considered - m.unmatched) / max(m.considered, 1)
+        yield Result(f"{case}/frame{k}", f"dets>{SCORE_THRESH}", m.max_box_diff, m.max_score_diff,
+                     m.considered > 0 and shared >= min_shared,
+                     f"{m.considered} detections, {m.unmatched} unmatched; max_abs = box px, max_rel = score")
+
+
+def fixture_cases(fixture_dir: str, device: torch.device, fasts: list, notes: list | None = None,
+                  kinds: tuple[str, ...] = ("rfcn", "dff")) -> Iterator[Result]:
+    """The R-FCN and DFF fixture models on the fixture frames.
+
+    Without autocast the fast path must give the same detections. With autocast, the fixture weights'
+    RPN is saturated (its 300 best anchors score 0.993-0.9997), so a 1e-3 change of the feature
+    reorders them and other proposals survive: the detections are compared on the float32 run's rois
+    (the numerics of the whole network under autocast), and how many detections the whole autocast
+    pipeline shares with float32 goes to ``notes`` (not run without ``notes``).
+    """
+    mdir = os.path.join(fixture_dir, "model")
+    files = sorted(os.listdir(mdir)) if os.path.isdir(mdir) else []
+    n_frames = len([f for f in files if re.fullmatch(r"inputs_frame\d+\.npz", f)])
+    frames = [tuple(t.to(device) for t in _frame_inputs(fixture_dir, k)) for k in range(n_frames)]
+    for kind in kinds:
+        case = f"fastpath/fixture-{kind}"
+        interval = max(n_frames, 1) if kind == "dff" else 1  # DFF: frame 0 key, the others warped from it
+        with no_tf32(), torch.inference_mode():
+            model = _build(kind, fixture_dir).to(device).eval()
+            plain, plain_rois = run_rows(model, frames, device, None, interval)
+        if device.type == "cuda":  # the plain float32 engine on the GPU against MXNet's detections
+            expected = {"rfcn": [f"rfcn_frame{k}.npz" for k in range(n_frames)],
+                        "dff": ["dff_key_frame0.npz"] + [f"dff_cur_frame{k}.npz" for k in range(1, n_frames)]}[kind]
+            for k, name in enumerate(expected):
+                path = os.path.join(mdir, name)
+                if os.path.isfile(path):
+                    exp = np.load(path)["dets_cls_x1y1x2y2_score"]
+                    # the DFF frames warp our key feature, not MXNet's stored one: 1e-2 px
+                    yield compare(f"{case}/{device.type}-float32/frame{k}", "dets_cls_x1y1x2y2_score", plain[k], exp,
+                                  **dict(TOL_BOX, atol=1e-2))
+        for fast in fasts:
+            with torch.inference_mode():
+                model = _build(kind, fixture_dir).to(device).eval()  # fresh: channels_last converts in place
+                if fast.amp is None:
+                    got, _ = run_rows(model, frames, device, fast, interval)
+                    yield from _match_results(f"{case}/{device.type}/{_tag(fast)}", plain, got)
+                    continue
+                got, _ = run_rows(model, frames, device, fast, interval, fixed_rois=plain_rois)
+                yield from _match_results(f"{case}/{device.type}/{_tag(fast)}/float32-rois", plain, got,
+                                          AMP_MIN_SHARED)
+                if notes is None:
+                    continue
+                model = _build(kind, fixture_dir).to(device).eval()
+                whole, _ = run_rows(model, frames, device, fast, interval)
+            if notes is not None:
+                for k, (a, b) in enumerate(zip(plain, whole)):
+                    m = match_rows(a, b)
+                    notes.append(f"{case}/{device.type}/{_tag(fast)}/frame{k}: whole pipeline (own proposals): "
+                                 f"{m.considered - m.unmatched} of {m.considered} detections above {SCORE_THRESH} "
+                                 f"shared with float32 (max box diff {m.max_box_diff:.3g} px, score "
+                                 f"{m.max_score_diff:.3g})")
+
+
+def embedded_cases(device: torch.device, fasts: list, frames: int = 20, work_dir: str | None = None) -> Iterator[Result]:
+    """The embedded trained models (``data/models``) on a generated synthetic clip, whole pipeline.
+
+    Under autocast, proposals (NMS over near-equal boxes) may differ, and a detection from another
+    roi has another score: the rows pass at :data:`AMP_MIN_SHARED` of the detections shared; the
+    effect on accuracy is measured by ``tools/benchmark.py --eval --fast`` (mAP with and without)."""
+    import tempfile
+
+    from ..core.demo import load_model, synthetic_clip
+    from ..core.frames import FrameSource
+    from .model import DFF_CFG, REPO, RFCN_CFG
+
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        clip = synthetic_clip(tmp, frames=frames)
+        images = [f.image for f in FrameSource(clip)]
+    for kind in ("rfcn", "dff"):
+        path = os.path.join(REPO, "data", "models", f"{'dff_rfcn' if kind == 'dff' else 'rfcn'}_synthetic_tiny.pth")
+        if kind == "dff":
+            from dff_rfcn.model import DFF as cls
+        else:
+            from ..models.rfcn import RFCN as cls
+        case = f"fastpath/embedded-{kind}"
+
+        def build():
+            model, cfg = load_model(cls, DFF_CFG if kind == "dff" else RFCN_CFG, path, str(device), "")
+            return model
+
+        model = build()
+        from ..core.video import VideoDetector
+
+        prep = VideoDetector(model, model.cfg, device=device)
+        inputs = [tuple(t.to(device) for t in prep.prepare(im)) for im in images]
+        interval = 10 if kind == "dff" else 1
+        with no_tf32(), torch.inference_mode():
+            plain, _ = run_rows(model, inputs, device, None, interval)
+        for fast in fasts:
+            with torch.inference_mode():
+                got, _ = run_rows(build(), inputs, device, fast, interval)
+            if fast.amp is None:
+                yield from _match_results(f"{case}/{device.type}/{_tag(fast)}", plain, got)
+                continue
+            ms = [match_rows(a, b) for a, b in zip(plain, got)]
+            considered, unmatched = sum(m.considered for m in ms), sum(m.unmatched for m in ms)
+            yield Result(f"{case}/{device.type}/{_tag(fast)}/{len(ms)}-frames", f"dets>{SCORE_THRESH}",
+                         max(m.max_box_diff for m in ms), max(m.max_score_diff for m in ms),
+                         considered > 0 and considered - unmatched >= AMP_MIN_SHARED * considered,
+                         f"{considered} detections, {unmatched} unmatched; max_abs = box px, max_rel = score")
+
+
+def cases(fixture_dir: str, device: str | torch.device = "cpu", fasts: list | None = None,
+          notes: list | None = None) -> Iterator[Result]:
+    """Fixture and embedded-model checks of each fast path (default: everything for ``device``)."""
+    from ..core.fastpath import FastPath
+
+    device = torch.device(device)
+    fasts = fasts if fasts is not None else [FastPath.full(device)]
+    yield from fixture_cases(fixture_dir, device, fasts, notes)
+    yield from embedded_cases(device, fasts)

@@ -1,0 +1,110 @@
+"""The engine's fast path (autocast, channels_last, CUDA graphs) keeps the detections.
+
+The CPU tests run everywhere (channels_last and autocast exist on the CPU); the CUDA tests run where a
+GPU is (CI has none: `tools/check_fastpath.py` and these tests were run on the lent GPU, see
+docs/benchmarks.md).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dff.core.fastpath import FastPath, StageRunner
+from dff.parity import fastpath as check
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_fast_path_settings():
+    assert not FastPath().enabled and FastPath().describe() == "float32"
+    assert FastPath.full("cpu") == FastPath()  # nothing of it applies to the CPU
+    full = FastPath.full("cuda")
+    assert full.amp == "fp16" and full.channels_last and full.cuda_graphs and full.cudnn_benchmark
+    with pytest.raises(ValueError, match="fp16, bf16"):
+        FastPath(amp="int8")
+
+
+def test_cuda_graphs_need_a_cuda_model():
+    from dff.models.rfcn import RFCN
+    from dff.parity.model import RFCN_CFG
+    from dff.config import load_config
+
+    with pytest.raises(ValueError, match="CUDA graphs need the model on a CUDA device"):
+        StageRunner(RFCN(load_config(RFCN_CFG)).eval(), FastPath(cuda_graphs=True))
+
+
+def test_match_rows_finds_partners_and_misses():
+    a = np.array([[1, 10, 10, 50, 50, 0.9], [2, 0, 0, 20, 20, 0.5], [3, 5, 5, 9, 9, 0.05]])
+    assert check.match_rows(a, a.copy()).passed
+    b = a.copy()
+    b[0, 1] += 0.5  # within 1 px
+    b[1, 5] = 0.45  # score off by 0.05 > 0.02
+    m = check.match_rows(a, b)
+    assert m.considered == 4 and m.unmatched == 2 and m.max_box_diff == pytest.approx(0.5)
+    b = a.copy()
+    b[1, 0] = 4  # wrong class
+    assert check.match_rows(a, b).unmatched == 2
+
+
+def _rows(fixture_dir, fasts, kinds=("rfcn", "dff")):
+    return list(check.fixture_cases(str(fixture_dir), torch.device("cpu"), fasts, kinds=kinds))
+
+
+def test_channels_last_keeps_the_fixture_detections(reference_dir):
+    rows = _rows(reference_dir, [FastPath(channels_last=True)])
+    assert len(rows) == 6  # 2 models x 3 frames
+    bad = [r.line() for r in rows if not r.passed]
+    assert not bad, bad
+
+
+def test_autocast_fp16_on_float32_rois(reference_dir):
+    """fp16 autocast of every network stage, compared on the float32 run's rois (CPU autocast)."""
+    rows = _rows(reference_dir, [FastPath(amp="fp16", channels_last=True)])
+    assert len(rows) == 6
+    bad = [r.line() for r in rows if not r.passed]
+    assert not bad, bad
+    assert all(r.max_abs < check.BOX_TOL for r in rows)
+
+
+def test_the_check_catches_bf16(reference_dir):
+    """bf16 (8-bit mantissa) moves the fixture boxes by up to a pixel and flips most matches: the check
+    must say so (this is why the fast path defaults to fp16)."""
+    rows = _rows(reference_dir, [FastPath(amp="bf16")], kinds=("rfcn",))
+    assert sum(not r.passed for r in rows) >= 2, [r.line() for r in rows]
+
+
+@cuda
+def test_cuda_fast_path_keeps_the_detections(reference_dir):
+    device = torch.device("cuda")
+    fasts = [FastPath.full(device, amp=None), FastPath.full(device, amp="fp16")]
+    notes: list[str] = []
+    rows = list(check.cases(str(reference_dir), device, fasts, notes))
+    bad = [r.line() for r in rows if not r.passed]
+    assert not bad, bad
+    assert any("cuda-float32" in r.case for r in rows)  # plain float32 on the GPU against MXNet
+
+
+@cuda
+def test_cuda_graph_replays_equal_eager_runs(reference_dir):
+    """Captured stages replayed on new inputs give what the same stages give eagerly."""
+    from dff.parity.model import _build, _frame_inputs
+
+    device = torch.device("cuda")
+    with check.no_tf32(), torch.inference_mode():
+        model = _build("dff", str(reference_dir)).to(device).eval()
+        eager = StageRunner(model, FastPath())
+        graphed = StageRunner(model, FastPath(cuda_graphs=True))
+        frames = [_frame_inputs(str(reference_dir), k)[0].to(device) for k in range(3)]
+        for data in frames:  # the first call captures, the others replay
+            key_g = graphed.feature(data).clone()
+            key_e = eager.feature(data)
+            torch.testing.assert_close(key_g, key_e, rtol=1e-5, atol=1e-5)
+        flow_g = [t.clone() for t in graphed.flow(frames[1], frames[0])]
+        flow_e = eager.flow(frames[1], frames[0])
+        for g, e in zip(flow_g, flow_e):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+        maps_g = {k: v.clone() for k, v in graphed.maps(key_e).items()}
+        for k, v in eager.maps(key_e).items():
+            torch.testing.assert_close(maps_g[k], v, rtol=1e-5, atol=1e-5)
+        assert graphed.graphs_captured == 3
