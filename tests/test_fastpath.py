@@ -95,7 +95,9 @@ def test_cuda_graph_replays_equal_eager_runs(reference_dir):
         model = _build("dff", str(reference_dir)).to(device).eval()
         eager = StageRunner(model, FastPath())
         graphed = StageRunner(model, FastPath(cuda_graphs=True))
-        frames = [_frame_inputs(str(reference_dir), k)[0].to(device) for k in range(3)]
+        inputs = [_frame_inputs(str(reference_dir), k) for k in range(3)]
+        frames = [data.to(device) for data, _ in inputs]
+        im_info = inputs[0][1].to(device)
         for data in frames:  # the first call captures, the others replay
             key_g = graphed.feature(data).clone()
             key_e = eager.feature(data)
@@ -104,7 +106,35 @@ def test_cuda_graph_replays_equal_eager_runs(reference_dir):
         flow_e = eager.flow(frames[1], frames[0])
         for g, e in zip(flow_g, flow_e):
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
-        maps_g = {k: v.clone() for k, v in graphed.maps(key_e).items()}
-        for k, v in eager.maps(key_e).items():
+        maps_g = {k: v.clone() for k, v in graphed.maps(key_e, im_info).items()}
+        maps_e = eager.maps(key_e, im_info)
+        assert "cand_boxes" in maps_e and set(maps_g) == set(maps_e)
+        for k, v in maps_e.items():
             torch.testing.assert_close(maps_g[k], v, rtol=1e-5, atol=1e-5)
         assert graphed.graphs_captured == 3
+
+
+def test_post_processing_methods_agree():
+    """host / device / batched NMS placement: the same detections (on the CPU, host is the device loop)."""
+    from dff.core.video import VideoDetector
+    from dff.parity.model import RFCN_CFG
+    from dff.config import load_config
+    from dff.models.rfcn import RFCN
+    from dff.utils.fixture_weights import fixture_state_dict
+
+    cfg = load_config(RFCN_CFG)
+    model = RFCN(cfg).eval()
+    model.load_state_dict(fixture_state_dict(model))
+    g = torch.Generator().manual_seed(0)
+    image = (torch.rand(120, 200, 3, generator=g) * 255).to(torch.uint8).numpy()
+    with pytest.raises(ValueError, match="post must be one of"):
+        VideoDetector(model, cfg, post="gpu")
+    dets = {}
+    for post in ("host", "device", "batched"):
+        det = VideoDetector(model, cfg, post=post)
+        data, im_info = det.prepare(image)
+        out, _, _ = det.step(data, im_info)
+        dets[post] = det.postprocess(out, im_info)
+    assert sum(len(d) for d in dets["device"]) > 0
+    for post in ("host", "batched"):
+        assert all(np.array_equal(a, b) for a, b in zip(dets[post], dets["device"]))

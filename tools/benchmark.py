@@ -25,7 +25,7 @@ import torch
 from dff.config import ConfigError, load_config, update_config
 from dff.core.fastpath import FastPath
 from dff.core.frames import FrameSource, VideoReadError
-from dff.core.video import VideoDetector
+from dff.core.video import POST_METHODS, VideoDetector
 from dff.utils.io import atomic_write_text
 
 NET_STAGES = ("feature", "flow", "warp", "head")
@@ -160,6 +160,45 @@ def time_end_to_end(detector: VideoDetector, video: str | None, frames: list[np.
     return {"fps": count / wall, "post_ms": 1000 * post / max(count, 1)}
 
 
+def time_post_methods(detector: VideoDetector, prepared: list, frames: int = 10) -> dict:
+    """Mean ms per frame of the detections' post-processing by :data:`POST_METHODS` on the same outputs."""
+    detector.reset()
+    outs = [(detector.step(data, im_info)[0], im_info) for data, im_info in prepared[:frames]]
+    saved, result = detector.post, {}
+    for method in POST_METHODS:
+        detector.post = method
+        detector.postprocess(*outs[0])  # warm-up
+        if detector.device.type == "cuda":
+            torch.cuda.synchronize(detector.device)
+        t0 = time.perf_counter()
+        for out, im_info in outs:
+            detector.postprocess(out, im_info)
+        result[method] = 1000 * (time.perf_counter() - t0) / len(outs)
+    detector.post = saved
+    return result
+
+
+def profile(detector: VideoDetector, prepared: list, path: str) -> None:
+    """torch.profiler over one pass of the prepared frames (network and post-processing); op tables to ``path``."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if detector.device.type == "cuda" else [])
+    detector.reset()
+    with torch_profile(activities=activities) as prof:
+        for data, im_info in prepared:
+            out, _, _ = detector.step(data, im_info)
+            detector.postprocess(out, im_info)
+        if detector.device.type == "cuda":
+            torch.cuda.synchronize(detector.device)
+    table = prof.key_averages()
+    text = [f"# {len(prepared)} frames, key interval {detector.key_interval}, {detector.runner.fast.describe()}",
+            table.table(sort_by="self_cpu_time_total", row_limit=40)]
+    if detector.device.type == "cuda":
+        text.append(table.table(sort_by="self_cuda_time_total", row_limit=25))
+    atomic_write_text(path, "\n\n".join(text))
+    print("\n".join(text[1].split("\n")[:16]))
+
+
 def fast_path(name: str | None, device: torch.device) -> FastPath:
     """``--fast`` -> a FastPath (None: fp16 on CUDA, nothing on the CPU)."""
     if name is None:
@@ -184,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fast", default=None, choices=["none", "fp32", "fp16", "bf16"],
                     help="the GPU fast path: none (plain float32), fp32 (channels_last, cuDNN autotune, CUDA graphs), "
                          "fp16 / bf16 (the same with autocast); default fp16 on CUDA, none on the CPU")
+    ap.add_argument("--post", default=None, choices=["host", "device", "batched"],
+                    help="where the detections' per-class NMS runs (default: host on CUDA, device on the CPU)")
+    ap.add_argument("--profile", default=None,
+                    help="also profile the largest key interval (torch.profiler) and write the op table here")
     ap.add_argument("--workers", type=int, default=None,
                     help="decoding threads for a frame folder (default: min(8, CPU cores))")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -215,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--device cuda: no CUDA device is available")
         model = build_model(cfg, args.model, device)
         fast = fast_path(args.fast, device)
-        base = VideoDetector(model, cfg, key_interval=1, device=device, sync=False, fast=fast)
+        base = VideoDetector(model, cfg, key_interval=1, device=device, sync=False, fast=fast, post=args.post)
         if args.video:
             frames = [f.image for f in FrameSource(args.video, max_frames=args.frames)]
         else:
@@ -237,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     per_frame = time_network(base, prepared)
     results = {}
     for k in intervals:
-        det = base if k == 1 else VideoDetector(model, cfg, key_interval=k, device=device, sync=False, fast=fast)
+        det = base if k == 1 else VideoDetector(model, cfg, key_interval=k, device=device, sync=False, fast=fast,
+                                                post=args.post)
         _reset_peak_rss()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -255,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             row["peak_memory_mb"]["gpu"] = torch.cuda.max_memory_allocated(device) / 2**20
         results[str(k)] = row
+    post_methods = time_post_methods(det, prepared)
+    print("post-processing per frame by method (ms): " + ", ".join(f"{m} {v:.2f}" for m, v in post_methods.items()))
+    if args.profile:
+        profile(det, prepared, args.profile)
     if args.eval:
         from dff.core.tester import run_test_set
 
@@ -299,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "input": {"frames": len(frames), "network_input": [int(h), int(w)], "backbone": cfg.network.BACKBONE},
         "fast_path": fast.describe(),
     }
+    report["post_methods_ms"] = post_methods
     if args.lengths:
         report["lengths"] = scaling
     if args.json:

@@ -9,6 +9,7 @@
 # REFERENCE_DIR: the MXNet fixtures (default ../shared/reference); FRAMES_DIR: JPEG frames of a VID
 # video (default ../shared/data/ILSVRC2015_val_00007010). Each step has its own time limit and log
 # in OUT_DIR; a failed step is reported and the next one runs. The exit status counts failed steps.
+# GPU_STEPS="build tests ..." runs only the named steps.
 set -u
 OUT=${1:?usage: bash tools/gpu_check.sh OUT_DIR [REFERENCE_DIR] [FRAMES_DIR]}
 REF=${2:-../shared/reference}
@@ -22,6 +23,7 @@ failed=0
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT/NAME.log
     local name=$1 limit=$2
     shift 2
+    if [ -n "${GPU_STEPS:-}" ] && ! [[ " $GPU_STEPS " == *" $name "* ]]; then return; fi
     local t0=$SECONDS
     echo "== $name: $*"
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
@@ -39,7 +41,7 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PY -c "import torch; prin
 step build 300 $PY -m dff.ops.build --force
 step tests 300 $PY -m pytest -q -rs tests/test_ops_cuda.py tests/test_proposal.py tests/test_fastpath.py -k "cuda or CUDA or test_proposal"
 step bench_fp16 300 $PY tools/benchmark.py --cfg $CFG --video "$FRAMES" --frames 144 --key-intervals 1,2,5,10,20 \
-    --scale 600,1000 --device cuda --fast fp16 --json "$OUT/bench_r101_fp16.json"
+    --scale 600,1000 --device cuda --fast fp16 --json "$OUT/bench_r101_fp16.json" --profile "$OUT/profile_r101_fp16.txt"
 step bench_plain 300 $PY tools/benchmark.py --cfg $CFG --video "$FRAMES" --frames 60 --key-intervals 1,10 \
     --scale 600,1000 --device cuda --fast none --json "$OUT/bench_r101_plain.json"
 step check_fastpath 300 $PY tools/check_fastpath.py "$REF" --device cuda --amp none,fp16,bf16

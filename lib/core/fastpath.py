@@ -6,10 +6,11 @@ stages with them:
 * ``feature(data)`` -- the feature network (key frames);
 * ``flow(data, key_data)`` -- FlowNet: flow and scale map (non-key frames);
 * ``warp(key_feat, flow, scale)`` -- the fused warp x scale (non-key frames);
-* ``maps(feat)`` -- the convolutional task network (:meth:`dff.models.rfcn.RFCN.head_maps`).
+* ``maps(feat, im_info)`` -- the convolutional task network (:meth:`dff.models.rfcn.RFCN.head_maps`)
+  and the fixed-shape half of the proposals (:meth:`~dff.models.rfcn.RFCN.candidates`: decode, sort).
 
-The rest of the frame (proposals with their NMS, PSROI pooling, post-processing) has data-dependent
-sizes and runs eagerly. Everything here is float32 at the stage boundaries: under autocast each stage
+The rest of the frame (proposal NMS, PSROI pooling, post-processing) has data-dependent sizes and
+runs eagerly. Everything here is float32 at the stage boundaries: under autocast each stage
 casts its outputs back to float32, so proposals, PSROI pooling and the warp (which work in float32
 anyway, see :mod:`dff.ops`) see the same dtypes as without the fast path.
 
@@ -173,9 +174,11 @@ class StageRunner:
     def _warp(self, key_feat: Tensor, flow: Tensor, scale: Tensor) -> Tensor:
         return self.model.warp(key_feat, flow, scale)  # float32: the warp samples in float32 anyway
 
-    def _maps(self, feat: Tensor) -> dict[str, Tensor]:
+    def _maps(self, feat: Tensor, im_info: Tensor) -> dict[str, Tensor]:
         with self._autocast():
-            return _float32(self.model.head_maps(self._input(feat)))
+            maps = _float32(self.model.head_maps(self._input(feat)))
+        maps.update(self.model.candidates(maps, im_info))  # float32/64 box arithmetic, outside autocast
+        return maps
 
     # the engine's calls ----------------------------------------------------------------------------
     def feature(self, data: Tensor) -> Tensor:
@@ -190,9 +193,10 @@ class StageRunner:
         """warp(key_feat, flow) x scale -> (1, C, h, w) float32."""
         return self._stages["warp"](key_feat, flow, scale)
 
-    def maps(self, feat: Tensor) -> dict[str, Tensor]:
-        """feature -> the score maps of :meth:`dff.models.rfcn.RFCN.head_maps`, float32."""
-        return self._stages["maps"](feat)
+    def maps(self, feat: Tensor, im_info: Tensor) -> dict[str, Tensor]:
+        """feature, im_info (1, 3) -> :meth:`dff.models.rfcn.RFCN.head_maps` (float32) and
+        :meth:`~dff.models.rfcn.RFCN.candidates`."""
+        return self._stages["maps"](feat, im_info)
 
     @property
     def graphs_captured(self) -> int:

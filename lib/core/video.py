@@ -23,6 +23,7 @@ from .frames import Frame
 from .postprocess import im_detect_boxes, pred_eval_rows, rows_to_dets
 
 STAGES = ("feature", "flow", "warp", "head", "post")
+POST_METHODS = ("host", "device", "batched")
 
 
 @dataclasses.dataclass
@@ -49,11 +50,18 @@ class VideoDetector:
         keep_images: attach the original frame to each result (for drawing).
         fast: the GPU fast path (:class:`~dff.core.fastpath.FastPath`: autocast, channels_last, CUDA
             graphs); None runs the plain float32 model. ``FastPath.full(device)`` turns on all that applies.
+        post: where the per-class NMS of the detections runs: ``"host"`` (one copy of the head's outputs
+            to the CPU, the per-class loop there), ``"device"`` (the loop on the model's device) or
+            ``"batched"`` (one NMS over all classes on the device). Same detections; see
+            :func:`dff.core.postprocess.pred_eval_rows`. Default: ``"host"`` on CUDA, else ``"device"``.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: Config, key_interval: int | None = None,
                  device: str | torch.device = "cpu", thresh: float = 1e-4, sync: bool = True,
-                 keep_images: bool = False, fast: FastPath | None = None) -> None:
+                 keep_images: bool = False, fast: FastPath | None = None, post: str | None = None) -> None:
+        if post not in (None, *POST_METHODS):
+            raise ValueError(f"post must be one of {', '.join(POST_METHODS)}, got {post!r}")
+        self.post = post or ("host" if torch.device(device).type == "cuda" else "device")
         self.model = model
         self.runner = StageRunner(model, fast)
         self.cfg = cfg
@@ -116,16 +124,21 @@ class VideoDetector:
             t1 = self._tick()
             times["flow"], times["warp"] = tf - t0, t1 - tf
             self._since_key += 1
-        out = self.model.head_rois(self.runner.maps(feat), im_info_dev)
+        out = self.model.head_rois(self.runner.maps(feat, im_info_dev), im_info_dev)
         times["head"] = self._tick() - t1
         return out, is_key, times
 
     def postprocess(self, out: dict, im_info: Tensor) -> list[np.ndarray]:
         """Network outputs -> per-class (k, 5) ``[x1, y1, x2, y2, score]`` arrays (index 0 empty), original
         pixels; one device-to-host copy per frame."""
-        scores, boxes = im_detect_boxes(out["rois"], out["cls_prob"], out["bbox_pred"], im_info.to(out["rois"].device))
+        rois, cls_prob, bbox_pred = out["rois"], out["cls_prob"][0], out["bbox_pred"][0]
+        if self.post == "host" and rois.device.type != "cpu":
+            packed = torch.cat([rois, cls_prob, bbox_pred], dim=1).cpu()  # one transfer, one sync
+            rois, cls_prob, bbox_pred = packed.split([rois.shape[1], cls_prob.shape[1], bbox_pred.shape[1]], dim=1)
+        scores, boxes = im_detect_boxes(rois, cls_prob, bbox_pred, im_info.to(rois.device))
         rows = pred_eval_rows(scores, boxes, self.thresh, float(self.cfg.TEST.NMS), int(self.cfg.TEST.max_per_image),
-                              class_agnostic=bool(self.cfg.CLASS_AGNOSTIC))
+                              class_agnostic=bool(self.cfg.CLASS_AGNOSTIC),
+                              method="batched" if self.post == "batched" else "loop")
         return rows_to_dets(rows, scores.shape[1])
 
     def run(self, frames: Iterable[Frame]) -> Iterator[FrameResult]:

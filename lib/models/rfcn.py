@@ -22,6 +22,7 @@ from ..core.loss import ohem_select, rcnn_losses, rpn_losses
 from ..core.targets import anchor_target, proposal_target
 from ..ops import psroi_pool
 from ..rpn import proposal, rpn_inv_normalize
+from ..rpn.proposal import proposal_candidates, proposal_select
 from .resnet import ResNetV1
 
 # The reference hard-codes the PSROIPooling scale (1/16) and 7x7 bins.
@@ -136,23 +137,42 @@ class RFCN(nn.Module):
         return {"rpn_cls_prob": rpn_cls_prob, "rpn_bbox_pred": rpn_bbox_pred,
                 "cls_maps": cls_maps, "bbox_maps": bbox_maps}
 
-    def head_rois(self, maps: dict[str, Tensor], im_info: Tensor) -> dict[str, Tensor]:
-        """The data-dependent part of the task network: proposals (NMS), PSROI pooling, softmax.
+    def candidates(self, maps: dict[str, Tensor], im_info: Tensor) -> dict[str, Tensor]:
+        """The fixed-shape half of the test proposals (no host synchronisation): ``rpn_bbox_pred_inv``,
+        ``cand_boxes`` (N, pre, 4) and ``cand_scores`` (N, pre), sorted (:func:`dff.rpn.proposal.proposal_candidates`)."""
+        net, p = self.cfg.network, self.cfg.TEST
+        deltas = maps["rpn_bbox_pred"].detach()
+        if net.NORMALIZE_RPN:
+            deltas = rpn_inv_normalize(deltas, net.ANCHOR_MEANS, net.ANCHOR_STDS)
+        boxes, scores = proposal_candidates(
+            maps["rpn_cls_prob"].detach(), deltas, im_info, feature_stride=int(net.RPN_FEAT_STRIDE),
+            scales=tuple(net.ANCHOR_SCALES), ratios=tuple(net.ANCHOR_RATIOS),
+            pre_nms_top_n=int(p.RPN_PRE_NMS_TOP_N), min_size=float(p.RPN_MIN_SIZE))
+        return {"rpn_bbox_pred_inv": deltas, "cand_boxes": boxes, "cand_scores": scores}
 
-        ``maps`` from :meth:`head_maps`; returns the outputs of :meth:`detect`.
+    def head_rois(self, maps: dict[str, Tensor], im_info: Tensor, rois: Tensor | None = None) -> dict[str, Tensor]:
+        """The data-dependent part of the task network: proposal NMS, PSROI pooling, softmax.
+
+        ``maps`` from :meth:`head_maps`, with or without the :meth:`candidates` entries (the fast path
+        computes them in its CUDA graph); returns the outputs of :meth:`detect`. ``rois`` (R, 5), if
+        given, replace the proposals (to compare two runs on the same rois).
         """
-        rpn_cls_prob, rpn_bbox_pred = maps["rpn_cls_prob"], maps["rpn_bbox_pred"]
-        rois, deltas = self.propose(rpn_cls_prob, rpn_bbox_pred, im_info)
+        if "cand_boxes" not in maps:
+            maps = {**maps, **self.candidates(maps, im_info)}
+        p = self.cfg.TEST
+        if rois is None:
+            rois = proposal_select(maps["cand_boxes"], maps["cand_scores"],
+                                   post_nms_top_n=int(p.RPN_POST_NMS_TOP_N), nms_threshold=float(p.RPN_NMS_THRESH))
         cls_score, bbox_pred = self.rfcn_head.pool(maps["cls_maps"], maps["bbox_maps"], rois)
-        n = rpn_cls_prob.shape[0]
+        n = maps["rpn_cls_prob"].shape[0]
         return {
             "rois": rois,
             "cls_score": cls_score,
             "cls_prob": F.softmax(cls_score, dim=1).view(n, -1, self.num_classes),
             "bbox_pred": bbox_pred.view(n, -1, bbox_pred.shape[1]),
-            "rpn_cls_prob": rpn_cls_prob,
-            "rpn_bbox_pred": rpn_bbox_pred,
-            "rpn_bbox_pred_inv": deltas,
+            "rpn_cls_prob": maps["rpn_cls_prob"],
+            "rpn_bbox_pred": maps["rpn_bbox_pred"],
+            "rpn_bbox_pred_inv": maps["rpn_bbox_pred_inv"],
         }
 
     def detect(self, feat: Tensor, im_info: Tensor) -> dict[str, Tensor]:

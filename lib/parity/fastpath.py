@@ -88,13 +88,12 @@ def run_rows(model, frames: list, device: torch.device, fast=None, key_interval:
                         sync=False, fast=fast)
     if fixed_rois is not None:
         queue = list(fixed_rois)
-        propose = model.propose
+        head_rois = model.head_rois
 
-        def fixed(*args, **kwargs):  # the engine's proposals, but the given rois
-            _, deltas = propose(*args, **kwargs)
-            return queue.pop(0), deltas
+        def fixed(maps, im_info):  # the engine's network, but the given rois
+            return head_rois(maps, im_info, rois=queue.pop(0))
 
-        model.propose = fixed
+        model.head_rois = fixed
     rows, rois = [], []
     try:
         for data, im_info in frames:
@@ -104,7 +103,7 @@ def run_rows(model, frames: list, device: torch.device, fast=None, key_interval:
             rois.append(out["rois"].clone())
     finally:
         if fixed_rois is not None:
-            del model.propose
+            del model.head_rois
     return rows, rois
 
 
