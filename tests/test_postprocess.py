@@ -187,13 +187,14 @@ def test_bad_input_messages():
         pred_eval_frame(torch.zeros(3, 4), torch.zeros(3, 4), 0.1)
 
 
+@pytest.mark.parametrize("prefix", [0, 2, 8])
 @pytest.mark.parametrize("fixture", ["rfcn_frame0", "rfcn_frame1", "dff_cur_frame1", "dff_cur_frame2"])
-def test_one_call_rows_equal_the_reference_rows(reference_dir, fixture):
+def test_one_call_rows_equal_the_reference_rows(reference_dir, fixture, prefix):
     """The engine's one-NMS post-processing on MXNet's own head outputs gives the fixture's detections."""
     d = np.load(reference_dir / "model" / f"{fixture}.npz")
     scores = torch.from_numpy(d["im_detect_scores"])
     boxes = torch.from_numpy(d["im_detect_pred_boxes"])
-    rows = pred_eval_rows(scores, boxes, 1e-4, 0.3, 300, method="batched").numpy()
+    rows = pred_eval_rows(scores, boxes, 1e-4, 0.3, 300, method="batched", prefix=prefix).numpy()
     exp = d["dets_cls_x1y1x2y2_score"]
     assert rows.shape == exp.shape
     np.testing.assert_array_equal(rows[:, 0], exp[:, 0])
@@ -201,8 +202,9 @@ def test_one_call_rows_equal_the_reference_rows(reference_dir, fixture):
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("max_per_image,class_agnostic", [(300, True), (15, True), (300, False)])
-def test_one_call_rows_equal_the_per_class_loop(seed, max_per_image, class_agnostic):
+@pytest.mark.parametrize("max_per_image,class_agnostic,prefix", [(300, True, 8), (15, True, 8), (15, True, 2),
+                                                                  (40, True, 1), (300, False, 8), (15, False, 3)])
+def test_one_call_rows_equal_the_per_class_loop(seed, max_per_image, class_agnostic, prefix):
     g = torch.Generator().manual_seed(seed)
     n, c = 300, 31
     scores = torch.softmax(3 * torch.randn(n, c, generator=g), dim=1)
@@ -212,7 +214,7 @@ def test_one_call_rows_equal_the_per_class_loop(seed, max_per_image, class_agnos
     boxes = torch.cat([0.9 * box, box], 1) if class_agnostic else \
         box.repeat(1, c) + 20 * torch.randn(n, 4 * c, generator=g, dtype=torch.float64)
     loop = dets_to_rows(pred_eval_frame(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic))
-    rows = pred_eval_rows(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic, method="batched")
+    rows = pred_eval_rows(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic, method="batched", prefix=prefix)
     assert rows.shape == loop.shape and rows.shape[0] > 0
     assert torch.equal(rows, loop)
     dets = rows_to_dets(rows, c)

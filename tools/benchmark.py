@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the GPU fast path: none (plain float32), fp32 (channels_last, cuDNN autotune, CUDA graphs), "
                          "fp16 / bf16 (the same with autocast); default fp16 on CUDA, none on the CPU")
     ap.add_argument("--post", default=None, choices=["host", "device", "batched"],
-                    help="where the detections' per-class NMS runs (default: host on CUDA, device on the CPU)")
+                    help="where the detections' per-class NMS runs (default: batched on CUDA, device on the CPU)")
     ap.add_argument("--profile", default=None,
                     help="also profile the largest key interval (torch.profiler) and write the op table here")
     ap.add_argument("--workers", type=int, default=None,

@@ -6,7 +6,7 @@ For each ``--amp`` value (``none`` = float32) the fast path (autocast, channels_
 and, on CUDA, CUDA graphs) runs the R-FCN and DFF fixture models over the fixture frames, and the
 embedded trained models over a generated synthetic clip; every detection above score 0.1 must have a
 partner in the plain float32 run (same class, boxes within 1 px, score within 0.02) and vice versa.
-Under autocast the fixture models are compared on the float32 run's rois (their RPN is saturated, so
+Under autocast (and TF32, float32 on a GPU) the fixture models are compared on the float32 run's rois (their RPN is saturated, so
 any 1e-3 change reorders the proposals; the lines starting with ``#`` say how many detections the
 whole autocast pipeline shares). On CUDA the plain float32 run is also checked against MXNet's
 detections. One line per frame, then ``N passed, M failed``; exit status 1 on any failure.

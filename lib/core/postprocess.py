@@ -120,7 +120,8 @@ def pred_eval_frame(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: fl
 
 
 def pred_eval_rows(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: float = 0.3,
-                   max_per_image: int = 300, class_agnostic: bool = True, method: str = "auto") -> Tensor:
+                   max_per_image: int = 300, class_agnostic: bool = True, method: str = "auto",
+                   prefix: int = 8) -> Tensor:
     """:func:`pred_eval_frame` as (N, 6) float64 rows ``[class, x1, y1, x2, y2, score]`` (:func:`dets_to_rows`).
 
     ``method="batched"``: one NMS call for all classes, with one ``nonzero`` instead of two host syncs
@@ -130,6 +131,13 @@ def pred_eval_rows(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: flo
     ~1e-11 at most, so only a pair at IoU = ``nms_thresh`` within that could be decided otherwise.
     ``"loop"``: :func:`pred_eval_frame` (on the CPU it is faster: 30 NMS of ~300 boxes cost far less
     than one of ~9,000). ``"auto"``: batched on CUDA, the loop elsewhere.
+
+    Batched, with the ``max_per_image`` cap, NMS first runs on the ``prefix * max_per_image`` best
+    candidates only (all candidates scoring at least the one ranked there): a box's fate depends only on
+    the higher-scoring boxes of its class, so those keeps are exactly the full run's keeps above that
+    score, and when there are at least ``max_per_image`` of them they hold everything the cap leaves.
+    Otherwise NMS runs on all candidates. (At thresh 1e-4 a frame has ~9,000 candidates; NMS of 2,400
+    moves a 16x smaller suppression mask to the host.)
     """
     if method not in ("auto", "loop", "batched"):
         raise ValueError(f"pred_eval_rows: method must be auto, loop or batched, got {method!r}")
@@ -154,8 +162,15 @@ def pred_eval_rows(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: flo
     roi, cls, score = roi[order], cls[order], score[order].to(torch.float64)
     cand = boxes[roi, 4:8] if class_agnostic else boxes.view(n_rois, n_cls, 4)[roi, cls]
     if cand.shape[0]:
-        shift = (cls.to(torch.float64) * (cand.abs().max() + 2.0))[:, None]
-        keep = nms_sorted(cand + shift, nms_thresh)
+        shifted = cand + (cls.to(torch.float64) * (cand.abs().max() + 2.0))[:, None]
+        keep = None
+        if 0 < max_per_image and prefix > 0 and cand.shape[0] > prefix * max_per_image:
+            best = torch.nonzero(score >= torch.topk(score, prefix * max_per_image).values[-1]).squeeze(1)
+            keep = best[nms_sorted(shifted[best], nms_thresh)]  # a score prefix keeps its own order
+            if keep.numel() < max_per_image:
+                keep = None  # the cap may reach below the prefix: all candidates
+        if keep is None:
+            keep = nms_sorted(shifted, nms_thresh)
         roi, cls, score, cand = roi[keep], cls[keep], score[keep], cand[keep]
     if 0 < max_per_image < score.numel():
         image_thresh = torch.topk(score, max_per_image).values[-1]

@@ -53,7 +53,8 @@ class VideoDetector:
         post: where the per-class NMS of the detections runs: ``"host"`` (one copy of the head's outputs
             to the CPU, the per-class loop there), ``"device"`` (the loop on the model's device) or
             ``"batched"`` (one NMS over all classes on the device). Same detections; see
-            :func:`dff.core.postprocess.pred_eval_rows`. Default: ``"host"`` on CUDA, else ``"device"``.
+            :func:`dff.core.postprocess.pred_eval_rows`. Default: ``"batched"`` on CUDA (measured fastest
+            on an H200: 3.1 ms per frame at 600x1000 against 8.1 host and 13.9 device), else ``"device"``.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: Config, key_interval: int | None = None,
@@ -61,7 +62,7 @@ class VideoDetector:
                  keep_images: bool = False, fast: FastPath | None = None, post: str | None = None) -> None:
         if post not in (None, *POST_METHODS):
             raise ValueError(f"post must be one of {', '.join(POST_METHODS)}, got {post!r}")
-        self.post = post or ("host" if torch.device(device).type == "cuda" else "device")
+        self.post = post or ("batched" if torch.device(device).type == "cuda" else "device")
         self.model = model
         self.runner = StageRunner(model, fast)
         self.cfg = cfg

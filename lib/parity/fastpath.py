@@ -107,6 +107,12 @@ def run_rows(model, frames: list, device: torch.device, fast=None, key_interval:
     return rows, rois
 
 
+def _reduced(fast, device: torch.device) -> bool:
+    """Does ``fast`` compute in less than float32? Autocast does; so does float32 on a GPU, where
+    PyTorch lets cuDNN use TF32 (10-bit mantissa) for convolutions by default."""
+    return fast.amp is not None or (device.type == "cuda" and torch.backends.cudnn.allow_tf32)
+
+
 def _tag(fast) -> str:
     return fast.describe().replace(", ", "+").replace(" ", "_")
 
@@ -154,7 +160,7 @@ def fixture_cases(fixture_dir: str, device: torch.device, fasts: list, notes: li
         for fast in fasts:
             with torch.inference_mode():
                 model = _build(kind, fixture_dir).to(device).eval()  # fresh: channels_last converts in place
-                if fast.amp is None:
+                if not _reduced(fast, device):
                     got, _ = run_rows(model, frames, device, fast, interval)
                     yield from _match_results(f"{case}/{device.type}/{_tag(fast)}", plain, got)
                     continue
@@ -212,7 +218,7 @@ def embedded_cases(device: torch.device, fasts: list, frames: int = 20, work_dir
         for fast in fasts:
             with torch.inference_mode():
                 got, _ = run_rows(build(), inputs, device, fast, interval)
-            if fast.amp is None:
+            if not _reduced(fast, device):
                 yield from _match_results(f"{case}/{device.type}/{_tag(fast)}", plain, got)
                 continue
             ms = [match_rows(a, b) for a, b in zip(plain, got)]
