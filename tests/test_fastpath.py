@@ -23,6 +23,11 @@ def test_fast_path_settings():
     assert full.amp == "fp16" and full.channels_last and full.cuda_graphs and full.cudnn_benchmark
     with pytest.raises(ValueError, match="fp16, bf16"):
         FastPath(amp="int8")
+    assert FastPath.from_name(None, "cpu") == FastPath() and FastPath.from_name(None, "cuda") == full
+    assert FastPath.from_name("fp32", "cuda").amp is None and FastPath.from_name("fp32", "cuda").cuda_graphs
+    assert FastPath.from_name("bf16", "cpu") == FastPath(amp="bf16", channels_last=True)  # no graphs on the CPU
+    with pytest.raises(ValueError, match="--fast must be one of"):
+        FastPath.from_name("int8", "cpu")
 
 
 def test_cuda_graphs_need_a_cuda_model():

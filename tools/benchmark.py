@@ -199,18 +199,6 @@ def profile(detector: VideoDetector, prepared: list, path: str) -> None:
     print("\n".join(text[1].split("\n")[:16]))
 
 
-def fast_path(name: str | None, device: torch.device) -> FastPath:
-    """``--fast`` -> a FastPath (None: fp16 on CUDA, nothing on the CPU)."""
-    if name is None:
-        name = "fp16" if device.type == "cuda" else "none"
-    if name == "none":
-        return FastPath()
-    amp = None if name == "fp32" else name
-    if device.type != "cuda":  # channels_last and autocast exist on the CPU too; graphs do not
-        return FastPath(amp=amp, channels_last=True)
-    return FastPath.full(device, amp=amp)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cfg", default="experiments/dff_rfcn/cfgs/resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml")
@@ -257,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available")
         model = build_model(cfg, args.model, device)
-        fast = fast_path(args.fast, device)
+        fast = FastPath.from_name(args.fast, device)
         base = VideoDetector(model, cfg, key_interval=1, device=device, sync=False, fast=fast, post=args.post)
         if args.video:
             frames = [f.image for f in FrameSource(args.video, max_frames=args.frames)]

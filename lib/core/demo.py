@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..config import Config, ConfigError, load_config
 from ..dataset.classes import VID_CLASSES
 from ..utils.vis import draw_detections
+from .fastpath import FAST_NAMES, FastPath
 from .frames import FrameSource, VideoReadError
 from .video import STAGES, FrameResult, VideoDetector
 
@@ -45,6 +46,9 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
     ap.add_argument("--cfg", default=default_cfg, help="YAML config (default: %(default)s)")
     ap.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--fast", default=None, choices=FAST_NAMES,
+                    help="GPU fast path: fp16 (default on CUDA: autocast, channels_last, CUDA graphs), fp32, bf16, "
+                         "or none (plain float32; the default on the CPU); see docs/benchmarks.md")
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     ap.add_argument("--thresh", type=float, default=1e-4 if dff else 1e-3,
                     help="detection score threshold (reference: 1e-4 DFF, 1e-3 R-FCN)")
@@ -180,8 +184,9 @@ def run_demo(argv: list[str] | None, *, name: str, model_cls: Callable[[Config],
             print(f"input: {args.input} (a synthetic clip generated now, unseen in training)")
         model, cfg = load_model(model_cls, args.cfg, args.model, args.device, what)
         interval = args.key_interval if dff else 1
+        fast = FastPath.from_name(args.fast, args.device)
         detector = VideoDetector(model, cfg, key_interval=interval, device=args.device, thresh=args.thresh,
-                                 keep_images=True)
+                                 keep_images=True, fast=fast)
         source = FrameSource(args.input, prepare=detector.prepare, max_frames=args.max_frames, on_error="skip")
         os.makedirs(args.out, exist_ok=True)
         warm = FrameSource(args.input, prepare=detector.prepare, max_frames=2, on_error="skip")
@@ -196,7 +201,7 @@ def run_demo(argv: list[str] | None, *, name: str, model_cls: Callable[[Config],
             print(f"skipped {len(source.skipped)} unreadable frame(s): {', '.join(source.skipped[:5])}")
         _print_summary(summary)
         if dff and args.compare:
-            base = VideoDetector(model, cfg, key_interval=1, device=args.device, thresh=args.thresh)
+            base = VideoDetector(model, cfg, key_interval=1, device=args.device, thresh=args.thresh, fast=fast)
             for _ in base.run(FrameSource(args.input, prepare=base.prepare, max_frames=2, on_error="skip")):
                 pass
             base_src = FrameSource(args.input, prepare=base.prepare, max_frames=args.max_frames, on_error="skip")

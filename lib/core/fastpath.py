@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+FAST_NAMES = ("none", "fp32", "fp16", "bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,24 @@ class FastPath:
         if torch.device(device).type != "cuda":
             return cls()
         return cls(amp=amp, channels_last=True, cuda_graphs=True, cudnn_benchmark=True)
+
+    @classmethod
+    def from_name(cls, name: str | None, device: str | torch.device) -> "FastPath":
+        """A command line's ``--fast`` value: ``none`` (plain float32), ``fp32`` (channels_last, cuDNN
+        autotune, CUDA graphs; TF32 convolutions on GPUs that have them), ``fp16`` / ``bf16`` (the same
+        with autocast); None: ``fp16`` on CUDA, ``none`` elsewhere. On the CPU only channels_last and
+        autocast apply."""
+        device = torch.device(device)
+        if name is None:
+            name = "fp16" if device.type == "cuda" else "none"
+        if name not in FAST_NAMES:
+            raise ValueError(f"--fast must be one of {', '.join(FAST_NAMES)}, got {name!r}")
+        if name == "none":
+            return cls()
+        amp = None if name == "fp32" else name
+        if device.type != "cuda":
+            return cls(amp=amp, channels_last=True)
+        return cls.full(device, amp=amp)
 
     @property
     def enabled(self) -> bool:

@@ -45,7 +45,7 @@ from ..dataset.vid_eval import format_table, load_vid_annotations, save_json, vi
 from ..utils.image import ImageReadError, read_image
 from ..utils.io import atomic_open, atomic_write_text
 from .frames import Frame
-from .fastpath import FastPath
+from .fastpath import FAST_NAMES, FastPath
 from .video import STAGES, VideoDetector
 
 __all__ = ["VideoFrames", "TesterError", "DEFAULT_THRESH", "list_videos", "eval_output_dir", "model_digest",
@@ -356,6 +356,9 @@ def add_test_arguments(ap: argparse.ArgumentParser, kind: str) -> None:
     if not any(a.dest == "device" for a in ap._actions):
         ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     ap.add_argument("--max-videos", type=int, default=None, help="test only the first N videos (smoke tests)")
+    ap.add_argument("--fast", default="none", choices=FAST_NAMES,
+                    help="the engine's GPU fast path (default none: plain float32, as the reference); fp16 gave the "
+                         "same synthetic mAP on an H200, see docs/benchmarks.md")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -437,10 +440,12 @@ def run_test_from_args(args: argparse.Namespace, kind: str, cfg: Config, cfg_pat
     log.addHandler(fh)
     try:
         log.info("testing %s on %s (%s)", path, cfg.dataset.test_image_set, out_dir)
+        device = resolve_device(args.device)
         result = run_test_set(model, cfg, kind=kind, output_dir=out_dir, thresh=args.thresh,
-                            key_interval=getattr(args, "key_interval", None), device=resolve_device(args.device),
+                            key_interval=getattr(args, "key_interval", None), device=device,
                             ignore_cache=args.ignore_cache, num_workers=args.num_workers,
-                            progress=not args.no_progress, max_videos=args.max_videos)
+                            progress=not args.no_progress, max_videos=args.max_videos,
+                            fast=FastPath.from_name(getattr(args, "fast", "none"), device))
         log.info("%s", format_table(result))
         t = result["timing"]
         if t.get("total") is not None:
