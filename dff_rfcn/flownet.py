@@ -28,49 +28,8 @@ LEAKY_SLOPE = 0.1
 AVG_POOL_MODES = ("valid", "full")
 
 
-# On the CPU, oneDNN re-lays out a convolution's weights on every call: for the coarsest FlowNet levels
-# (a few dozen pixels, up to 1024x1024x3x3 weights = 38 MB) that costs several times the arithmetic. One
-# matrix product on the weights as they are (im2col / col2im) is 2-3x faster there; at inference only,
-# batch 1, at most this many pixels on the side with the fewest (outputs of a conv, inputs of a deconv).
-SMALL_MAP_PIXELS = 64
-
-
-def _small_cpu_map(x: Tensor, pixels: int) -> bool:
-    return (x.device.type == "cpu" and x.shape[0] == 1 and pixels <= SMALL_MAP_PIXELS
-            and (torch.is_inference_mode_enabled() or not torch.is_grad_enabled()))
-
-
-class _Conv(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and names) that runs tiny CPU maps as one matrix product."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        if not _small_cpu_map(x, ho * wo) or self.groups != 1 or self.dilation != (1, 1):
-            return super().forward(x)
-        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)[0]  # (cin*kh*kw, ho*wo)
-        out = torch.addmm(self.bias[:, None], self.weight.reshape(self.out_channels, -1), cols)
-        return out.view(1, self.out_channels, ho, wo)
-
-
-class _Deconv(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` (same parameters and names) that runs tiny CPU maps as one matrix product."""
-
-    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
-        h, w = x.shape[-2:]
-        if (output_size is not None or not _small_cpu_map(x, h * w) or self.groups != 1
-                or self.dilation != (1, 1) or self.output_padding != (0, 0)):
-            return super().forward(x, output_size)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        cols = self.weight.reshape(self.in_channels, -1).t() @ x.reshape(self.in_channels, h * w)
-        size = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
-        out = F.fold(cols[None], size, self.kernel_size, padding=self.padding, stride=self.stride)
-        return out + self.bias.view(1, -1, 1, 1)
-
-
 def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
-    return _Conv(cin, cout, k, stride=stride, padding=(k - 1) // 2, bias=True)
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=(k - 1) // 2, bias=True)
 
 
 def _deconv(cin: int, cout: int) -> nn.ConvTranspose2d:
@@ -79,7 +38,7 @@ def _deconv(cin: int, cout: int) -> nn.ConvTranspose2d:
     # is the same sum of the same products, so cutting it to T <= 2n rows (T is 2n or 2n-1, as the
     # encoder halves with ceil) is the crop, minus the border nobody uses. PyTorch's kernels may sum
     # in another order for the two paddings (relative ~1e-6 apart); both are equally close to the fixtures.
-    return _Deconv(cin, cout, 4, stride=2, padding=1, bias=True)
+    return nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=True)
 
 
 def _crop_to(x: Tensor, like: Tensor) -> Tensor:

@@ -257,27 +257,3 @@ def test_bad_input_is_rejected():
         net(torch.zeros(1, 4, 16, 16), torch.zeros(1, 4, 16, 16))
     with pytest.raises(ValueError, match="key"):
         net(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 32))
-
-
-@pytest.mark.parametrize("cin,cout,k,stride,hw", [(64, 96, 3, 1, (5, 7)), (32, 48, 3, 2, (10, 13)), (16, 8, 7, 2, (9, 11)),
-                                                  (40, 2, 3, 1, (1, 1))])
-def test_small_cpu_maps_as_one_matmul_equal_the_convolution(cin, cout, k, stride, hw):
-    """FlowNet's coarsest levels run as im2col + one matrix product on the CPU: same result as the conv."""
-    from dff_rfcn.flownet import _Conv, _Deconv
-
-    g = torch.Generator().manual_seed(0)
-    conv = _Conv(cin, cout, k, stride=stride, padding=(k - 1) // 2)
-    deconv = _Deconv(cin, cout, 4, stride=2, padding=1)
-    for m in (conv, deconv):
-        for p in m.parameters():
-            p.data = torch.randn(p.shape, generator=g)
-    x = torch.randn(1, cin, *hw, generator=g)
-    with torch.no_grad():
-        ref_c = torch.nn.functional.conv2d(x, conv.weight, conv.bias, stride=stride, padding=(k - 1) // 2)
-        ref_d = torch.nn.functional.conv_transpose2d(x, deconv.weight, deconv.bias, stride=2, padding=1)
-        got_c, got_d = conv(x), deconv(x)
-    torch.testing.assert_close(got_c, ref_c, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(got_d, ref_d, rtol=1e-5, atol=1e-4)
-    # with autograd on (training), the layers are plain nn.Conv2d / nn.ConvTranspose2d calls
-    y = conv(x.requires_grad_())
-    assert y.grad_fn is not None and "Addmm" not in type(y.grad_fn).__name__
