@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from dff.ops import _ext, psroi_pool, warp_scale
+from dff.utils.hardware import describe_hardware
 from dff.utils.io import atomic_write_text
 
 IMAGE_HW = (600, 1000)
@@ -247,19 +247,6 @@ def bench_warp(device: torch.device, repeat: int, warmup: int, generator: torch.
 # report
 
 
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine()
-    return f"{name} ({torch.get_num_threads()} torch threads)"
-
-
 def format_ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -327,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_ops: error: {problem}", file=sys.stderr)
         return 2
     generator = torch.Generator().manual_seed(args.seed)  # inputs are made on the CPU, then moved
-    hw = hardware(device)
+    hw = describe_hardware(device)
     print(f"# {hw}; torch {torch.__version__}; device {device}; median of {args.repeat} after {args.warmup} warm-up runs")
     rows = bench_psroi(device, args.repeat, args.warmup, generator)
     rows += bench_warp(device, args.repeat, args.warmup, generator)

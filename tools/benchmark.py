@@ -26,6 +26,7 @@ from dff.config import ConfigError, load_config, update_config
 from dff.core.fastpath import FastPath
 from dff.core.frames import FrameSource, VideoReadError
 from dff.core.video import POST_METHODS, VideoDetector
+from dff.utils.hardware import describe_hardware
 from dff.utils.io import atomic_write_text
 
 NET_STAGES = ("feature", "flow", "warp", "head")
@@ -50,19 +51,6 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
 
 
 def synthetic_clip(n: int, height: int = 576, width: int = 768) -> list[np.ndarray]:
@@ -261,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or min(8, os.cpu_count() or 1)
     h, w = prepared[0][0].shape[-2:]
     print(f"{len(frames)} frames {frames[0].shape[1]}x{frames[0].shape[0]} -> network input {w}x{h}, "
-          f"{cfg.network.BACKBONE}, device {hardware(device)}, {fast.describe()}")
+          f"{cfg.network.BACKBONE}, device {describe_hardware(device)}, {fast.describe()}")
     _reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -328,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
               ", ".join(f"{k}: {r['mAP']:.4f}" for k, r in results.items()))
     report = {
         "intervals": results,
-        "hardware": hardware(device),
+        "hardware": describe_hardware(device),
         "versions": {"torch": torch.__version__, "python": platform.python_version(),
                      "compiled_ops": __import__("dff.ops", fromlist=["x"]).compiled_available()},
         "command": " ".join(["python", "tools/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -366,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             plt.axhline(per_frame["fps"], color="gray", ls="--", label="per-frame R-FCN")
             plt.xlabel("key frame interval")
             plt.ylabel("frames per second")
-        plt.title(f"{cfg.network.BACKBONE}, {int(w)}x{int(h)}, {hardware(device).split(',')[0]}", fontsize=8)
+        plt.title(f"{cfg.network.BACKBONE}, {int(w)}x{int(h)}, {describe_hardware(device).split(',')[0]}", fontsize=8)
         plt.legend()
         plt.tight_layout()
         plt.savefig(args.plot, dpi=120)
