@@ -69,6 +69,19 @@ def im_detect_boxes(rois: Tensor, cls_prob: Tensor, bbox_pred_out: Tensor, im_in
 im_detect = im_detect_boxes
 
 
+def _check_scores_boxes(where: str, scores: Tensor, boxes: Tensor, class_agnostic: bool) -> None:
+    if scores.dim() != 2:
+        raise ValueError(f"{where}: scores must be (R, C), got {tuple(scores.shape)}")
+    n_rois, n_cls = scores.shape
+    if boxes.dim() != 2 or boxes.shape[0] != n_rois:
+        raise ValueError(f"{where}: boxes must be ({n_rois}, 8 or 4C), got {tuple(boxes.shape)}")
+    if class_agnostic and boxes.shape[1] < 8:
+        raise ValueError(f"{where}: class-agnostic boxes need the foreground slot (columns 4:8), "
+                         f"got {tuple(boxes.shape)}")
+    if not class_agnostic and boxes.shape[1] != 4 * n_cls:
+        raise ValueError(f"{where}: per-class boxes must be ({n_rois}, {4 * n_cls}), got {tuple(boxes.shape)}")
+
+
 def pred_eval_frame(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: float = 0.3,
                     max_per_image: int = 300, class_agnostic: bool = True) -> list[Tensor]:
     """Per-class detections of one frame, ``tester.pred_eval`` post-processing (spec 6.3).
@@ -90,17 +103,8 @@ def pred_eval_frame(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: fl
     only within-class ties in practice are Proposal's cyclic padding, i.e. identical boxes with identical
     scores, where either choice gives the same rows.
     """
-    if scores.dim() != 2:
-        raise ValueError(f"pred_eval_frame: scores must be (R, C), got {tuple(scores.shape)}")
+    _check_scores_boxes("pred_eval_frame", scores, boxes, class_agnostic)
     n_rois, n_cls = scores.shape
-    if boxes.dim() != 2 or boxes.shape[0] != n_rois:
-        raise ValueError(f"pred_eval_frame: boxes must be ({n_rois}, 8 or 4C), got {tuple(boxes.shape)}")
-    if class_agnostic and boxes.shape[1] < 8:
-        raise ValueError(f"pred_eval_frame: class-agnostic boxes need the foreground slot (columns 4:8), "
-                         f"got {tuple(boxes.shape)}")
-    if not class_agnostic and boxes.shape[1] != 4 * n_cls:
-        raise ValueError(f"pred_eval_frame: per-class boxes must be ({n_rois}, {4 * n_cls}), got "
-                         f"{tuple(boxes.shape)}")
     boxes = boxes.to(torch.float64)
     dev = boxes.device
     scores = scores.to(dev)
@@ -143,13 +147,8 @@ def pred_eval_rows(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: flo
         raise ValueError(f"pred_eval_rows: method must be auto, loop or batched, got {method!r}")
     if method == "loop" or (method == "auto" and scores.device.type != "cuda"):
         return dets_to_rows(pred_eval_frame(scores, boxes, thresh, nms_thresh, max_per_image, class_agnostic))
-    if scores.dim() != 2 or boxes.dim() != 2 or boxes.shape[0] != scores.shape[0]:
-        raise ValueError(f"pred_eval_rows: scores must be (R, C) and boxes (R, 8 or 4C), got "
-                         f"{tuple(scores.shape)} and {tuple(boxes.shape)}")
+    _check_scores_boxes("pred_eval_rows", scores, boxes, class_agnostic)
     n_rois, n_cls = scores.shape
-    if (boxes.shape[1] < 8) if class_agnostic else (boxes.shape[1] != 4 * n_cls):
-        raise ValueError(f"pred_eval_rows: boxes of shape {tuple(boxes.shape)} do not fit {n_cls} classes "
-                         f"(class_agnostic={class_agnostic})")
     boxes = boxes.to(torch.float64)
     scores = scores.to(boxes.device)
     thr = torch.tensor(thresh, dtype=scores.dtype, device=boxes.device)

@@ -62,11 +62,11 @@ class VideoDetector:
                  keep_images: bool = False, fast: FastPath | None = None, post: str | None = None) -> None:
         if post not in (None, *POST_METHODS):
             raise ValueError(f"post must be one of {', '.join(POST_METHODS)}, got {post!r}")
-        self.post = post or ("batched" if torch.device(device).type == "cuda" else "device")
         self.model = model
         self.runner = StageRunner(model, fast)
         self.cfg = cfg
         self.device = torch.device(device)
+        self.post = post or ("batched" if self.device.type == "cuda" else "device")
         self.has_flow = hasattr(model, "propagate")
         interval = int(key_interval if key_interval is not None else cfg.TEST.KEY_FRAME_INTERVAL)
         if interval < 1:

@@ -21,7 +21,7 @@ from ..config import Config
 from ..core.loss import ohem_select, rcnn_losses, rpn_losses
 from ..core.targets import anchor_target, proposal_target
 from ..ops import psroi_pool
-from ..rpn import proposal, rpn_inv_normalize
+from ..rpn import rpn_inv_normalize
 from ..rpn.proposal import proposal_candidates, proposal_select
 from .resnet import ResNetV1
 
@@ -112,17 +112,8 @@ class RFCN(nn.Module):
     def propose(self, rpn_cls_prob: Tensor, rpn_bbox_pred: Tensor, im_info: Tensor,
                 train: bool = False) -> tuple[Tensor, Tensor]:
         """RPN outputs -> (rois (N*post, 5) [batch, x1, y1, x2, y2], deltas after inverse normalisation)."""
-        net = self.cfg.network
-        p = self.cfg.TRAIN if train else self.cfg.TEST
-        deltas = rpn_bbox_pred.detach()
-        if net.NORMALIZE_RPN:
-            deltas = rpn_inv_normalize(deltas, net.ANCHOR_MEANS, net.ANCHOR_STDS)
-        rois = proposal(rpn_cls_prob.detach(), deltas, im_info,
-                        feature_stride=int(net.RPN_FEAT_STRIDE), scales=tuple(net.ANCHOR_SCALES),
-                        ratios=tuple(net.ANCHOR_RATIOS), pre_nms_top_n=int(p.RPN_PRE_NMS_TOP_N),
-                        post_nms_top_n=int(p.RPN_POST_NMS_TOP_N), nms_threshold=float(p.RPN_NMS_THRESH),
-                        min_size=float(p.RPN_MIN_SIZE))
-        return rois, deltas
+        cand = self.candidates({"rpn_cls_prob": rpn_cls_prob, "rpn_bbox_pred": rpn_bbox_pred}, im_info, train)
+        return self._select(cand, train), cand["rpn_bbox_pred_inv"]
 
     def head_maps(self, feat: Tensor) -> dict[str, Tensor]:
         """The convolutional part of the task network: fixed shapes, no host synchronisation.
@@ -137,10 +128,12 @@ class RFCN(nn.Module):
         return {"rpn_cls_prob": rpn_cls_prob, "rpn_bbox_pred": rpn_bbox_pred,
                 "cls_maps": cls_maps, "bbox_maps": bbox_maps}
 
-    def candidates(self, maps: dict[str, Tensor], im_info: Tensor) -> dict[str, Tensor]:
-        """The fixed-shape half of the test proposals (no host synchronisation): ``rpn_bbox_pred_inv``,
-        ``cand_boxes`` (N, pre, 4) and ``cand_scores`` (N, pre), sorted (:func:`dff.rpn.proposal.proposal_candidates`)."""
-        net, p = self.cfg.network, self.cfg.TEST
+    def candidates(self, maps: dict[str, Tensor], im_info: Tensor, train: bool = False) -> dict[str, Tensor]:
+        """The fixed-shape half of the proposals (no host synchronisation): ``rpn_bbox_pred_inv``,
+        ``cand_boxes`` (N, pre, 4) and ``cand_scores`` (N, pre), sorted (:func:`dff.rpn.proposal.proposal_candidates`);
+        ``TRAIN`` or ``TEST`` settings."""
+        net = self.cfg.network
+        p = self.cfg.TRAIN if train else self.cfg.TEST
         deltas = maps["rpn_bbox_pred"].detach()
         if net.NORMALIZE_RPN:
             deltas = rpn_inv_normalize(deltas, net.ANCHOR_MEANS, net.ANCHOR_STDS)
@@ -149,6 +142,12 @@ class RFCN(nn.Module):
             scales=tuple(net.ANCHOR_SCALES), ratios=tuple(net.ANCHOR_RATIOS),
             pre_nms_top_n=int(p.RPN_PRE_NMS_TOP_N), min_size=float(p.RPN_MIN_SIZE))
         return {"rpn_bbox_pred_inv": deltas, "cand_boxes": boxes, "cand_scores": scores}
+
+    def _select(self, cand: dict[str, Tensor], train: bool) -> Tensor:
+        """The candidates' greedy NMS -> rois (N*post, 5) (:func:`dff.rpn.proposal.proposal_select`)."""
+        p = self.cfg.TRAIN if train else self.cfg.TEST
+        return proposal_select(cand["cand_boxes"], cand["cand_scores"], post_nms_top_n=int(p.RPN_POST_NMS_TOP_N),
+                               nms_threshold=float(p.RPN_NMS_THRESH))
 
     def head_rois(self, maps: dict[str, Tensor], im_info: Tensor, rois: Tensor | None = None) -> dict[str, Tensor]:
         """The data-dependent part of the task network: proposal NMS, PSROI pooling, softmax.
@@ -159,10 +158,8 @@ class RFCN(nn.Module):
         """
         if "cand_boxes" not in maps:
             maps = {**maps, **self.candidates(maps, im_info)}
-        p = self.cfg.TEST
         if rois is None:
-            rois = proposal_select(maps["cand_boxes"], maps["cand_scores"],
-                                   post_nms_top_n=int(p.RPN_POST_NMS_TOP_N), nms_threshold=float(p.RPN_NMS_THRESH))
+            rois = self._select(maps, train=False)
         cls_score, bbox_pred = self.rfcn_head.pool(maps["cls_maps"], maps["bbox_maps"], rois)
         n = maps["rpn_cls_prob"].shape[0]
         return {
