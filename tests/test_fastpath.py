@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dff.core.fastpath import FastPath, StageRunner
+from dff.core.prepack import prepack_available, prepack_convolutions, unpack_convolutions
 from dff.parity import fastpath as check
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -23,7 +24,9 @@ def test_fast_path_settings():
     assert full.amp == "fp16" and full.channels_last and full.cuda_graphs and full.cudnn_benchmark
     with pytest.raises(ValueError, match="fp16, bf16"):
         FastPath(amp="int8")
-    assert FastPath.from_name(None, "cpu") == FastPath() and FastPath.from_name(None, "cuda") == full
+    cpu_default = FastPath(prepack=True) if prepack_available() else FastPath()
+    assert FastPath.from_name(None, "cpu") == cpu_default and FastPath.from_name(None, "cuda") == full
+    assert FastPath.from_name("fp32", "cpu") == FastPath(prepack=True) and FastPath.from_name("none", "cpu") == FastPath()
     assert FastPath.from_name("fp32", "cuda").amp is None and FastPath.from_name("fp32", "cuda").cuda_graphs
     assert FastPath.from_name("bf16", "cpu") == FastPath(amp="bf16", channels_last=True)  # no graphs on the CPU
     with pytest.raises(ValueError, match="--fast must be one of"):
@@ -61,6 +64,46 @@ def test_channels_last_keeps_the_fixture_detections(reference_dir):
     assert len(rows) == 6  # 2 models x 3 frames
     bad = [r.line() for r in rows if not r.passed]
     assert not bad, bad
+
+
+needs_prepack = pytest.mark.skipif(not prepack_available(), reason="this torch build has no oneDNN pre-packing")
+
+
+@needs_prepack
+def test_prepacked_convolutions_match_plain_ones():
+    torch.manual_seed(0)
+    convs = [torch.nn.Conv2d(64, 96, 3, padding=1), torch.nn.Conv2d(64, 32, 3, padding=2, dilation=2, bias=False),
+             torch.nn.Conv2d(64, 48, 1, stride=2), torch.nn.ConvTranspose2d(64, 16, 4, stride=2, padding=1)]
+    x = torch.randn(2, 64, 11, 13)
+    for m in convs:
+        m.eval()
+        with torch.inference_mode():
+            want = m(x)
+            assert prepack_convolutions(m) == 1
+            got = m(x)
+            # the packed path really ran: it answers in oneDNN's NHWC layout
+            assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            m.weight.mul_(2)  # a changed weight must be re-packed, not served stale
+            torch.testing.assert_close(m(x), 2 * want - (0 if m.bias is None else m.bias.view(1, -1, 1, 1)),
+                                       rtol=1e-5, atol=1e-5)
+            m.weight.div_(2)
+        # training and autograd take the module's own forward: gradients flow as without pre-packing
+        xg = x.clone().requires_grad_()
+        m(xg).sum().backward()
+        assert xg.grad is not None and m.weight.grad is not None
+        assert unpack_convolutions(m) == 1 and "forward" not in m.__dict__
+
+
+@needs_prepack
+def test_prepacked_cpu_fast_path_keeps_the_fixture_detections(reference_dir, recwarn):
+    rows = _rows(reference_dir, [FastPath(prepack=True)])
+    fell_back = [str(w.message) for w in recwarn if "pre-packed" in str(w.message)]
+    assert not fell_back, fell_back  # every convolution ran packed
+    assert len(rows) == 6
+    bad = [r.line() for r in rows if not r.passed]
+    assert not bad, bad
+    assert all(r.max_abs < check.BOX_TOL for r in rows)
 
 
 def test_autocast_fp16_on_float32_rois(reference_dir):

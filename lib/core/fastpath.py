@@ -1,4 +1,5 @@
-"""The GPU fast path of the video engine: autocast, channels_last, cuDNN autotuning, CUDA graphs.
+"""The fast path of the video engine: autocast, channels_last, cuDNN autotuning, CUDA graphs on the GPU;
+oneDNN weight pre-packing (:mod:`dff.core.prepack`) on the CPU.
 
 :class:`FastPath` says which of these to use; :class:`StageRunner` runs the engine's fixed-shape
 stages with them:
@@ -29,6 +30,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .prepack import prepack_available, prepack_convolutions
+
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 FAST_NAMES = ("none", "fp32", "fp16", "bf16")
 
@@ -41,12 +44,14 @@ class FastPath:
     channels_last: run the convolutions in NHWC memory format (faster tensor-core kernels).
     cuda_graphs: capture the fixed-shape stages in CUDA graphs (CUDA only).
     cudnn_benchmark: let cuDNN time its algorithms for each new shape.
+    prepack: float32 CPU convolutions with weights pre-packed for oneDNN (:mod:`dff.core.prepack`).
     """
 
     amp: str | None = None
     channels_last: bool = False
     cuda_graphs: bool = False
     cudnn_benchmark: bool = False
+    prepack: bool = False
 
     def __post_init__(self) -> None:
         if self.amp is not None and self.amp not in AMP_DTYPES:
@@ -61,30 +66,33 @@ class FastPath:
 
     @classmethod
     def from_name(cls, name: str | None, device: str | torch.device) -> "FastPath":
-        """A command line's ``--fast`` value: ``none`` (plain float32), ``fp32`` (channels_last, cuDNN
-        autotune, CUDA graphs; TF32 convolutions on GPUs that have them), ``fp16`` / ``bf16`` (the same
-        with autocast); None: ``fp16`` on CUDA, ``none`` elsewhere. On the CPU only channels_last and
-        autocast apply."""
+        """A command line's ``--fast`` value: ``none`` (plain float32), ``fp32`` (on CUDA channels_last,
+        cuDNN autotune, CUDA graphs, TF32 convolutions on GPUs that have them; on the CPU oneDNN
+        pre-packed weights), ``fp16`` / ``bf16`` (on CUDA the same with autocast; on the CPU autocast
+        and channels_last). None: ``fp16`` on CUDA, ``fp32`` on the CPU (``none`` where this torch
+        cannot pre-pack)."""
         device = torch.device(device)
         if name is None:
-            name = "fp16" if device.type == "cuda" else "none"
+            name = "fp16" if device.type == "cuda" else ("fp32" if prepack_available() else "none")
         if name not in FAST_NAMES:
             raise ValueError(f"--fast must be one of {', '.join(FAST_NAMES)}, got {name!r}")
         if name == "none":
             return cls()
         amp = None if name == "fp32" else name
         if device.type != "cuda":
-            return cls(amp=amp, channels_last=True)
+            # measured on the CPU: channels_last alone is slower, pre-packing faster (docs/benchmarks.md)
+            return cls(prepack=True) if amp is None else cls(amp=amp, channels_last=True)
         return cls.full(device, amp=amp)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.amp or self.channels_last or self.cuda_graphs or self.cudnn_benchmark)
+        return bool(self.amp or self.channels_last or self.cuda_graphs or self.cudnn_benchmark or self.prepack)
 
     def describe(self) -> str:
         parts = [f"amp {self.amp}" if self.amp else "float32"]
         parts += [name for name, on in (("channels_last", self.channels_last), ("CUDA graphs", self.cuda_graphs),
-                                        ("cuDNN autotune", self.cudnn_benchmark)) if on]
+                                        ("cuDNN autotune", self.cudnn_benchmark),
+                                        ("oneDNN pre-packed weights", self.prepack)) if on]
         return ", ".join(parts)
 
 
@@ -163,6 +171,9 @@ class StageRunner:
             torch.backends.cudnn.benchmark = True
         if f.channels_last:
             model.to(memory_format=torch.channels_last)
+        if f.prepack and self.device.type == "cpu":
+            if not prepack_convolutions(model):
+                warnings.warn("fast path: this torch cannot pre-pack oneDNN weights; CPU convolutions run plain")
         has_flow = hasattr(model, "propagate")
         stages = {"feature": self._feature, "maps": self._maps}
         if has_flow:
