@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dff.core.fastpath import FastPath, StageRunner
-from dff.core.prepack import prepack_available, prepack_convolutions, unpack_convolutions
+from dff.core.prepack import packing, prepack_available, prepack_convolutions, unpack_convolutions
 from dff.parity import fastpath as check
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -77,7 +77,7 @@ def test_prepacked_convolutions_match_plain_ones():
     x = torch.randn(2, 64, 11, 13)
     for m in convs:
         m.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), packing():
             want = m(x)
             assert prepack_convolutions(m) == 1
             got = m(x)
@@ -88,9 +88,12 @@ def test_prepacked_convolutions_match_plain_ones():
             torch.testing.assert_close(m(x), 2 * want - (0 if m.bias is None else m.bias.view(1, -1, 1, 1)),
                                        rtol=1e-5, atol=1e-5)
             m.weight.div_(2)
+            with packing(False):  # outside the scope: the module's own forward
+                assert m(x).is_contiguous()
         # training and autograd take the module's own forward: gradients flow as without pre-packing
         xg = x.clone().requires_grad_()
-        m(xg).sum().backward()
+        with packing():
+            m(xg).sum().backward()
         assert xg.grad is not None and m.weight.grad is not None
         assert unpack_convolutions(m) == 1 and "forward" not in m.__dict__
 

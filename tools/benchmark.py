@@ -197,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", default=None, help="short,max-long side (default: the config's SCALES)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--fast", default=None, choices=["none", "fp32", "fp16", "bf16"],
-                    help="the GPU fast path: none (plain float32), fp32 (channels_last, cuDNN autotune, CUDA graphs), "
-                         "fp16 / bf16 (the same with autocast); default fp16 on CUDA, none on the CPU")
+                    help="the fast path: none (plain float32); fp32 (CUDA: channels_last, cuDNN autotune, CUDA graphs; "
+                         "CPU: oneDNN pre-packed weights); fp16 / bf16 (the same with autocast); default fp16 on CUDA, "
+                         "fp32 on the CPU (applied alike to per-frame R-FCN and DFF)")
     ap.add_argument("--post", default=None, choices=["host", "device", "batched"],
                     help="where the detections' per-class NMS runs (default: batched on CUDA, device on the CPU)")
     ap.add_argument("--profile", default=None,

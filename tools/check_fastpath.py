@@ -2,8 +2,9 @@
 
     python tools/check_fastpath.py ../shared/reference [--device cuda] [--amp fp16,bf16] [--no-graphs]
 
-For each ``--amp`` value (``none`` = float32) the fast path (autocast, channels_last, cuDNN autotune
-and, on CUDA, CUDA graphs) runs the R-FCN and DFF fixture models over the fixture frames, and the
+For each ``--amp`` value (``none`` = float32) the fast path of ``--fast`` (on CUDA autocast,
+channels_last, cuDNN autotune and CUDA graphs; on the CPU autocast and channels_last, or for ``none``
+oneDNN pre-packed weights) runs the R-FCN and DFF fixture models over the fixture frames, and the
 embedded trained models over a generated synthetic clip; every detection above score 0.1 must have a
 partner in the plain float32 run (same class, boxes within 1 px, score within 0.02) and vice versa.
 Under autocast (and TF32, float32 on a GPU) the fixture models are compared on the float32 run's rois (their RPN is saturated, so
@@ -14,6 +15,7 @@ detections. One line per frame, then ``N passed, M failed``; exit status 1 on an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -42,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         if amp != "none" and amp not in AMP_DTYPES:
             print(f"error: --amp {amp}: expected {', '.join(AMP_DTYPES)} or none", file=sys.stderr)
             return 2
-        cuda = device.type == "cuda"
-        fasts.append(FastPath(amp=None if amp == "none" else amp, channels_last=True,
-                              cuda_graphs=cuda and not args.no_graphs, cudnn_benchmark=cuda))
+        fast = FastPath.from_name("fp32" if amp == "none" else amp, device)  # as --fast of the benchmark
+        fasts.append(dataclasses.replace(fast, cuda_graphs=False) if args.no_graphs else fast)
     passed = failed = 0
     notes: list[str] = []
     for r in fastpath.cases(args.fixture_dir, device, fasts, notes):

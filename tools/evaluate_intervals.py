@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a native checkpoint that carries its config")
     ap.add_argument("--intervals", default="1,10")
+    ap.add_argument("--dataset-path", default=None,
+                    help="evaluate on this ILSVRC2015-style root instead of the checkpoint config's dataset.dataset_path "
+                         "(e.g. a larger synthetic validation set made with the same generator and seed)")
     ap.add_argument("--out", default=None, help="test outputs (default: a temporary folder)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -30,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         if saved is None:
             raise CheckpointError(f"{args.model}: no config in this checkpoint (a native .pth from training)")
         cfg = Config(saved)
+        if args.dataset_path:
+            if not os.path.isdir(args.dataset_path):
+                raise OSError(f"--dataset-path {args.dataset_path}: no such directory")
+            cfg.dataset.dataset_path = args.dataset_path
         if any(k.startswith("flownet.") for k in load_checkpoint(args.model)["model"]):
             from dff_rfcn.model import DFF as cls
             kind = "dff"

@@ -47,8 +47,8 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
     ap.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--fast", default=None, choices=FAST_NAMES,
-                    help="GPU fast path: fp16 (default on CUDA: autocast, channels_last, CUDA graphs), fp32, bf16, "
-                         "or none (plain float32; the default on the CPU); see docs/benchmarks.md")
+                    help="fast path: fp16 (default on CUDA: autocast, channels_last, CUDA graphs), fp32 (default on the "
+                         "CPU: oneDNN pre-packed weights), bf16, or none (plain float32); see docs/benchmarks.md")
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     ap.add_argument("--thresh", type=float, default=1e-4 if dff else 1e-3,
                     help="detection score threshold (reference: 1e-4 DFF, 1e-3 R-FCN)")

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .prepack import prepack_available, prepack_convolutions
+from .prepack import packing, prepack_available, prepack_convolutions
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 FAST_NAMES = ("none", "fp32", "fp16", "bf16")
@@ -193,12 +193,16 @@ class StageRunner:
     def _input(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.fast.channels_last else x
 
+    def _packing(self):
+        # the feature network and FlowNet only: see dff.core.prepack for why not the task network
+        return packing(self.fast.prepack and self.device.type == "cpu")
+
     def _feature(self, data: Tensor) -> Tensor:
-        with self._autocast():
+        with self._autocast(), self._packing():
             return _float32(self.model.extract_feature(self._input(data)))
 
     def _flow(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:
-        with self._autocast():
+        with self._autocast(), self._packing():
             return _float32(self.model.estimate_flow(self._input(data), self._input(key_data)))
 
     def _warp(self, key_feat: Tensor, flow: Tensor, scale: Tensor) -> Tensor:

@@ -8,7 +8,10 @@ project's 2-core CPU, one thread: 31 ms plain, 6 ms pre-packed; the 4x4 1024 -> 
 inductor's ``freezing`` does) and calls oneDNN with it; the modules, their parameters and their
 ``state_dict`` stay as they are.
 
-Only plain float32 inference on the CPU takes the packed path: in training (``module.training`` or
+Packing applies inside :func:`packing` only, so that a caller chooses the stages it pays off for (the
+video engine: the feature network and FlowNet; not the task network, whose 1x1 convolutions over large
+maps gain nothing and whose NHWC outputs would cost a transposition before PSROI pooling). Only plain
+float32 inference on the CPU takes the packed path: in training (``module.training`` or
 autograd recording), for other dtypes or devices, non-contiguous inputs, non-zero padding modes or
 string padding, the module's own ``forward`` runs. A weight that changes (``load_state_dict``, an
 optimizer step) is re-packed on the next call (an inference-mode weight has no version counter: it is
@@ -17,13 +20,31 @@ the plain one: results agree to float32 rounding (``tests/test_fastpath.py``), n
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 import weakref
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
 _PACKED_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
+_scope = threading.local()
+
+
+@contextlib.contextmanager
+def packing(enabled: bool = True) -> Iterator[None]:
+    """Within this block (this thread), modules given :func:`prepack_convolutions` run pre-packed.
+
+    The packed convolutions answer in oneDNN's NHWC layout (``channels_last`` strides); the ops
+    after them accept that, and a caller that needs NCHW makes its result contiguous."""
+    previous = getattr(_scope, "on", False)
+    _scope.on = enabled
+    try:
+        yield
+    finally:
+        _scope.on = previous
 
 
 def prepack_available() -> bool:
@@ -47,7 +68,7 @@ class _PackedForward:
         self.failed = False
 
     def _usable(self, m: nn.Module, x: Tensor) -> bool:
-        return (not self.failed and not m.training and not torch.is_grad_enabled()
+        return (getattr(_scope, "on", False) and not self.failed and not m.training and not torch.is_grad_enabled()
                 and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
                 and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
                 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
@@ -91,7 +112,8 @@ class _PackedForward:
 
 
 def prepack_convolutions(model: nn.Module) -> int:
-    """Give every ``Conv2d`` / ``ConvTranspose2d`` of ``model`` a pre-packed float32 CPU inference path.
+    """Give every ``Conv2d`` / ``ConvTranspose2d`` of ``model`` a pre-packed float32 CPU inference path,
+    taken inside :func:`packing`.
 
     Returns how many modules got it (0 where :func:`prepack_available` is False). Idempotent; undo
     with :func:`unpack_convolutions`.
