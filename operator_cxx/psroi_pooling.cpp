@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <vector>
 
 #include "dff_checks.h"
 #include "dff_ops.h"
@@ -48,6 +49,43 @@ std::tuple<at::Tensor, at::Tensor> psroi_pool_forward_cpu(const at::Tensor& data
     int32_t* map_p = mapping.mutable_data_ptr<int32_t>();
     check_batch_indices(rois_p, R, N);
     const scalar_t scale = static_cast<scalar_t>(spatial_scale);
+    if (G == P) {
+      // R-FCN's case: input channel c = (ctop, gh, gw) feeds exactly bin (gh, gw) of output channel ctop
+      // of every roi. One task = one input plane for all rois, so the plane stays in cache instead of
+      // 49 planes per (roi, ctop) task; each bin sums the same elements in the same order as below,
+      // so the result is the same bit for bit.
+      std::vector<int64_t> bins(static_cast<size_t>(R * P * 4));  // per roi: hstart, hend, wstart, wend
+      for (int64_t n = 0; n < R; ++n) {
+        const PsroiRoi<scalar_t> roi(rois_p + n * 5, scale, P);
+        for (int64_t p = 0; p < P; ++p) {
+          int64_t* e = &bins[static_cast<size_t>((n * P + p) * 4)];
+          roi.bin_h_range(p, H, e[0], e[1]);
+          roi.bin_w_range(p, W, e[2], e[3]);
+        }
+      }
+      at::parallel_for(0, C, std::max<int64_t>(1, 1024 / std::max<int64_t>(1, R)), [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          const int64_t ctop = c / (P * P), ph = (c / P) % P, pw = c % P;
+          for (int64_t n = 0; n < R; ++n) {
+            const int64_t b = static_cast<int64_t>(rois_p[n * 5]);
+            const int64_t hstart = bins[static_cast<size_t>((n * P + ph) * 4)];
+            const int64_t hend = bins[static_cast<size_t>((n * P + ph) * 4 + 1)];
+            const int64_t wstart = bins[static_cast<size_t>((n * P + pw) * 4 + 2)];
+            const int64_t wend = bins[static_cast<size_t>((n * P + pw) * 4 + 3)];
+            const scalar_t* plane = data_p + (b * C + c) * H * W;
+            scalar_t sum = 0;
+            for (int64_t h = hstart; h < hend; ++h)
+              for (int64_t w = wstart; w < wend; ++w) sum += plane[h * W + w];
+            const bool empty = hend <= hstart || wend <= wstart;
+            const scalar_t area = static_cast<scalar_t>((hend - hstart) * (wend - wstart));
+            const int64_t o = ((n * D + ctop) * P + ph) * P + pw;
+            out_p[o] = empty ? scalar_t(0) : sum / area;
+            map_p[o] = static_cast<int32_t>(c);
+          }
+        }
+      });
+      return;
+    }
     // one task = one (roi, output channel): P*P bins, each a small box sum; chunks of >= ~1024 bins so
     // that small inputs run inline
     at::parallel_for(0, R * D, std::max<int64_t>(1, 1024 / (P * P)), [&](int64_t begin, int64_t end) {

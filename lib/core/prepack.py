@@ -72,7 +72,10 @@ class _PackedForward:
                 and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
                 and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
                 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-                and m.padding_mode == "zeros" and not isinstance(m.padding, str))
+                and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+                # a 1x1 convolution is one matrix product: its weight re-layout is 1/HW of the work, and on an
+                # NCHW input the plain path keeps the output NCHW (no transposition for whoever reads it)
+                and not (m.kernel_size == (1, 1) and m.stride == (1, 1) and x.is_contiguous()))
 
     def _packed_weight(self, m: nn.Module, x: Tensor) -> Tensor:
         key = tuple(x.shape)
