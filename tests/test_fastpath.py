@@ -90,6 +90,12 @@ def test_prepacked_convolutions_match_plain_ones():
             m.weight.div_(2)
             with packing(False):  # outside the scope: the module's own forward
                 assert m(x).is_contiguous()
+            # another input size: packed again for it, and only the last size's packing is kept
+            x2 = torch.randn(1, 64, 7, 9)
+            with packing(False):
+                want2 = m(x2)
+            torch.testing.assert_close(m(x2), want2, rtol=1e-5, atol=1e-5)
+            assert m.__dict__["forward"]._cache[0][0] == tuple(x2.shape)
         # training and autograd take the module's own forward: gradients flow as without pre-packing
         xg = x.clone().requires_grad_()
         with packing():

@@ -169,3 +169,14 @@ def test_missing_dataset_or_model_is_one_line(val_vid, tmp_path, capsys):
     code = tester_mod.run_test(["--cfg", str(cfg_file), "--model", str(tmp_path / "m.pth")], "rfcn")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "m.pth: model file not found" in err[0]
+
+
+def test_evaluate_intervals_dataset_path_must_exist(tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, os.path.join(repo, "tools", "evaluate_intervals.py"),
+                          os.path.join(repo, "data", "models", "rfcn_synthetic_tiny.pth"),
+                          "--dataset-path", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "--dataset-path" in res.stderr and "nope" in res.stderr

@@ -4,9 +4,9 @@ Eager ``F.conv2d`` on the CPU hands oneDNN a plain (OIHW) weight, and oneDNN re-
 blocked format on every call. For FlowNet's coarse levels that re-layout is most of the work: a 3x3
 1024 -> 1024 convolution over 5x7 pixels reads 38 MB of weights to do 0.7 GFLOP (measured on this
 project's 2-core CPU, one thread: 31 ms plain, 6 ms pre-packed; the 4x4 1024 -> 512 deconvolution
-26.5 -> 5.5 ms). :func:`prepack_convolutions` re-lays each weight out once per input shape (the way
-inductor's ``freezing`` does) and calls oneDNN with it; the modules, their parameters and their
-``state_dict`` stay as they are.
+26.5 -> 5.5 ms). :func:`prepack_convolutions` re-lays each weight out once, the way inductor's
+``freezing`` does (again when the input shape changes: only the last shape's packing is kept), and
+calls oneDNN with it; the modules, their parameters and their ``state_dict`` stay as they are.
 
 Packing applies inside :func:`packing` only, so that a caller chooses the stages it pays off for (the
 video engine: the feature network and FlowNet; not the task network, whose 1x1 convolutions over large
@@ -15,8 +15,9 @@ float32 inference on the CPU takes the packed path: in training (``module.traini
 autograd recording), for other dtypes or devices, non-contiguous inputs, non-zero padding modes or
 string padding, the module's own ``forward`` runs. A weight that changes (``load_state_dict``, an
 optimizer step) is re-packed on the next call (an inference-mode weight has no version counter: it is
-re-packed when its storage changes, not when it is modified in place). The packed convolution may sum in another order than
-the plain one: results agree to float32 rounding (``tests/test_fastpath.py``), not bit for bit.
+re-packed when its storage changes, not when it is modified in place). The packed convolution may sum
+in another order than the plain one: results agree to float32 rounding (``tests/test_fastpath.py``),
+not bit for bit.
 """
 from __future__ import annotations
 
@@ -64,7 +65,9 @@ class _PackedForward:
     def __init__(self, module: nn.Conv2d | nn.ConvTranspose2d) -> None:
         self._module = weakref.ref(module)  # no cycle module -> forward -> module
         self._original = type(module).forward
-        self._cache: dict[tuple[int, ...], tuple[tuple[int, int], Tensor]] = {}
+        # the packing of the last input shape only: a video keeps its size, and one packed copy of every
+        # weight per size seen would grow without bound over a test set of mixed resolutions
+        self._cache: tuple[tuple, Tensor] | None = None
         self.failed = False
 
     def _usable(self, m: nn.Module, x: Tensor) -> bool:
@@ -81,9 +84,9 @@ class _PackedForward:
         key = tuple(x.shape)
         w = m.weight
         # inference tensors have no version counter: for them only a new storage triggers a re-pack
-        version = (w.data_ptr(), None if w.is_inference() else w._version)
-        entry = self._cache.get(key)
-        if entry is None or entry[0] != version:
+        stamp = (key, w.data_ptr(), None if w.is_inference() else w._version)
+        if self._cache is None or self._cache[0] != stamp:
+            self._cache = None  # free the old packing before making the new one
             w = w.detach()
             if isinstance(m, nn.ConvTranspose2d):
                 packed = torch.ops.mkldnn._reorder_convolution_transpose_weight(
@@ -91,8 +94,8 @@ class _PackedForward:
             else:
                 packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
                     w.to_mkldnn(), list(m.padding), list(m.stride), list(m.dilation), m.groups, list(key))
-            entry = self._cache[key] = (version, packed)
-        return entry[1]
+            self._cache = (stamp, packed)
+        return self._cache[1]
 
     def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
         m = self._module()
@@ -109,7 +112,7 @@ class _PackedForward:
                 x, w, b, list(m.padding), list(m.stride), list(m.dilation), m.groups, "none", [], "")
         except RuntimeError as e:  # an unsupported configuration: this module runs plain from now on
             self.failed = True
-            self._cache.clear()
+            self._cache = None
             warnings.warn(f"CPU fast path: pre-packed {type(m).__name__} failed ({e}); running it unpacked")
             return self._original(m, x)
 
