@@ -30,6 +30,20 @@ void check_batch_indices(const scalar_t* rois, int64_t num_rois, int64_t batch) 
   }
 }
 
+// One output bin: the mean of plane[hstart:hend, wstart:wend] (0 for an empty bin), summed row by row
+// as the reference; the input channel goes to the mapping for the backward pass.
+template <typename scalar_t>
+inline void average_bin(const scalar_t* plane, int64_t W, int64_t hstart, int64_t hend, int64_t wstart, int64_t wend,
+                        int64_t o, int64_t c, scalar_t* out_p, int32_t* map_p) {
+  scalar_t sum = 0;
+  for (int64_t h = hstart; h < hend; ++h)
+    for (int64_t w = wstart; w < wend; ++w) sum += plane[h * W + w];
+  const bool empty = hend <= hstart || wend <= wstart;
+  const scalar_t area = static_cast<scalar_t>((hend - hstart) * (wend - wstart));
+  out_p[o] = empty ? scalar_t(0) : sum / area;
+  map_p[o] = static_cast<int32_t>(c);
+}
+
 std::tuple<at::Tensor, at::Tensor> psroi_pool_forward_cpu(const at::Tensor& data_in, const at::Tensor& rois_in,
                                                           double spatial_scale, int64_t group_size,
                                                           int64_t pooled_size, int64_t output_dim) {
@@ -72,15 +86,8 @@ std::tuple<at::Tensor, at::Tensor> psroi_pool_forward_cpu(const at::Tensor& data
             const int64_t hend = bins[static_cast<size_t>((n * P + ph) * 4 + 1)];
             const int64_t wstart = bins[static_cast<size_t>((n * P + pw) * 4 + 2)];
             const int64_t wend = bins[static_cast<size_t>((n * P + pw) * 4 + 3)];
-            const scalar_t* plane = data_p + (b * C + c) * H * W;
-            scalar_t sum = 0;
-            for (int64_t h = hstart; h < hend; ++h)
-              for (int64_t w = wstart; w < wend; ++w) sum += plane[h * W + w];
-            const bool empty = hend <= hstart || wend <= wstart;
-            const scalar_t area = static_cast<scalar_t>((hend - hstart) * (wend - wstart));
-            const int64_t o = ((n * D + ctop) * P + ph) * P + pw;
-            out_p[o] = empty ? scalar_t(0) : sum / area;
-            map_p[o] = static_cast<int32_t>(c);
+            average_bin(data_p + (b * C + c) * H * W, W, hstart, hend, wstart, wend,
+                        ((n * D + ctop) * P + ph) * P + pw, c, out_p, map_p);
           }
         }
       });
@@ -101,15 +108,8 @@ std::tuple<at::Tensor, at::Tensor> psroi_pool_forward_cpu(const at::Tensor& data
             int64_t wstart, wend;
             roi.bin_w_range(pw, W, wstart, wend);
             const int64_t c = psroi_channel(ctop, ph, pw, G, P);
-            const scalar_t* plane = data_p + (b * C + c) * H * W;
-            scalar_t sum = 0;
-            for (int64_t h = hstart; h < hend; ++h)
-              for (int64_t w = wstart; w < wend; ++w) sum += plane[h * W + w];
-            const bool empty = hend <= hstart || wend <= wstart;
-            const scalar_t area = static_cast<scalar_t>((hend - hstart) * (wend - wstart));
-            const int64_t o = (i * P + ph) * P + pw;
-            out_p[o] = empty ? scalar_t(0) : sum / area;
-            map_p[o] = static_cast<int32_t>(c);
+            average_bin(data_p + (b * C + c) * H * W, W, hstart, hend, wstart, wend, (i * P + ph) * P + pw, c,
+                        out_p, map_p);
           }
         }
       }
