@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from dff.core.prepack import conv_leaky_relu
+
 # FlowNetS predicts flow/20 in pixels of its own input, which is the half-resolution image, and the
 # features have stride 16: 20 * 2 / 16 (spec 2.2).
 FLOW_SCALE = 2.5
@@ -52,6 +54,11 @@ def _crop_to(x: Tensor, like: Tensor) -> Tensor:
 def _lrelu(x: Tensor) -> Tensor:
     # in place: every input of this is a fresh conv output nobody else holds
     return F.leaky_relu(x, LEAKY_SLOPE, inplace=True)
+
+
+def _conv_lrelu(conv: nn.Module, x: Tensor) -> Tensor:
+    """``_lrelu(conv(x))``, fused into one oneDNN call on the CPU fast path (dff.core.prepack)."""
+    return conv_leaky_relu(conv, x, LEAKY_SLOPE)
 
 
 class FlowNet(nn.Module):
@@ -156,28 +163,30 @@ class FlowNet(nn.Module):
         # the fresh result in place (elementwise, so the values are the same)
         x = self._half(torch.cat((cur, key), dim=1).div_(255.0))
         keep("resize_data_output", x)
-        x = self.flow_conv1(x)
         if probes is not None:
+            x = self.flow_conv1(x)
             probes["flow_conv1_output"] = x.clone()  # the in-place LeakyReLU below would overwrite it
-        relu1 = _lrelu(x)
+            relu1 = _lrelu(x)
+        else:
+            relu1 = _conv_lrelu(self.flow_conv1, x)
         keep("ReLU1_output", relu1)
-        relu2 = _lrelu(self.conv2(relu1))
+        relu2 = _conv_lrelu(self.conv2, relu1)
         keep("ReLU2_output", relu2)
-        relu3 = _lrelu(self.conv3(relu2))
+        relu3 = _conv_lrelu(self.conv3, relu2)
         keep("ReLU3_output", relu3)
-        relu4 = _lrelu(self.conv3_1(relu3))
+        relu4 = _conv_lrelu(self.conv3_1, relu3)
         keep("ReLU4_output", relu4)
-        relu5 = _lrelu(self.conv4(relu4))
+        relu5 = _conv_lrelu(self.conv4, relu4)
         keep("ReLU5_output", relu5)
-        relu6 = _lrelu(self.conv4_1(relu5))
+        relu6 = _conv_lrelu(self.conv4_1, relu5)
         keep("ReLU6_output", relu6)
-        relu7 = _lrelu(self.conv5(relu6))
+        relu7 = _conv_lrelu(self.conv5, relu6)
         keep("ReLU7_output", relu7)
-        relu8 = _lrelu(self.conv5_1(relu7))
+        relu8 = _conv_lrelu(self.conv5_1, relu7)
         keep("ReLU8_output", relu8)
-        relu9 = _lrelu(self.conv6(relu8))
+        relu9 = _conv_lrelu(self.conv6, relu8)
         keep("ReLU9_output", relu9)
-        x = _lrelu(self.conv6_1(relu9))
+        x = _conv_lrelu(self.conv6_1, relu9)
         keep("ReLU10_output", x)
 
         # refinement: at each scale predict a flow, upsample features and flow to the next skip tensor
@@ -190,7 +199,7 @@ class FlowNet(nn.Module):
         for predict_flow, deconv, upsample_flow, skip, i in stages:
             flow = predict_flow(x)
             keep(f"Convolution{i - 1}_output", flow)
-            up = _lrelu(_crop_to(deconv(x), skip))
+            up = _crop_to(_conv_lrelu(deconv, x), skip)  # elementwise: activating before the crop is the same
             keep(f"ReLU{i + 9}_output", up)
             x = torch.cat((skip, up, _crop_to(upsample_flow(flow), skip)), dim=1)
             keep(f"Concat{i}_output", x)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dff.core.fastpath import FastPath, StageRunner
-from dff.core.prepack import packing, prepack_available, prepack_convolutions, unpack_convolutions
+from dff.core.prepack import conv_leaky_relu, packing, prepack_available, prepack_convolutions, unpack_convolutions
 from dff.parity import fastpath as check
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -102,6 +102,23 @@ def test_prepacked_convolutions_match_plain_ones():
             m(xg).sum().backward()
         assert xg.grad is not None and m.weight.grad is not None
         assert unpack_convolutions(m) == 1 and "forward" not in m.__dict__
+
+
+@needs_prepack
+def test_fused_leaky_relu_equals_the_two_steps():
+    torch.manual_seed(0)
+    x = torch.randn(1, 32, 9, 11)
+    for m in (torch.nn.Conv2d(32, 16, 3, padding=1), torch.nn.ConvTranspose2d(32, 8, 4, stride=2, padding=1)):
+        m.eval()
+        with torch.inference_mode():
+            want = torch.nn.functional.leaky_relu(m(x), 0.1)
+            assert torch.equal(conv_leaky_relu(m, x, 0.1), want)  # no pre-packing: the two steps themselves
+            prepack_convolutions(m)
+            with packing():
+                got = conv_leaky_relu(m, x, 0.1)
+            assert got.is_contiguous(memory_format=torch.channels_last)  # the fused packed call ran
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            assert (got < 0).any()  # the negative side (slope) was exercised
 
 
 @needs_prepack

@@ -28,6 +28,7 @@ import weakref
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 _PACKED_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
@@ -97,24 +98,41 @@ class _PackedForward:
             self._cache = (stamp, packed)
         return self._cache[1]
 
-    def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
+    def packed(self, x: Tensor, attr: str = "none", scalars: list[float] | None = None) -> Tensor | None:
+        """The packed convolution of ``x`` with oneDNN post-op ``attr`` (e.g. ``"leaky_relu"``, [slope]);
+        None where the packed path does not apply (the caller runs the module and the op itself)."""
         m = self._module()
-        if m is None or args or kwargs or not self._usable(m, x):
-            return self._original(m, x, *args, **kwargs)
+        if m is None or not self._usable(m, x):
+            return None
         try:
             w = self._packed_weight(m, x)
             b = None if m.bias is None else m.bias.detach()
             if isinstance(m, nn.ConvTranspose2d):
                 return torch.ops.mkldnn._convolution_transpose_pointwise(
                     x, w, b, list(m.padding), list(m.output_padding), list(m.stride), list(m.dilation), m.groups,
-                    "none", [], "")
+                    attr, scalars or [], "")
             return torch.ops.mkldnn._convolution_pointwise(
-                x, w, b, list(m.padding), list(m.stride), list(m.dilation), m.groups, "none", [], "")
+                x, w, b, list(m.padding), list(m.stride), list(m.dilation), m.groups, attr, scalars or [], "")
         except RuntimeError as e:  # an unsupported configuration: this module runs plain from now on
             self.failed = True
             self._cache = None
             warnings.warn(f"CPU fast path: pre-packed {type(m).__name__} failed ({e}); running it unpacked")
-            return self._original(m, x)
+            return None
+
+    def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
+        y = None if args or kwargs else self.packed(x)
+        return self._original(self._module(), x, *args, **kwargs) if y is None else y
+
+
+def conv_leaky_relu(module: nn.Module, x: Tensor, slope: float) -> Tensor:
+    """``leaky_relu(module(x), slope)``; inside :func:`packing`, one oneDNN call with the activation fused
+    (a pass less over the output; the same values: max(y, 0) + slope * min(y, 0) in float32 either way)."""
+    forward = module.__dict__.get("forward")
+    if isinstance(forward, _PackedForward):
+        y = forward.packed(x, "leaky_relu", [slope])
+        if y is not None:
+            return y
+    return F.leaky_relu(module(x), slope, inplace=True)
 
 
 def prepack_convolutions(model: nn.Module) -> int:
