@@ -204,10 +204,12 @@ class FlowNet(nn.Module):
             x = torch.cat((skip, up, _crop_to(upsample_flow(flow), skip)), dim=1)
             keep(f"Concat{i}_output", x)
 
-        # contiguous: the scale map (feat_dim channels) is the widest output of FlowNet; from an NCHW
-        # input it comes out NCHW even where the layers before ran in NHWC (dff.core.prepack), and
-        # transposing these 194 channels (full width) costs less than transposing the 1024 of the scale map
-        x = self._half(x).contiguous()
+        x = self._half(x)
+        if x.device.type == "cpu":
+            # the CPU fast path (dff.core.prepack) runs the layers before in NHWC; from an NCHW input the
+            # scale map (feat_dim channels, FlowNet's widest output) comes out NCHW, and transposing these
+            # 194 channels (full width) costs less than transposing its 1024. CUDA keeps its layout.
+            x = x.contiguous()
         keep("resize_concat5_output", x)
         flow = self.Convolution5(x)
         keep("Convolution5_output", flow)

@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 
-from dff.config import Config
+from dff.config import Config, update_config
 from dff.core.tester import TesterError, run_test_set
 from dff.utils.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, load_model_weights
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset_path:
             if not os.path.isdir(args.dataset_path):
                 raise OSError(f"--dataset-path {args.dataset_path}: no such directory")
-            cfg.dataset.dataset_path = args.dataset_path
+            update_config(cfg, {"dataset": {"dataset_path": args.dataset_path}}, source="--dataset-path")
         if any(k.startswith("flownet.") for k in load_checkpoint(args.model)["model"]):
             from dff_rfcn.model import DFF as cls
             kind = "dff"

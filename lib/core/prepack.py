@@ -61,7 +61,7 @@ def prepack_available() -> bool:
 
 
 class _PackedForward:
-    """Replaces one module's ``forward``; keeps one packed weight per input shape."""
+    """Replaces one module's ``forward``; keeps the packed weight of the last input shape."""
 
     def __init__(self, module: nn.Conv2d | nn.ConvTranspose2d) -> None:
         self._module = weakref.ref(module)  # no cycle module -> forward -> module
