@@ -53,4 +53,32 @@ inline void check_warp(const at::Tensor& feat, const at::Tensor& flow, const c10
   }
 }
 
+// nms_fixed: boxes (n, 4) float; valid (n,) bool, labels (n,) int64, scores (n,) boxes' dtype, all optional.
+inline void check_nms_fixed(const at::Tensor& boxes, const c10::optional<at::Tensor>& valid,
+                            const c10::optional<at::Tensor>& labels, const c10::optional<at::Tensor>& scores,
+                            int64_t max_keep, int64_t cap) {
+  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "nms_fixed: boxes must be (n, 4), got ", boxes.sizes());
+  const int64_t n = boxes.size(0);
+  TORCH_CHECK(max_keep >= 0, "nms_fixed: max_keep must be >= 0, got ", max_keep);
+  if (valid.has_value() && valid->defined()) {
+    TORCH_CHECK(valid->dim() == 1 && valid->size(0) == n && valid->scalar_type() == at::kBool,
+                "nms_fixed: valid must be a bool (", n, ",) tensor, got ", valid->scalar_type(), " ", valid->sizes());
+    TORCH_CHECK(valid->device() == boxes.device(), "nms_fixed: valid must be on the boxes' device");
+  }
+  if (labels.has_value() && labels->defined()) {
+    TORCH_CHECK(labels->dim() == 1 && labels->size(0) == n && labels->scalar_type() == at::kLong,
+                "nms_fixed: labels must be an int64 (", n, ",) tensor, got ", labels->scalar_type(), " ",
+                labels->sizes());
+    TORCH_CHECK(labels->device() == boxes.device(), "nms_fixed: labels must be on the boxes' device");
+  }
+  const bool has_scores = scores.has_value() && scores->defined();
+  TORCH_CHECK(cap <= 0 || has_scores, "nms_fixed: cap > 0 needs scores");
+  if (has_scores) {
+    TORCH_CHECK(scores->dim() == 1 && scores->size(0) == n && scores->scalar_type() == boxes.scalar_type(),
+                "nms_fixed: scores must be (", n, ",) with the boxes' dtype ", boxes.scalar_type(), ", got ",
+                scores->scalar_type(), " ", scores->sizes());
+    TORCH_CHECK(scores->device() == boxes.device(), "nms_fixed: scores must be on the boxes' device");
+  }
+}
+
 }  // namespace dff

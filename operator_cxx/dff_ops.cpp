@@ -1,4 +1,4 @@
-// Operator schemas of the `dff` namespace. The kernels are registered per device in
+// Operator schemas of the `dff` namespace. The kernels are registered per device in nms.cpp,
 // psroi_pooling.cpp / warp_scale.cpp (CPU) and the matching *_cuda.cu files (CUDA).
 // The fake (meta) kernels and the autograd formulas are registered from Python, in the module named
 // by set_python_module (torch requires that link for C++ operators with Python fake kernels).
@@ -23,4 +23,12 @@ TORCH_LIBRARY_FRAGMENT(dff, m) {
   m.def(
       "warp_scale_backward(Tensor grad_out, Tensor feat, Tensor flow, Tensor? scale) -> "
       "(Tensor grad_feat, Tensor grad_flow, Tensor grad_scale)");
+  // Greedy NMS of boxes (n, 4) already in priority order, with a fixed-size result and no host
+  // synchronisation (so a CUDA graph can hold it). A box is kept iff it is valid and no earlier kept
+  // box of the same label overlaps it by IoU > iou_threshold (+1 widths). The scan ends after max_keep
+  // keeps, or (cap > 0) at the first box that would be kept after cap keeps with a score below the
+  // cap-th kept score. keep: (max_keep,) int64, the kept rows in order, then -1; count: (1,) int64.
+  m.def(
+      "nms_fixed(Tensor boxes, Tensor? valid, Tensor? labels, Tensor? scores, float iou_threshold, "
+      "int max_keep, int cap) -> (Tensor keep, Tensor count)");
 }

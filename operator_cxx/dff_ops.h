@@ -118,4 +118,23 @@ struct WarpTap {
   }
 };
 
+// Greedy-NMS overlap test of two boxes [x1, y1, x2, y2] with inclusive pixel ends (the reference's
+// +1 widths): torchvision's IoU formula on boxes shifted to (x1, y1, x2 + 1, y2 + 1), the shift
+// rounded in T, as dff.core.bbox_transform.nms_sorted feeds torchvision; compared with the threshold
+// in double, as torchvision's CPU kernel does (suppress iff IoU > thresh).
+template <typename T>
+DFF_HD bool nms_suppresses(const T* a, const T* b, double thresh) {
+  const T ax2 = a[2] + T(1), ay2 = a[3] + T(1), bx2 = b[2] + T(1), by2 = b[3] + T(1);
+  const T left = a[0] > b[0] ? a[0] : b[0];
+  const T right = ax2 < bx2 ? ax2 : bx2;
+  const T top = a[1] > b[1] ? a[1] : b[1];
+  const T bottom = ay2 < by2 ? ay2 : by2;
+  const T w = right - left > T(0) ? right - left : T(0);
+  const T h = bottom - top > T(0) ? bottom - top : T(0);
+  const T inter = w * h;
+  const T area_a = (ax2 - a[0]) * (ay2 - a[1]);
+  const T area_b = (bx2 - b[0]) * (by2 - b[1]);
+  return static_cast<double>(inter / (area_a + area_b - inter)) > thresh;
+}
+
 }  // namespace dff

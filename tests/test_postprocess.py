@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from dff.core.postprocess import (dets_to_rows, im_detect, im_detect_boxes, im_detect_pred_boxes, pred_eval_frame,
-                                  pred_eval_rows, rows_to_dets)
+from dff.core.postprocess import (dets_to_rows, im_detect, im_detect_boxes, im_detect_pred_boxes, pred_eval_fixed,
+                                  pred_eval_frame, pred_eval_rows, rows_to_dets)
+from dff.ops import _ext, ops_backend
+
+BACKENDS = ["fallback", pytest.param("compiled", marks=pytest.mark.skipif(
+    not _ext.compiled_available(), reason="compiled operators not built"))]
 from dff.parity import ops_proposal
 
 
@@ -159,6 +163,25 @@ def test_max_per_image_keeps_ties():
     assert rows[:, 5].tolist() == pytest.approx([0.9, 0.5, 0.8, 0.5])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fixed_on_constructed_frames(backend):
+    """pred_eval_fixed on the cases above: strict threshold, IoU == threshold kept, the cap's ties."""
+    with ops_backend(backend):
+        scores, boxes = _frame([[0.5, 0.25], [0.5, 0.2500001], [0.5, 0.1]],
+                               [[0, 0, 9, 9], [100, 100, 109, 109], [200, 200, 209, 209]])
+        assert pred_eval_rows(scores, boxes, 0.25, method="fixed")[:, 1].tolist() == [100.0]
+        scores, boxes = _frame([[0.1, 0.9], [0.1, 0.8]], [[0, 0, 9, 9], [0, 0, 9, 2]])
+        assert pred_eval_rows(scores, boxes, 1e-4, nms_thresh=0.3, method="fixed").shape[0] == 2
+        assert pred_eval_rows(scores, boxes, 1e-4, nms_thresh=0.29, method="fixed").shape[0] == 1
+        scores, boxes = _frame([[0.0, 0.9, 0.0, 0.0], [0.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.8, 0.0],
+                                [0.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.4], [0.0, 0.0, 0.3, 0.0]],
+                               [[100 * i, 0, 100 * i + 9, 9] for i in range(6)])
+        rows, count = pred_eval_fixed(scores, boxes, 0.01, max_per_image=3)
+    assert rows.shape == (6 * 3, 6) and count.tolist() == [4]  # fixed size, the count on the side
+    assert rows[:4, 0].tolist() == [1, 1, 2, 3]
+    assert rows[:4, 5].tolist() == pytest.approx([0.9, 0.5, 0.8, 0.5])
+
+
 def test_dets_to_rows_layout():
     dets = [torch.zeros(0, 5, dtype=torch.float64),
             torch.tensor([[1.0, 2, 3, 4, 0.9], [5, 6, 7, 8, 0.2]], dtype=torch.float64),
@@ -187,14 +210,17 @@ def test_bad_input_messages():
         pred_eval_frame(torch.zeros(3, 4), torch.zeros(3, 4), 0.1)
 
 
-@pytest.mark.parametrize("prefix", [0, 2, 8])
+@pytest.mark.parametrize("prefix", [0, 2, 8, -1])  # -1: method "fixed"
 @pytest.mark.parametrize("fixture", ["rfcn_frame0", "rfcn_frame1", "dff_cur_frame1", "dff_cur_frame2"])
 def test_one_call_rows_equal_the_reference_rows(reference_dir, fixture, prefix):
     """The engine's one-NMS post-processing on MXNet's own head outputs gives the fixture's detections."""
     d = np.load(reference_dir / "model" / f"{fixture}.npz")
     scores = torch.from_numpy(d["im_detect_scores"])
     boxes = torch.from_numpy(d["im_detect_pred_boxes"])
-    rows = pred_eval_rows(scores, boxes, 1e-4, 0.3, 300, method="batched", prefix=prefix).numpy()
+    if prefix < 0:
+        rows = pred_eval_rows(scores, boxes, 1e-4, 0.3, 300, method="fixed").numpy()
+    else:
+        rows = pred_eval_rows(scores, boxes, 1e-4, 0.3, 300, method="batched", prefix=prefix).numpy()
     exp = d["dets_cls_x1y1x2y2_score"]
     assert rows.shape == exp.shape
     np.testing.assert_array_equal(rows[:, 0], exp[:, 0])
@@ -220,3 +246,25 @@ def test_one_call_rows_equal_the_per_class_loop(seed, max_per_image, class_agnos
     dets = rows_to_dets(rows, c)
     ref = pred_eval_frame(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic)
     assert len(dets) == c and all(np.array_equal(a, b.numpy()) for a, b in zip(dets, ref))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("max_per_image,class_agnostic", [(300, True), (15, True), (0, True), (300, False), (15, False)])
+def test_fixed_rows_equal_the_per_class_loop(seed, max_per_image, class_agnostic, backend):
+    """The fixed-shape, sync-free post-processing gives the loop's rows exactly (same order)."""
+    g = torch.Generator().manual_seed(100 + seed)
+    n, c = 300, 31
+    scores = torch.softmax(3 * torch.randn(n, c, generator=g), dim=1)
+    scores[::5, 1:4] = 0.125  # ties across rois and classes
+    xy = 500 * torch.rand(n, 2, generator=g, dtype=torch.float64)
+    box = torch.cat([xy, xy + 1 + 200 * torch.rand(n, 2, generator=g, dtype=torch.float64)], dim=1)
+    box[250:], scores[250:] = box[:50], scores[:50]  # Proposal's cyclic padding: exact duplicates
+    boxes = torch.cat([0.9 * box, box], 1) if class_agnostic else \
+        box.repeat(1, c) + 20 * torch.randn(n, 4 * c, generator=g, dtype=torch.float64)
+    loop = dets_to_rows(pred_eval_frame(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic))
+    with ops_backend(backend):
+        rows, count = pred_eval_fixed(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic)
+    assert rows.shape == (n * (c - 1), 6) and loop.shape[0] > 0
+    assert int(count) == loop.shape[0]
+    assert torch.equal(rows[:int(count)], loop)

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..ops.nms import nms_fixed
 from .bbox_transform import bbox_pred, clip_boxes, nms_plus1, nms_sorted
 
-__all__ = ["im_detect_pred_boxes", "im_detect_boxes", "im_detect", "pred_eval_frame", "pred_eval_rows",
-           "rows_to_dets", "dets_to_rows"]
+__all__ = ["im_detect_pred_boxes", "im_detect_boxes", "im_detect", "pred_eval_frame", "pred_eval_fixed",
+           "pred_eval_rows", "rows_to_dets", "dets_to_rows"]
 
 
 def _rois_2d(rois: Tensor) -> Tensor:
@@ -123,6 +124,46 @@ def pred_eval_frame(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: fl
     return out
 
 
+def pred_eval_fixed(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: float = 0.3,
+                    max_per_image: int = 300, class_agnostic: bool = True) -> tuple[Tensor, Tensor]:
+    """:func:`pred_eval_frame` with fixed shapes and no host synchronisation, for a CUDA graph.
+
+    Returns (rows (M, 6) float64, count (1,) int64) with M = R*(C-1): the first ``count`` rows are
+    :func:`pred_eval_rows`'s rows ``[class, x1, y1, x2, y2, score]`` in its order (classes ascending,
+    NMS keep order within a class); the rest are filler.
+
+    All R*(C-1) (roi, class) pairs go through one :func:`dff.ops.nms_fixed` in descending score order
+    (ties by roi index, the loop's order within a class), with ``labels`` = class so boxes only suppress
+    their own class, ``valid`` = score above ``thresh``, and the ``max_per_image`` rule as the scan's
+    ``cap``: greedy NMS decides a box from the higher-scoring keeps of its class only, so processing
+    all classes by one descending score order gives each class's keeps, and the scan stops at the
+    first would-be keep below the ``max_per_image``-th kept score, leaving exactly the capped set.
+    """
+    _check_scores_boxes("pred_eval_fixed", scores, boxes, class_agnostic)
+    n_rois, n_cls = scores.shape
+    if n_cls < 2:
+        raise ValueError(f"pred_eval_fixed: scores need a background and at least one class, got {n_cls} columns")
+    boxes = boxes.to(torch.float64)
+    scores = scores.to(boxes.device)
+    fg = scores[:, 1:].reshape(-1)  # (roi, class) pairs, roi-major
+    valid = fg > thresh  # compared in the scores' dtype, as pred_eval_frame (a Python float is cast to it)
+    order = torch.sort(torch.where(valid, fg, torch.full_like(fg, -1.0)), descending=True, stable=True).indices
+    roi = torch.div(order, n_cls - 1, rounding_mode="floor")
+    cls = order - roi * (n_cls - 1) + 1
+    score = fg[order].to(torch.float64)
+    cand = boxes[roi, 4:8] if class_agnostic else boxes.view(n_rois, n_cls, 4)[roi, cls]
+    total = order.numel()
+    keep, count = nms_fixed(cand, nms_thresh, total, valid=valid[order], labels=cls, scores=score,
+                            cap=max(int(max_per_image), 0))
+    kept = torch.arange(total, device=keep.device) < count
+    keep = keep.clamp(min=0)
+    # classes ascending, keep order within a class; filler last
+    by_class = torch.sort(torch.where(kept, cls[keep], torch.full_like(cls, n_cls)), stable=True).indices
+    keep = keep[by_class]
+    rows = torch.cat([cls[keep].to(torch.float64)[:, None], cand[keep], score[keep][:, None]], dim=1)
+    return rows, count
+
+
 def pred_eval_rows(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: float = 0.3,
                    max_per_image: int = 300, class_agnostic: bool = True, method: str = "auto",
                    prefix: int = 8) -> Tensor:
@@ -134,7 +175,8 @@ def pred_eval_rows(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: flo
     ``class * (max coordinate + 2)`` so no two classes overlap; the shift moves the float64 IoUs by
     ~1e-11 at most, so only a pair at IoU = ``nms_thresh`` within that could be decided otherwise.
     ``"loop"``: :func:`pred_eval_frame` (on the CPU it is faster: 30 NMS of ~300 boxes cost far less
-    than one of ~9,000). ``"auto"``: batched on CUDA, the loop elsewhere.
+    than one of ~9,000). ``"fixed"``: :func:`pred_eval_fixed` (one sync, for the count). ``"auto"``:
+    batched on CUDA, the loop elsewhere.
 
     Batched, with the ``max_per_image`` cap, NMS first runs on the ``prefix * max_per_image`` best
     candidates only (all candidates scoring at least the one ranked there): a box's fate depends only on
@@ -143,8 +185,11 @@ def pred_eval_rows(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: flo
     Otherwise NMS runs on all candidates. (At thresh 1e-4 a frame has ~9,000 candidates; NMS of 2,400
     moves a 16x smaller suppression mask to the host.)
     """
-    if method not in ("auto", "loop", "batched"):
-        raise ValueError(f"pred_eval_rows: method must be auto, loop or batched, got {method!r}")
+    if method not in ("auto", "loop", "batched", "fixed"):
+        raise ValueError(f"pred_eval_rows: method must be auto, loop, batched or fixed, got {method!r}")
+    if method == "fixed":
+        rows, count = pred_eval_fixed(scores, boxes, thresh, nms_thresh, max_per_image, class_agnostic)
+        return rows[:int(count)]
     if method == "loop" or (method == "auto" and scores.device.type != "cuda"):
         return dets_to_rows(pred_eval_frame(scores, boxes, thresh, nms_thresh, max_per_image, class_agnostic))
     _check_scores_boxes("pred_eval_rows", scores, boxes, class_agnostic)

@@ -1,4 +1,5 @@
-"""DFF's custom operators: position-sensitive RoI pooling and the fused flow-warp x scale.
+"""DFF's custom operators: position-sensitive RoI pooling, the fused flow-warp x scale and a fixed-size
+greedy NMS.
 
 Each runs either the compiled C++/CUDA library (``operator_cxx/``, built by ``sh init.sh`` or
 ``python -m dff.ops.build``) or a pure-PyTorch fallback with the same semantics; see
@@ -6,12 +7,14 @@ Each runs either the compiled C++/CUDA library (``operator_cxx/``, built by ``sh
 """
 from ._ext import compiled_available
 from .backend import get_default_backend, ops_backend, set_default_backend
+from .nms import nms_fixed
 from .psroi import psroi_pool
 from .warp import warp_scale
 
 __all__ = [
     "compiled_available",
     "get_default_backend",
+    "nms_fixed",
     "ops_backend",
     "psroi_pool",
     "set_default_backend",

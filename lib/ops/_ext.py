@@ -78,7 +78,7 @@ def load_error() -> str:
     return _error
 
 
-_OPS = ("dff::psroi_pool_forward", "dff::warp_scale_forward")
+_OPS = ("dff::psroi_pool_forward", "dff::warp_scale_forward", "dff::nms_fixed")
 _kernels: dict[str, frozenset[str]] = {}  # op -> device types with a kernel; filled once at load
 
 
@@ -130,6 +130,10 @@ def _register_python_side() -> None:
             feat.new_empty((n, 2, h, w)),
             feat.new_empty((n if scale is not None else 0, c, h, w)),
         )
+
+    @torch.library.register_fake(lib + "nms_fixed")
+    def _nms_fixed_fake(boxes, valid, labels, scores, iou_threshold, max_keep, cap):
+        return boxes.new_empty((max_keep,), dtype=torch.long), boxes.new_empty((1,), dtype=torch.long)
 
     # autograd
     def _psroi_setup(ctx, inputs, output):

@@ -4,8 +4,9 @@
 ``contrib.MultiProposal`` (per image of a batch) step by step (fixtures README section 4, spec 3.2):
 decode with the +1 convention, clip, disable positions beyond ``int(im_size / stride)``, flag small
 boxes, **stable** descending sort, top-N, greedy NMS (+1 areas, suppress ``IoU > thr``) that stops after
-``post`` keeps, and cyclic padding ``keep[i % n]``. Everything is device-agnostic torch code; the only
-host syncs are the NMS chunk sizes (see :func:`dff.core.bbox_transform.nms_sorted`).
+``post`` keeps, and cyclic padding ``keep[i % n]``. Everything is device-agnostic torch code with no host
+sync where the compiled operators are built (the NMS is :func:`dff.ops.nms_fixed`; its pure-PyTorch
+fallback syncs).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..core.bbox_transform import nms_sorted
+from ..ops.nms import nms_fixed
 from .anchors import generate_anchors, shifted_anchors
 
 __all__ = ["rpn_inv_normalize", "proposal", "proposal_candidates", "proposal_select"]
@@ -158,8 +159,9 @@ def proposal_select(boxes: Tensor, scores: Tensor, *, post_nms_top_n: int = 300,
     slot = torch.arange(post_nms_top_n, device=dev)
     all_rois, all_scores = [], []
     for i in range(n_img):
-        keep = nms_sorted(boxes[i], nms_threshold, max_keep=post_keep)
-        pick = keep[slot % keep.numel()]
+        # the count stays on the device (no sync): a CUDA graph can hold this
+        keep, count = nms_fixed(boxes[i], nms_threshold, post_keep)
+        pick = keep[slot % count.clamp(min=1)]
         batch_col = torch.full((post_nms_top_n, 1), float(i), dtype=torch.float32, device=dev)
         all_rois.append(torch.cat([batch_col, boxes[i][pick]], dim=1))
         all_scores.append(scores[i][pick].unsqueeze(1))
