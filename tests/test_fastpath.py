@@ -164,11 +164,15 @@ def test_cuda_graph_replays_equal_eager_runs(reference_dir):
     """Captured stages replayed on new inputs give what the same stages give eagerly."""
     from dff.parity.model import _build, _frame_inputs
 
+    from dff.core.video import VideoDetector
+
     device = torch.device("cuda")
     with check.no_tf32(), torch.inference_mode():
         model = _build("dff", str(reference_dir)).to(device).eval()
-        eager = StageRunner(model, FastPath())
-        graphed = StageRunner(model, FastPath(cuda_graphs=True))
+        post = VideoDetector(model, model.cfg, device=device)._post_fixed
+        eager = StageRunner(model, FastPath(), post=post)
+        graphed = StageRunner(model, FastPath(cuda_graphs=True), post=post)
+        assert graphed.sync_free
         inputs = [_frame_inputs(str(reference_dir), k) for k in range(3)]
         frames = [data.to(device) for data, _ in inputs]
         im_info = inputs[0][1].to(device)
@@ -185,11 +189,47 @@ def test_cuda_graph_replays_equal_eager_runs(reference_dir):
         assert "cand_boxes" in maps_e and set(maps_g) == set(maps_e)
         for k, v in maps_e.items():
             torch.testing.assert_close(maps_g[k], v, rtol=1e-5, atol=1e-5)
-        assert graphed.graphs_captured == 3
+        # the whole task network (proposal NMS, PSROI pooling) and the post-processing, sync-free
+        head_g = {k: v.clone() for k, v in graphed.head(key_e, im_info).items()}
+        head_e = eager.head(key_e, im_info)
+        for k in ("rois", "cls_prob", "bbox_pred"):
+            torch.testing.assert_close(head_g[k], head_e[k], rtol=1e-5, atol=1e-5)
+        args = (head_e["rois"], head_e["cls_prob"], head_e["bbox_pred"], im_info)
+        rows_e, count_e = eager.post(*args)
+        for _ in range(2):  # capture, then replay
+            rows_g, count_g = graphed.post(*args)
+        assert int(count_g) == int(count_e) > 0
+        assert torch.equal(rows_g[:int(count_g)], rows_e[:int(count_e)])
+        assert graphed.graphs_captured == 5
+
+
+@cuda
+def test_cuda_pipelined_run_gives_the_synchronous_detections(reference_dir):
+    """run() with the fixed post-processing hands out frame i after queuing frame i+1 (asynchronous
+    copies to pinned buffers): the detections must be those of the synchronous per-class loop."""
+    from dff.core.frames import frames_from_arrays
+    from dff.core.video import VideoDetector
+    from dff.parity.model import _build
+
+    device = torch.device("cuda")
+    g = torch.Generator().manual_seed(3)
+    images = [(torch.rand(120, 200, 3, generator=g) * 255).to(torch.uint8).numpy() for _ in range(7)]
+    with check.no_tf32():
+        model = _build("dff", str(reference_dir)).to(device).eval()
+        piped = VideoDetector(model, model.cfg, key_interval=3, device=device)
+        assert piped.post == "fixed" and piped.runner.sync_free  # the CUDA default
+        a = list(piped.run(frames_from_arrays(images)))
+        b = list(VideoDetector(model, model.cfg, key_interval=3, device=device, post="device")
+                 .run(frames_from_arrays(images)))
+    assert [r.index for r in a] == [r.index for r in b] == list(range(7))
+    assert [r.is_key for r in a] == [True, False, False, True, False, False, True]
+    assert sum(len(d) for r in b for d in r.detections[1:]) > 0
+    for ra, rb in zip(a, b):
+        assert all(np.array_equal(x, y) for x, y in zip(ra.detections, rb.detections)), ra.index
 
 
 def test_post_processing_methods_agree():
-    """host / device / batched NMS placement: the same detections (on the CPU, host is the device loop)."""
+    """host / device / batched / fixed NMS placement: the same detections (on the CPU, host is the device loop)."""
     from dff.core.video import VideoDetector
     from dff.parity.model import RFCN_CFG
     from dff.config import load_config
@@ -204,11 +244,11 @@ def test_post_processing_methods_agree():
     with pytest.raises(ValueError, match="post must be one of"):
         VideoDetector(model, cfg, post="gpu")
     dets = {}
-    for post in ("host", "device", "batched"):
+    for post in ("host", "device", "batched", "fixed"):
         det = VideoDetector(model, cfg, post=post)
         data, im_info = det.prepare(image)
         out, _, _ = det.step(data, im_info)
         dets[post] = det.postprocess(out, im_info)
     assert sum(len(d) for d in dets["device"]) > 0
-    for post in ("host", "batched"):
+    for post in ("host", "batched", "fixed"):
         assert all(np.array_equal(a, b) for a, b in zip(dets[post], dets["device"]))

@@ -22,11 +22,12 @@ import numpy as np
 import pytest
 import torch
 
-from dff.ops import _ext, psroi_pool, warp_scale
+from dff.ops import _ext, nms_fixed, psroi_pool, warp_scale
+from test_nms_fixed import CASES as NMS_CASES, check_nms_fixed, make_case as make_nms_case
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-FORWARD_OPS = ("dff::psroi_pool_forward", "dff::warp_scale_forward")
+FORWARD_OPS = ("dff::psroi_pool_forward", "dff::warp_scale_forward", "dff::nms_fixed")
 BACKWARD_OPS = ("dff::psroi_pool_backward", "dff::warp_scale_backward")
 
 # dtype -> (forward atol, gradient atol, gradient rtol)
@@ -445,3 +446,31 @@ def test_mxnet_fixtures(reference_dir):
     rows = fixture_rows("cuda", reference_dir)
     assert len(rows) == 10, [r.line() for r in rows]  # psroi cls, bbox: 2 each; warp dffshape, big: 3 each
     assert all(r.passed for r in rows), "\n".join(r.line() for r in rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", NMS_CASES)
+def test_nms_fixed_matches_cpu(case, dtype):
+    check_nms_fixed("cuda", dtype, case)
+
+
+def test_nms_fixed_in_a_cuda_graph():
+    """Captured once, replayed on other boxes of the same shape: the eager keeps of those boxes."""
+    device = torch.device("cuda")
+    first = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+             for k, v in make_nms_case("detections", torch.float64).items()}
+    second = make_nms_case("detections_nocap", torch.float64)  # same shapes, other data
+    static = {k: v.clone() for k, v in first.items() if isinstance(v, torch.Tensor)}
+    options = {"iou_threshold": first["iou_threshold"], "max_keep": first["max_keep"], "cap": 300}
+    nms_fixed(**static, **options)  # warm-up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        keep, count = nms_fixed(**static, **options)
+    for data in (second, first):
+        for k, v in static.items():
+            v.copy_(data[k])
+        graph.replay()
+        exp_keep, exp_count = nms_fixed(**{k: data[k].to(device) for k in static}, **options)
+        assert int(count) == int(exp_count) > 0
+        assert torch.equal(keep, exp_keep)

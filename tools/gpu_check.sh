@@ -39,7 +39,8 @@ $PY -c "import torch, torchvision; print('torch', torch.__version__, 'cuda', tor
 
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
 step build 300 $PY -m dff.ops.build --force
-step tests 300 $PY -m pytest -q -rs tests/test_ops_cuda.py tests/test_proposal.py tests/test_fastpath.py -k "cuda or CUDA or test_proposal"
+step tests 300 $PY -m pytest -q -rs tests/test_ops_cuda.py tests/test_nms_fixed.py tests/test_proposal.py tests/test_fastpath.py \
+    -k "cuda or CUDA or test_proposal or nms"
 step bench_fp16 300 $PY tools/benchmark.py --cfg $CFG --video "$FRAMES" --frames 144 --key-intervals 1,2,5,10,20 \
     --scale 600,1000 --device cuda --fast fp16 --json "$OUT/bench_r101_fp16.json" --profile "$OUT/profile_r101_fp16.txt"
 step bench_plain 300 $PY tools/benchmark.py --cfg $CFG --video "$FRAMES" --frames 60 --key-intervals 1,10 \

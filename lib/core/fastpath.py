@@ -8,10 +8,15 @@ stages with them:
 * ``flow(data, key_data)`` -- FlowNet: flow and scale map (non-key frames);
 * ``warp(key_feat, flow, scale)`` -- the fused warp x scale (non-key frames);
 * ``maps(feat, im_info)`` -- the convolutional task network (:meth:`dff.models.rfcn.RFCN.head_maps`)
-  and the fixed-shape half of the proposals (:meth:`~dff.models.rfcn.RFCN.candidates`: decode, sort).
+  and the fixed-shape half of the proposals (:meth:`~dff.models.rfcn.RFCN.candidates`: decode, sort);
+* ``head(feat, im_info)`` -- ``maps``, then the proposal NMS, PSROI pooling and softmax
+  (:meth:`~dff.models.rfcn.RFCN.head_rois`): the whole task network;
+* ``post(rois, cls_prob, bbox_pred, im_info)`` -- the detections' post-processing, a function given
+  to the runner (the engine's :func:`dff.core.postprocess.pred_eval_fixed`).
 
-The rest of the frame (proposal NMS, PSROI pooling, post-processing) has data-dependent sizes and
-runs eagerly. Everything here is float32 at the stage boundaries: under autocast each stage
+``head`` and ``post`` are fixed-shape and free of host synchronisation only where the compiled
+:func:`dff.ops.nms_fixed` kernel exists for the device (:attr:`StageRunner.sync_free`); elsewhere the
+engine uses ``maps`` and runs the rest eagerly. Everything here is float32 at the stage boundaries: under autocast each stage
 casts its outputs back to float32, so proposals, PSROI pooling and the warp (which work in float32
 anyway, see :mod:`dff.ops`) see the same dtypes as without the fast path.
 
@@ -30,6 +35,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..ops.backend import resolve
 from .prepack import packing, prepack_available, prepack_convolutions
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -157,9 +163,11 @@ class StageRunner:
     ``model`` must be in eval mode on its device; with ``channels_last`` it is converted in place.
     """
 
-    def __init__(self, model: torch.nn.Module, fast: FastPath | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, fast: FastPath | None = None,
+                 post: Callable[..., tuple[Tensor, Tensor]] | None = None) -> None:
         self.model = model
         self.fast = fast or FastPath()
+        self._post_fn = post
         try:
             self.device = next(model.parameters()).device
         except StopIteration:
@@ -175,7 +183,9 @@ class StageRunner:
             if not prepack_convolutions(model):
                 warnings.warn("fast path: this torch cannot pre-pack oneDNN weights; CPU convolutions run plain")
         has_flow = hasattr(model, "propagate")
-        stages = {"feature": self._feature, "maps": self._maps}
+        stages = {"feature": self._feature, "maps": self._maps, "head": self._head}
+        if post is not None:
+            stages["post"] = post
         if has_flow:
             stages["flow"] = self._flow
             stages["warp"] = self._warp
@@ -214,6 +224,9 @@ class StageRunner:
         maps.update(self.model.candidates(maps, im_info))  # float32/64 box arithmetic, outside autocast
         return maps
 
+    def _head(self, feat: Tensor, im_info: Tensor) -> dict[str, Tensor]:
+        return self.model.head_rois(self._maps(feat, im_info), im_info)
+
     # the engine's calls ----------------------------------------------------------------------------
     def feature(self, data: Tensor) -> Tensor:
         """data (1, 3, H, W) -> key feature (1, C, h, w) float32 (a graph output: copy it to keep it)."""
@@ -231,6 +244,22 @@ class StageRunner:
         """feature, im_info (1, 3) -> :meth:`dff.models.rfcn.RFCN.head_maps` (float32) and
         :meth:`~dff.models.rfcn.RFCN.candidates`."""
         return self._stages["maps"](feat, im_info)
+
+    def head(self, feat: Tensor, im_info: Tensor) -> dict[str, Tensor]:
+        """feature, im_info (1, 3) -> :meth:`dff.models.rfcn.RFCN.head_rois` outputs (rois, cls_prob, bbox_pred, ...)."""
+        return self._stages["head"](feat, im_info)
+
+    def post(self, rois: Tensor, cls_prob: Tensor, bbox_pred: Tensor, im_info: Tensor) -> tuple[Tensor, Tensor]:
+        """The post-processing function given to the runner (with ``post=``): its (rows, count)."""
+        if "post" not in self._stages:
+            raise RuntimeError("StageRunner.post: this runner was made without a post-processing function")
+        return self._stages["post"](rois, cls_prob, bbox_pred, im_info)
+
+    @property
+    def sync_free(self) -> bool:
+        """Whether ``head`` and ``post`` run without host synchronisation on this device: the compiled
+        :func:`dff.ops.nms_fixed` kernel runs there (not the pure-PyTorch fallback, which synchronises)."""
+        return resolve(None, "dff::nms_fixed", torch.empty(0, device=self.device)) == "compiled"
 
     @property
     def graphs_captured(self) -> int:

@@ -20,10 +20,10 @@ from ..config import Config
 from ..utils.image import preprocess
 from .fastpath import FastPath, StageRunner
 from .frames import Frame
-from .postprocess import im_detect_boxes, pred_eval_rows, rows_to_dets
+from .postprocess import im_detect_boxes, pred_eval_fixed, pred_eval_rows, rows_to_dets
 
 STAGES = ("feature", "flow", "warp", "head", "post")
-POST_METHODS = ("host", "device", "batched")
+POST_METHODS = ("host", "device", "batched", "fixed")
 
 
 @dataclasses.dataclass
@@ -51,10 +51,17 @@ class VideoDetector:
         fast: the GPU fast path (:class:`~dff.core.fastpath.FastPath`: autocast, channels_last, CUDA
             graphs); None runs the plain float32 model. ``FastPath.full(device)`` turns on all that applies.
         post: where the per-class NMS of the detections runs: ``"host"`` (one copy of the head's outputs
-            to the CPU, the per-class loop there), ``"device"`` (the loop on the model's device) or
-            ``"batched"`` (one NMS over all classes on the device). Same detections; see
-            :func:`dff.core.postprocess.pred_eval_rows`. Default: ``"batched"`` on CUDA (measured fastest
-            on an H200: 3.1 ms per frame at 600x1000 against 8.1 host and 13.9 device), else ``"device"``.
+            to the CPU, the per-class loop there), ``"device"`` (the loop on the model's device),
+            ``"batched"`` (one NMS over all classes on the device) or ``"fixed"`` (one fixed-size NMS,
+            :func:`dff.core.postprocess.pred_eval_fixed`, with no host sync). Same detections; see
+            :func:`dff.core.postprocess.pred_eval_rows`. Default: ``"fixed"`` on CUDA when the compiled
+            :func:`dff.ops.nms_fixed` kernel is there, else ``"batched"`` on CUDA and ``"device"`` elsewhere.
+
+    With ``"fixed"`` on CUDA and the compiled kernels, nothing in a frame waits for the GPU: the task
+    network (proposal NMS included) and the post-processing are fixed-shape stages (CUDA graphs with
+    the fast path), the detections are copied to pinned host memory asynchronously, and :meth:`run`
+    hands out frame ``i`` after it has queued frame ``i + 1``, so the CPU prepares the next frame while
+    the GPU works.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: Config, key_interval: int | None = None,
@@ -63,16 +70,18 @@ class VideoDetector:
         if post not in (None, *POST_METHODS):
             raise ValueError(f"post must be one of {', '.join(POST_METHODS)}, got {post!r}")
         self.model = model
-        self.runner = StageRunner(model, fast)
         self.cfg = cfg
+        self.thresh = thresh
+        self.runner = StageRunner(model, fast, post=self._post_fixed)
         self.device = torch.device(device)
-        self.post = post or ("batched" if self.device.type == "cuda" else "device")
+        if post is None:
+            post = "device" if self.device.type != "cuda" else ("fixed" if self.runner.sync_free else "batched")
+        self.post = post
         self.has_flow = hasattr(model, "propagate")
         interval = int(key_interval if key_interval is not None else cfg.TEST.KEY_FRAME_INTERVAL)
         if interval < 1:
             raise ValueError(f"key frame interval must be >= 1, got {interval}")
         self.key_interval = interval if self.has_flow else 1
-        self.thresh = thresh
         self.sync = sync
         self.keep_images = keep_images
         self.reset()
@@ -82,6 +91,8 @@ class VideoDetector:
         self._key_data: Tensor | None = None
         self._key_feat: Tensor | None = None
         self._since_key = 0
+        self._host_buffers: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
+        self._flip = 0
 
     # preprocessing runs in the decode workers -----------------------------------------------------
     def prepare(self, image: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -89,7 +100,7 @@ class VideoDetector:
         data, im_info = preprocess(image, self.cfg.SCALES[0], self.cfg.network.PIXEL_MEANS,
                                    int(self.cfg.network.IMAGE_STRIDE))
         if self.device.type == "cuda":
-            data = data.pin_memory()
+            data, im_info = data.pin_memory(), im_info.pin_memory()
         return data, im_info
 
     def _tick(self) -> float:
@@ -125,14 +136,54 @@ class VideoDetector:
             t1 = self._tick()
             times["flow"], times["warp"] = tf - t0, t1 - tf
             self._since_key += 1
-        out = self.model.head_rois(self.runner.maps(feat, im_info_dev), im_info_dev)
+        if self.runner.sync_free:
+            out = dict(self.runner.head(feat, im_info_dev))
+        else:  # the NMS synchronises anyway: only the fixed-shape part as one stage
+            out = self.model.head_rois(self.runner.maps(feat, im_info_dev), im_info_dev)
+        out["im_info"] = im_info_dev
         times["head"] = self._tick() - t1
         return out, is_key, times
+
+    def _post_fixed(self, rois: Tensor, cls_prob: Tensor, bbox_pred: Tensor, im_info: Tensor) -> tuple[Tensor, Tensor]:
+        """The ``"fixed"`` post-processing (a fast-path stage): head outputs -> (rows (M, 6), count (1,))."""
+        scores, boxes = im_detect_boxes(rois, cls_prob[0], bbox_pred[0], im_info)
+        return pred_eval_fixed(scores, boxes, self.thresh, float(self.cfg.TEST.NMS), int(self.cfg.TEST.max_per_image),
+                               class_agnostic=bool(self.cfg.CLASS_AGNOSTIC))
+
+    def _post_async(self, out: dict) -> tuple:
+        """Queue the ``"fixed"`` post-processing of ``out`` and the copy of its rows to pinned host memory;
+        returns a ticket for :meth:`_post_wait`. Two buffers per shape alternate: :meth:`run` waits for
+        frame ``i`` before it queues frame ``i + 2``."""
+        rows, count = self.runner.post(out["rois"], out["cls_prob"], out["bbox_pred"], out["im_info"])
+        key = (tuple(rows.shape), rows.dtype)
+        buffers = self._host_buffers.get(key)
+        if buffers is None:
+            buffers = self._host_buffers[key] = [
+                (torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True),
+                 torch.empty(count.shape, dtype=count.dtype, pin_memory=True)) for _ in range(2)]
+        self._flip ^= 1
+        rows_host, count_host = buffers[self._flip]
+        rows_host.copy_(rows, non_blocking=True)
+        count_host.copy_(count, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return rows_host, count_host, done, out["cls_prob"].shape[-1]
+
+    @staticmethod
+    def _post_wait(ticket: tuple) -> list[np.ndarray]:
+        rows_host, count_host, done, num_classes = ticket
+        done.synchronize()
+        return rows_to_dets(rows_host[:int(count_host[0])], num_classes)  # rows_to_dets copies out of the buffer
 
     def postprocess(self, out: dict, im_info: Tensor) -> list[np.ndarray]:
         """Network outputs -> per-class (k, 5) ``[x1, y1, x2, y2, score]`` arrays (index 0 empty), original
         pixels; one device-to-host copy per frame."""
         rois, cls_prob, bbox_pred = out["rois"], out["cls_prob"][0], out["bbox_pred"][0]
+        if self.post == "fixed":
+            info = out.get("im_info")
+            info = im_info.to(rois.device) if info is None else info
+            rows, count = self.runner.post(out["rois"], out["cls_prob"], out["bbox_pred"], info)
+            return rows_to_dets(rows[:int(count)], cls_prob.shape[1])
         if self.post == "host" and rois.device.type != "cpu":
             packed = torch.cat([rois, cls_prob, bbox_pred], dim=1).cpu()  # one transfer, one sync
             rois, cls_prob, bbox_pred = packed.split([rois.shape[1], cls_prob.shape[1], bbox_pred.shape[1]], dim=1)
@@ -145,12 +196,33 @@ class VideoDetector:
     def run(self, frames: Iterable[Frame]) -> Iterator[FrameResult]:
         """Detect on every frame of one video, in order. ``frames`` may carry prepared inputs."""
         self.reset()
+        pipelined = self.post == "fixed" and self.device.type == "cuda" and self.runner.sync_free
+        pending = None  # pipelined: the previous frame, its results still on their way
+
+        def result(frame: Frame, is_key: bool, dets: list, times: dict) -> FrameResult:
+            times["total"] = sum(times[s] for s in STAGES)
+            return FrameResult(frame.index, frame.name, is_key, dets, times, frame.image if self.keep_images else None)
+
         for frame in frames:
             data, im_info = frame.prepared if frame.prepared is not None else self.prepare(frame.image)
             out, is_key, times = self.step(data, im_info)
             t = time.perf_counter()
-            dets = self.postprocess(out, im_info)
+            if not pipelined:
+                dets = self.postprocess(out, im_info)
+                times["post"] = time.perf_counter() - t
+                yield result(frame, is_key, dets, times)
+                continue
+            ticket = self._post_async(out)
             times["post"] = time.perf_counter() - t
-            times["total"] = sum(times[s] for s in STAGES)
-            yield FrameResult(frame.index, frame.name, is_key, dets, times,
-                              frame.image if self.keep_images else None)
+            if pending is not None:
+                yield self._finish(pending, result)
+            pending = (frame, is_key, ticket, times)
+        if pending is not None:
+            yield self._finish(pending, result)
+
+    def _finish(self, pending: tuple, result) -> FrameResult:
+        frame, is_key, ticket, times = pending
+        t = time.perf_counter()
+        dets = self._post_wait(ticket)
+        times["post"] += time.perf_counter() - t
+        return result(frame, is_key, dets, times)
