@@ -54,8 +54,9 @@ class VideoDetector:
             to the CPU, the per-class loop there), ``"device"`` (the loop on the model's device),
             ``"batched"`` (one NMS over all classes on the device) or ``"fixed"`` (one fixed-size NMS,
             :func:`dff.core.postprocess.pred_eval_fixed`, with no host sync). Same detections; see
-            :func:`dff.core.postprocess.pred_eval_rows`. Default: ``"fixed"`` on CUDA when the compiled
-            :func:`dff.ops.nms_fixed` kernel is there, else ``"batched"`` on CUDA and ``"device"`` elsewhere.
+            :func:`dff.core.postprocess.pred_eval_rows`. Default: ``"fixed"`` where the compiled
+            :func:`dff.ops.nms_fixed` kernel runs (on a 2-core CPU, tiny model: 2.2 ms per frame against
+            12.7 for the loop), else ``"batched"`` on CUDA and ``"device"`` elsewhere.
 
     With ``"fixed"`` on CUDA and the compiled kernels, nothing in a frame waits for the GPU: the task
     network (proposal NMS included) and the post-processing are fixed-shape stages (CUDA graphs with
@@ -75,7 +76,7 @@ class VideoDetector:
         self.runner = StageRunner(model, fast, post=self._post_fixed)
         self.device = torch.device(device)
         if post is None:
-            post = "device" if self.device.type != "cuda" else ("fixed" if self.runner.sync_free else "batched")
+            post = "fixed" if self.runner.sync_free else ("batched" if self.device.type == "cuda" else "device")
         self.post = post
         self.has_flow = hasattr(model, "propagate")
         interval = int(key_interval if key_interval is not None else cfg.TEST.KEY_FRAME_INTERVAL)
