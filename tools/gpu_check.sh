@@ -45,7 +45,7 @@ step bench_fp16 300 $PY tools/benchmark.py --cfg $CFG --video "$FRAMES" --frames
     --scale 600,1000 --device cuda --fast fp16 --json "$OUT/bench_r101_fp16.json" --profile "$OUT/profile_r101_fp16.txt"
 step bench_plain 300 $PY tools/benchmark.py --cfg $CFG --video "$FRAMES" --frames 60 --key-intervals 1,10 \
     --scale 600,1000 --device cuda --fast none --json "$OUT/bench_r101_plain.json"
-step check_fastpath 300 $PY tools/check_fastpath.py "$REF" --device cuda --amp none,fp16,bf16
+step check_fastpath 300 $PY tools/check_fastpath.py "$REF" --device cuda --amp "${CHECK_AMP:-none,fp16,bf16}"
 if [ -d data/synthetic_vid ]; then
     for f in fp16 none; do
         step "eval_$f" 300 $PY tools/benchmark.py --cfg experiments/dff_rfcn/cfgs/dff_rfcn_synthetic_tiny.yaml \

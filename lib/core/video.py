@@ -110,8 +110,11 @@ class VideoDetector:
         return time.perf_counter()
 
     @torch.inference_mode()
-    def step(self, data: Tensor, im_info: Tensor) -> tuple[dict, bool, dict]:
-        """One frame through the network. Returns (network outputs, is_key, stage times)."""
+    def step(self, data: Tensor, im_info: Tensor, rois: Tensor | None = None) -> tuple[dict, bool, dict]:
+        """One frame through the network. Returns (network outputs, is_key, stage times).
+
+        ``rois`` (R, 5), if given, replace the proposals (to compare two runs on the same rois); the
+        task network then runs as ``maps`` and the rest eagerly."""
         data = data.to(self.device, non_blocking=True)
         im_info_dev = im_info.to(self.device, non_blocking=True)
         times = dict.fromkeys(STAGES, 0.0)
@@ -137,7 +140,9 @@ class VideoDetector:
             t1 = self._tick()
             times["flow"], times["warp"] = tf - t0, t1 - tf
             self._since_key += 1
-        if self.runner.sync_free:
+        if rois is not None:
+            out = self.model.head_rois(self.runner.maps(feat, im_info_dev), im_info_dev, rois=rois.to(self.device))
+        elif self.runner.sync_free:
             out = dict(self.runner.head(feat, im_info_dev))
         else:  # the NMS synchronises anyway: only the fixed-shape part as one stage
             out = self.model.head_rois(self.runner.maps(feat, im_info_dev), im_info_dev)

@@ -88,24 +88,12 @@ def run_rows(model, frames: list, device: torch.device, fast=None, key_interval:
 
     det = VideoDetector(model, model.cfg, key_interval=key_interval, device=device, thresh=FIXTURE_THRESH,
                         sync=False, fast=fast)
-    if fixed_rois is not None:
-        queue = list(fixed_rois)
-        head_rois = model.head_rois
-
-        def fixed(maps, im_info):  # the engine's network, but the given rois
-            return head_rois(maps, im_info, rois=queue.pop(0))
-
-        model.head_rois = fixed
     rows, rois = [], []
-    try:
-        for data, im_info in frames:
-            out, _, _ = det.step(data, im_info)
-            dets = det.postprocess(out, im_info)
-            rows.append(dets_to_rows([torch.from_numpy(np.asarray(d)) for d in dets]).numpy())
-            rois.append(out["rois"].clone())
-    finally:
-        if fixed_rois is not None:
-            del model.head_rois
+    for k, (data, im_info) in enumerate(frames):
+        out, _, _ = det.step(data, im_info, rois=None if fixed_rois is None else fixed_rois[k])
+        dets = det.postprocess(out, im_info)
+        rows.append(dets_to_rows([torch.from_numpy(np.asarray(d)) for d in dets]).numpy())
+        rois.append(out["rois"].clone())
     return rows, rois
 
 
