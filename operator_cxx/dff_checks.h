@@ -81,4 +81,19 @@ inline void check_nms_fixed(const at::Tensor& boxes, const c10::optional<at::Ten
   }
 }
 
+// nms_fixed's inputs after the checks, contiguous; an undefined tensor for an absent option.
+struct NmsInputs {
+  at::Tensor boxes, valid, labels, scores;
+};
+
+inline NmsInputs nms_fixed_inputs(const at::Tensor& boxes, const c10::optional<at::Tensor>& valid,
+                                  const c10::optional<at::Tensor>& labels, const c10::optional<at::Tensor>& scores,
+                                  int64_t max_keep, int64_t cap) {
+  check_nms_fixed(boxes, valid, labels, scores, max_keep, cap);
+  auto given = [](const c10::optional<at::Tensor>& t) {
+    return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+  };
+  return {boxes.contiguous(), given(valid), given(labels), given(scores)};
+}
+
 }  // namespace dff

@@ -20,25 +20,19 @@ std::tuple<at::Tensor, at::Tensor> nms_fixed_cpu(const at::Tensor& boxes_in, con
                                                  const c10::optional<at::Tensor>& labels_in,
                                                  const c10::optional<at::Tensor>& scores_in, double iou_threshold,
                                                  int64_t max_keep, int64_t cap) {
-  check_nms_fixed(boxes_in, valid_in, labels_in, scores_in, max_keep, cap);
-  const at::Tensor boxes = boxes_in.contiguous();
-  const bool has_valid = valid_in.has_value() && valid_in->defined();
-  const bool has_labels = labels_in.has_value() && labels_in->defined();
-  const bool has_scores = scores_in.has_value() && scores_in->defined();
-  const at::Tensor valid = has_valid ? valid_in->contiguous() : at::Tensor();
-  const at::Tensor labels = has_labels ? labels_in->contiguous() : at::Tensor();
-  const at::Tensor scores = has_scores ? scores_in->contiguous() : at::Tensor();
+  const NmsInputs in = nms_fixed_inputs(boxes_in, valid_in, labels_in, scores_in, max_keep, cap);
+  const at::Tensor& boxes = in.boxes;
   at::Tensor keep = at::full({max_keep}, -1, boxes.options().dtype(at::kLong));
   at::Tensor count = at::zeros({1}, boxes.options().dtype(at::kLong));
   const int64_t n = boxes.size(0);
   if (n == 0 || max_keep == 0) return {keep, count};
   int64_t* keep_p = keep.mutable_data_ptr<int64_t>();
-  const bool* valid_p = has_valid ? valid.const_data_ptr<bool>() : nullptr;
-  const int64_t* label_p = has_labels ? labels.const_data_ptr<int64_t>() : nullptr;
+  const bool* valid_p = in.valid.defined() ? in.valid.const_data_ptr<bool>() : nullptr;
+  const int64_t* label_p = in.labels.defined() ? in.labels.const_data_ptr<int64_t>() : nullptr;
   int64_t kept = 0;
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_fixed_cpu", [&] {
     const scalar_t* box_p = boxes.const_data_ptr<scalar_t>();
-    const scalar_t* score_p = has_scores ? scores.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* score_p = in.scores.defined() ? in.scores.const_data_ptr<scalar_t>() : nullptr;
     scalar_t cap_score = scalar_t(0);
     for (int64_t i = 0; i < n && kept < max_keep; ++i) {
       if (valid_p != nullptr && !valid_p[i]) continue;

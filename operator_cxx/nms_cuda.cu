@@ -143,15 +143,9 @@ std::tuple<at::Tensor, at::Tensor> nms_fixed_cuda(const at::Tensor& boxes_in, co
                                                   const c10::optional<at::Tensor>& labels_in,
                                                   const c10::optional<at::Tensor>& scores_in, double iou_threshold,
                                                   int64_t max_keep, int64_t cap) {
-  check_nms_fixed(boxes_in, valid_in, labels_in, scores_in, max_keep, cap);
   c10::cuda::CUDAGuard guard(boxes_in.device());
-  const at::Tensor boxes = boxes_in.contiguous();
-  const bool has_valid = valid_in.has_value() && valid_in->defined();
-  const bool has_labels = labels_in.has_value() && labels_in->defined();
-  const bool has_scores = scores_in.has_value() && scores_in->defined();
-  const at::Tensor valid = has_valid ? valid_in->contiguous() : at::Tensor();
-  const at::Tensor labels = has_labels ? labels_in->contiguous() : at::Tensor();
-  const at::Tensor scores = has_scores ? scores_in->contiguous() : at::Tensor();
+  const NmsInputs in = nms_fixed_inputs(boxes_in, valid_in, labels_in, scores_in, max_keep, cap);
+  const at::Tensor& boxes = in.boxes;
   const int64_t n = boxes.size(0);
   const int64_t words = (n + kBlock - 1) / kBlock;
   TORCH_CHECK(words <= kMaxWords, "nms_fixed (CUDA): at most ", kMaxWords * kBlock, " boxes, got ", n);
@@ -165,13 +159,13 @@ std::tuple<at::Tensor, at::Tensor> nms_fixed_cuda(const at::Tensor& boxes_in, co
     if (n > 0) {
       const dim3 grid(static_cast<unsigned int>(words), static_cast<unsigned int>(words));
       nms_mask_kernel<scalar_t><<<grid, kBlock, 0, stream>>>(
-          n, words, boxes.const_data_ptr<scalar_t>(), has_labels ? labels.const_data_ptr<int64_t>() : nullptr,
+          n, words, boxes.const_data_ptr<scalar_t>(), in.labels.defined() ? in.labels.const_data_ptr<int64_t>() : nullptr,
           iou_threshold, mask_p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     nms_scan_kernel<scalar_t><<<1, kScanThreads, words * sizeof(unsigned long long), stream>>>(
-        n, words, mask_p, has_valid ? valid.const_data_ptr<bool>() : nullptr,
-        has_scores ? scores.const_data_ptr<scalar_t>() : nullptr, max_keep, cap, keep.mutable_data_ptr<int64_t>(),
+        n, words, mask_p, in.valid.defined() ? in.valid.const_data_ptr<bool>() : nullptr,
+        in.scores.defined() ? in.scores.const_data_ptr<scalar_t>() : nullptr, max_keep, cap, keep.mutable_data_ptr<int64_t>(),
         count.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

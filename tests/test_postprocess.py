@@ -227,18 +227,27 @@ def test_one_call_rows_equal_the_reference_rows(reference_dir, fixture, prefix):
     np.testing.assert_allclose(rows[:, 1:], exp[:, 1:], atol=1e-4, rtol=0)
 
 
+def _random_frame(seed: int, class_agnostic: bool, ties: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """scores (300, 31) and boxes of a made-up frame, with Proposal's cyclic padding (exact duplicates)."""
+    g = torch.Generator().manual_seed(seed)
+    n, c = 300, 31
+    scores = torch.softmax(3 * torch.randn(n, c, generator=g), dim=1)
+    if ties:
+        scores[::5, 1:4] = 0.125  # across rois and classes
+    xy = 500 * torch.rand(n, 2, generator=g, dtype=torch.float64)
+    box = torch.cat([xy, xy + 1 + 200 * torch.rand(n, 2, generator=g, dtype=torch.float64)], dim=1)
+    box[250:], scores[250:] = box[:50], scores[:50]
+    boxes = torch.cat([0.9 * box, box], 1) if class_agnostic else \
+        box.repeat(1, c) + 20 * torch.randn(n, 4 * c, generator=g, dtype=torch.float64)
+    return scores, boxes
+
+
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("max_per_image,class_agnostic,prefix", [(300, True, 8), (15, True, 8), (15, True, 2),
                                                                   (40, True, 1), (300, False, 8), (15, False, 3)])
 def test_one_call_rows_equal_the_per_class_loop(seed, max_per_image, class_agnostic, prefix):
-    g = torch.Generator().manual_seed(seed)
-    n, c = 300, 31
-    scores = torch.softmax(3 * torch.randn(n, c, generator=g), dim=1)
-    xy = 500 * torch.rand(n, 2, generator=g, dtype=torch.float64)
-    box = torch.cat([xy, xy + 1 + 200 * torch.rand(n, 2, generator=g, dtype=torch.float64)], dim=1)
-    box[250:], scores[250:] = box[:50], scores[:50]  # Proposal's cyclic padding: exact duplicates
-    boxes = torch.cat([0.9 * box, box], 1) if class_agnostic else \
-        box.repeat(1, c) + 20 * torch.randn(n, 4 * c, generator=g, dtype=torch.float64)
+    scores, boxes = _random_frame(seed, class_agnostic)
+    c = scores.shape[1]
     loop = dets_to_rows(pred_eval_frame(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic))
     rows = pred_eval_rows(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic, method="batched", prefix=prefix)
     assert rows.shape == loop.shape and rows.shape[0] > 0
@@ -253,15 +262,8 @@ def test_one_call_rows_equal_the_per_class_loop(seed, max_per_image, class_agnos
 @pytest.mark.parametrize("max_per_image,class_agnostic", [(300, True), (15, True), (0, True), (300, False), (15, False)])
 def test_fixed_rows_equal_the_per_class_loop(seed, max_per_image, class_agnostic, backend):
     """The fixed-shape, sync-free post-processing gives the loop's rows exactly (same order)."""
-    g = torch.Generator().manual_seed(100 + seed)
-    n, c = 300, 31
-    scores = torch.softmax(3 * torch.randn(n, c, generator=g), dim=1)
-    scores[::5, 1:4] = 0.125  # ties across rois and classes
-    xy = 500 * torch.rand(n, 2, generator=g, dtype=torch.float64)
-    box = torch.cat([xy, xy + 1 + 200 * torch.rand(n, 2, generator=g, dtype=torch.float64)], dim=1)
-    box[250:], scores[250:] = box[:50], scores[:50]  # Proposal's cyclic padding: exact duplicates
-    boxes = torch.cat([0.9 * box, box], 1) if class_agnostic else \
-        box.repeat(1, c) + 20 * torch.randn(n, 4 * c, generator=g, dtype=torch.float64)
+    scores, boxes = _random_frame(100 + seed, class_agnostic, ties=True)
+    n, c = scores.shape
     loop = dets_to_rows(pred_eval_frame(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic))
     with ops_backend(backend):
         rows, count = pred_eval_fixed(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic)

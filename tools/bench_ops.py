@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from dff.ops import _ext, psroi_pool, warp_scale
+from dff.ops import _ext, nms_fixed, psroi_pool, warp_scale
 from dff.utils.hardware import describe_hardware
 from dff.utils.io import atomic_write_text
 
@@ -166,8 +166,42 @@ def pair_rows(
     return rows
 
 
+def make_nms_boxes(count: int, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """``count`` boxes in clusters over the 600x1000 image (so NMS suppresses), sizes 8-200 px."""
+    centre = torch.rand(count // 15 + 1, 2, generator=generator, dtype=torch.float64) * torch.tensor([1000.0, 600.0])
+    ctr = centre[torch.randint(0, centre.shape[0], (count,), generator=generator)]
+    ctr = ctr + 12 * torch.randn(count, 2, generator=generator, dtype=torch.float64)
+    wh = 8 + 192 * torch.rand(count, 2, generator=generator, dtype=torch.float64)
+    return torch.cat([ctr - wh / 2, ctr + wh / 2], dim=1).to(dtype)
+
+
 # ----------------------------------------------------------------------------------------------------
 # benchmarks
+
+
+def bench_nms(device: torch.device, repeat: int, warmup: int, generator: torch.Generator) -> list[Row]:
+    """``nms_fixed`` as the engine calls it (inference only: NMS has no gradient): the proposals' 6000
+    sorted candidates -> 300 keeps at IoU 0.7 (float32), and the detections' 300 rois x 30 classes in
+    one call (float64, class labels, threshold mask, cap 300)."""
+    rows = []
+    props = make_nms_boxes(6000, generator, torch.float32).to(device)
+    rows.append(Row("nms_fixed proposals (6000 -> 300)", "inference",
+                    *(try_time(lambda b=b: nms_fixed(props, 0.7, 300, backend=b), device, repeat, warmup, False)[0]
+                      for b in ("compiled", "fallback"))))
+    rois, classes = NUM_ROIS, 30
+    scores = (torch.rand(rois * classes, generator=generator, dtype=torch.float64) ** 6).to(device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    boxes = make_nms_boxes(rois, generator, torch.float64).to(device)[order // classes]
+    kw = dict(valid=scores[order] > 1e-4, labels=order % classes + 1, scores=scores[order], cap=300)
+    rows.append(Row(f"nms_fixed detections ({rois} rois x {classes} classes)", "inference",
+                    *(try_time(lambda b=b: nms_fixed(boxes, 0.3, rois * classes, backend=b, **kw), device, repeat,
+                               warmup, False)[0] for b in ("compiled", "fallback"))))
+    import torchvision
+
+    rank = -torch.arange(props.shape[0], device=device, dtype=props.dtype)
+    ms, note = try_time(lambda: torchvision.ops.nms(props, rank, 0.7), device, repeat, warmup, False)
+    rows.append(Row("torchvision nms, the 6000 proposals (all keeps)", "inference", ms, None, True, note))
+    return rows
 
 
 def bench_psroi(device: torch.device, repeat: int, warmup: int, generator: torch.Generator) -> list[Row]:
@@ -318,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {hw}; torch {torch.__version__}; device {device}; median of {args.repeat} after {args.warmup} warm-up runs")
     rows = bench_psroi(device, args.repeat, args.warmup, generator)
     rows += bench_warp(device, args.repeat, args.warmup, generator)
+    rows += bench_nms(device, args.repeat, args.warmup, generator)
     print(table(rows))
     print("# [for context]: stock kernels with other semantics (see the module docstring); time in the compiled column")
     failed = [r for r in rows if not r.context and r.note]

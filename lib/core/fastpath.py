@@ -16,9 +16,9 @@ stages with them:
 
 ``head`` and ``post`` are fixed-shape and free of host synchronisation only where the compiled
 :func:`dff.ops.nms_fixed` kernel exists for the device (:attr:`StageRunner.sync_free`); elsewhere the
-engine uses ``maps`` and runs the rest eagerly. Everything here is float32 at the stage boundaries: under autocast each stage
-casts its outputs back to float32, so proposals, PSROI pooling and the warp (which work in float32
-anyway, see :mod:`dff.ops`) see the same dtypes as without the fast path.
+engine uses ``maps`` and runs the rest eagerly. Everything here is float32 at the stage boundaries:
+under autocast each stage casts its outputs back to float32, so proposals, PSROI pooling and the warp
+(which work in float32 anyway, see :mod:`dff.ops`) see the same dtypes as without the fast path.
 
 A CUDA graph is captured per input shape the first time a stage sees it (after two warm-up calls
 that also let cuDNN pick its algorithms) and replayed after that, which removes the CPU launch
@@ -167,11 +167,11 @@ class StageRunner:
                  post: Callable[..., tuple[Tensor, Tensor]] | None = None) -> None:
         self.model = model
         self.fast = fast or FastPath()
-        self._post_fn = post
         try:
             self.device = next(model.parameters()).device
         except StopIteration:
             self.device = torch.device("cpu")
+        self._probe = torch.empty(0, device=self.device)  # what the operators' backend choice looks at
         f = self.fast
         if f.cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"fast path: CUDA graphs need the model on a CUDA device, it is on {self.device}")
@@ -259,7 +259,7 @@ class StageRunner:
     def sync_free(self) -> bool:
         """Whether ``head`` and ``post`` run without host synchronisation on this device: the compiled
         :func:`dff.ops.nms_fixed` kernel runs there (not the pure-PyTorch fallback, which synchronises)."""
-        return resolve(None, "dff::nms_fixed", torch.empty(0, device=self.device)) == "compiled"
+        return resolve(None, "dff::nms_fixed", self._probe) == "compiled"
 
     @property
     def graphs_captured(self) -> int:

@@ -183,7 +183,7 @@ class VideoDetector:
 
     def postprocess(self, out: dict, im_info: Tensor) -> list[np.ndarray]:
         """Network outputs -> per-class (k, 5) ``[x1, y1, x2, y2, score]`` arrays (index 0 empty), original
-        pixels; one device-to-host copy per frame."""
+        pixels; one device-to-host copy per frame (synchronous: :meth:`run` overlaps it on CUDA)."""
         rois, cls_prob, bbox_pred = out["rois"], out["cls_prob"][0], out["bbox_pred"][0]
         if self.post == "fixed":
             info = out.get("im_info")
@@ -203,12 +203,7 @@ class VideoDetector:
         """Detect on every frame of one video, in order. ``frames`` may carry prepared inputs."""
         self.reset()
         pipelined = self.post == "fixed" and self.device.type == "cuda" and self.runner.sync_free
-        pending = None  # pipelined: the previous frame, its results still on their way
-
-        def result(frame: Frame, is_key: bool, dets: list, times: dict) -> FrameResult:
-            times["total"] = sum(times[s] for s in STAGES)
-            return FrameResult(frame.index, frame.name, is_key, dets, times, frame.image if self.keep_images else None)
-
+        pending = None  # pipelined: the previous frame, its detections still on their way
         for frame in frames:
             data, im_info = frame.prepared if frame.prepared is not None else self.prepare(frame.image)
             out, is_key, times = self.step(data, im_info)
@@ -216,19 +211,22 @@ class VideoDetector:
             if not pipelined:
                 dets = self.postprocess(out, im_info)
                 times["post"] = time.perf_counter() - t
-                yield result(frame, is_key, dets, times)
+                yield self._result(frame, is_key, dets, times)
                 continue
             ticket = self._post_async(out)
             times["post"] = time.perf_counter() - t
             if pending is not None:
-                yield self._finish(pending, result)
+                yield self._finish(*pending)
             pending = (frame, is_key, ticket, times)
         if pending is not None:
-            yield self._finish(pending, result)
+            yield self._finish(*pending)
 
-    def _finish(self, pending: tuple, result) -> FrameResult:
-        frame, is_key, ticket, times = pending
+    def _finish(self, frame: Frame, is_key: bool, ticket: tuple, times: dict) -> FrameResult:
         t = time.perf_counter()
         dets = self._post_wait(ticket)
-        times["post"] += time.perf_counter() - t
-        return result(frame, is_key, dets, times)
+        times["post"] += time.perf_counter() - t  # queueing it, then waiting for it
+        return self._result(frame, is_key, dets, times)
+
+    def _result(self, frame: Frame, is_key: bool, dets: list, times: dict) -> FrameResult:
+        times["total"] = sum(times[s] for s in STAGES)
+        return FrameResult(frame.index, frame.name, is_key, dets, times, frame.image if self.keep_images else None)
