@@ -158,7 +158,7 @@ def _grad_norms(model):
 
 
 def _values(out):
-    return {k: float(v) for k, v in out.items()}
+    return {k: float(v.detach()) for k, v in out.items()}
 
 
 def test_rfcn_forward_train_losses_and_gradients():
@@ -166,16 +166,17 @@ def test_rfcn_forward_train_losses_and_gradients():
     data, im_info, gt, _ = _inputs()
     out = model.forward_train(data, im_info, gt, torch.Generator().manual_seed(0))
     assert set(out) == KEYS
+    vals = _values(out)
     for k, v in out.items():
-        assert v.dim() == 0 and math.isfinite(float(v)), k
+        assert v.dim() == 0 and math.isfinite(vals[k]), k
     assert not out["rpn_acc"].requires_grad and not out["rcnn_acc"].requires_grad
-    assert 0 <= float(out["rpn_acc"]) <= 1 and 0 <= float(out["rcnn_acc"]) <= 1
+    assert 0 <= vals["rpn_acc"] <= 1 and 0 <= vals["rcnn_acc"] <= 1
     parts = out["rpn_cls_loss"] + out["rpn_bbox_loss"] + out["rcnn_cls_loss"] + out["rcnn_bbox_loss"]
     torch.testing.assert_close(out["loss"], parts)
     # near-zero heads: RPN CE ~ ln 2, R-FCN CE ~ ln 31, box losses positive (there are positives)
-    assert abs(float(out["rpn_cls_loss"]) - math.log(2)) < 0.05
-    assert abs(float(out["rcnn_cls_loss"]) - math.log(31)) < 0.05
-    assert float(out["rpn_bbox_loss"]) > 0 and float(out["rcnn_bbox_loss"]) > 0
+    assert abs(vals["rpn_cls_loss"] - math.log(2)) < 0.05
+    assert abs(vals["rcnn_cls_loss"] - math.log(31)) < 0.05
+    assert vals["rpn_bbox_loss"] > 0 and vals["rcnn_bbox_loss"] > 0
     out["loss"].backward()
     grads = _grad_norms(model)
     for name in TRAINED:
@@ -247,7 +248,7 @@ def test_dff_eq_flag_0_gradients_reach_all_of_flownet():
     model = _make(DFF)
     data, im_info, gt, data_ref = _inputs()
     out = model.forward_train(data, im_info, gt, data_ref, torch.tensor([0.0]), torch.Generator().manual_seed(0))
-    assert all(math.isfinite(float(v)) for v in out.values())
+    assert all(math.isfinite(v) for v in _values(out).values())
     out["loss"].backward()
     grads = _grad_norms(model)
     flow = {n: v for n, v in grads.items() if n.startswith("flownet.") and n != "flownet.Convolution5_scale.bias"}
@@ -263,11 +264,11 @@ def test_a_few_sgd_steps_on_one_image_reduce_the_loss():
     losses = []
     for _ in range(5):
         out = model.forward_train(data, im_info, gt, torch.Generator().manual_seed(0))
-        losses.append(float(out["loss"]))
+        losses.append(float(out["loss"].detach()))
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-    final = float(model.forward_train(data, im_info, gt, torch.Generator().manual_seed(0))["loss"])
+    final = float(model.forward_train(data, im_info, gt, torch.Generator().manual_seed(0))["loss"].detach())
     # ~0.79 in practice (the R-FCN CE starts at ln 31 and moves slowly from the N(0, 0.01) init)
     assert final < 0.85 * losses[0], losses + [final]
 
