@@ -177,6 +177,8 @@ def test_fixed_on_constructed_frames(backend):
                                 [0.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.4], [0.0, 0.0, 0.3, 0.0]],
                                [[100 * i, 0, 100 * i + 9, 9] for i in range(6)])
         rows, count = pred_eval_fixed(scores, boxes, 0.01, max_per_image=3)
+        none, zero = pred_eval_fixed(torch.full((6, 4), 1e-5), boxes, 1e-4)  # nothing above the threshold
+    assert none.shape == (6 * 3, 6) and zero.tolist() == [0]
     assert rows.shape == (6 * 3, 6) and count.tolist() == [4]  # fixed size, the count on the side
     assert rows[:4, 0].tolist() == [1, 1, 2, 3]
     assert rows[:4, 5].tolist() == pytest.approx([0.9, 0.5, 0.8, 0.5])
