@@ -171,7 +171,9 @@ class StageRunner:
             self.device = next(model.parameters()).device
         except StopIteration:
             self.device = torch.device("cpu")
-        self._probe = torch.empty(0, device=self.device)  # what the operators' backend choice looks at
+        # head and post run without host synchronisation only where the compiled nms_fixed runs (its
+        # pure-PyTorch fallback synchronises); decided once, not on every frame
+        self.sync_free = resolve(None, "dff::nms_fixed", torch.empty(0, device=self.device)) == "compiled"
         f = self.fast
         if f.cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"fast path: CUDA graphs need the model on a CUDA device, it is on {self.device}")
@@ -254,12 +256,6 @@ class StageRunner:
         if "post" not in self._stages:
             raise RuntimeError("StageRunner.post: this runner was made without a post-processing function")
         return self._stages["post"](rois, cls_prob, bbox_pred, im_info)
-
-    @property
-    def sync_free(self) -> bool:
-        """Whether ``head`` and ``post`` run without host synchronisation on this device: the compiled
-        :func:`dff.ops.nms_fixed` kernel runs there (not the pure-PyTorch fallback, which synchronises)."""
-        return resolve(None, "dff::nms_fixed", self._probe) == "compiled"
 
     @property
     def graphs_captured(self) -> int:

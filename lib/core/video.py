@@ -156,11 +156,18 @@ class VideoDetector:
         return pred_eval_fixed(scores, boxes, self.thresh, float(self.cfg.TEST.NMS), int(self.cfg.TEST.max_per_image),
                                class_agnostic=bool(self.cfg.CLASS_AGNOSTIC))
 
+    def _fixed_rows(self, out: dict, im_info: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The post stage on :meth:`step`'s outputs (their device ``im_info``, else ``im_info`` moved there)."""
+        info = out.get("im_info")
+        if info is None:
+            info = im_info.to(out["rois"].device)
+        return self.runner.post(out["rois"], out["cls_prob"], out["bbox_pred"], info)
+
     def _post_async(self, out: dict) -> tuple:
         """Queue the ``"fixed"`` post-processing of ``out`` and the copy of its rows to pinned host memory;
         returns a ticket for :meth:`_post_wait`. Two buffers per shape alternate: :meth:`run` waits for
         frame ``i`` before it queues frame ``i + 2``."""
-        rows, count = self.runner.post(out["rois"], out["cls_prob"], out["bbox_pred"], out["im_info"])
+        rows, count = self._fixed_rows(out)
         key = (tuple(rows.shape), rows.dtype)
         buffers = self._host_buffers.get(key)
         if buffers is None:
@@ -186,9 +193,7 @@ class VideoDetector:
         pixels; one device-to-host copy per frame (synchronous: :meth:`run` overlaps it on CUDA)."""
         rois, cls_prob, bbox_pred = out["rois"], out["cls_prob"][0], out["bbox_pred"][0]
         if self.post == "fixed":
-            info = out.get("im_info")
-            info = im_info.to(rois.device) if info is None else info
-            rows, count = self.runner.post(out["rois"], out["cls_prob"], out["bbox_pred"], info)
+            rows, count = self._fixed_rows(out, im_info)
             return rows_to_dets(rows[:int(count)], cls_prob.shape[1])
         if self.post == "host" and rois.device.type != "cpu":
             packed = torch.cat([rois, cls_prob, bbox_pred], dim=1).cpu()  # one transfer, one sync
