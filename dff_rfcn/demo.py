@@ -2,14 +2,13 @@
 import os
 import sys
 
-from dff.core.demo import run_demo
-from dff_rfcn.model import DFF
+from dff.apps.demo import run_demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 if __name__ == "__main__":
     sys.exit(run_demo(
-        sys.argv[1:], name="dff_rfcn/demo.py", model_cls=DFF,
+        sys.argv[1:], name="dff_rfcn/demo.py", kind="dff",
         default_cfg=os.path.join(REPO, "experiments", "dff_rfcn", "cfgs", "dff_rfcn_vid_demo.yaml"),
-        default_out=os.path.join("demo_out", "dff_rfcn"), what="rfcn_dff_flownet_vid-0000.params", dff=True,
+        default_out=os.path.join("demo_out", "dff_rfcn"), what="rfcn_dff_flownet_vid-0000.params",
         default_model=os.path.join(REPO, "data", "models", "dff_rfcn_synthetic_tiny.pth")))

@@ -227,3 +227,8 @@ def update_config(cfg: Config, overrides: Mapping[str, Any], source: str = "over
     """Overlay a mapping (same strict rules as a YAML file) on ``cfg`` in place and return it."""
     _merge(cfg, overrides, "", source)
     return cfg
+
+
+def config_stem(cfg_path: str | os.PathLike | None) -> str:
+    """The YAML's file name without extension: it names the experiment's output folder."""
+    return os.path.splitext(os.path.basename(os.fspath(cfg_path)))[0] if cfg_path else "config"

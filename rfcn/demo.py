@@ -2,14 +2,13 @@
 import os
 import sys
 
-from dff.core.demo import run_demo
-from dff.models.rfcn import RFCN
+from dff.apps.demo import run_demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 if __name__ == "__main__":
     sys.exit(run_demo(
-        sys.argv[1:], name="rfcn/demo.py", model_cls=RFCN,
+        sys.argv[1:], name="rfcn/demo.py", kind="rfcn",
         default_cfg=os.path.join(REPO, "experiments", "rfcn", "cfgs", "rfcn_vid_demo.yaml"),
-        default_out=os.path.join("demo_out", "rfcn"), what="rfcn_vid-0000.params", dff=False,
+        default_out=os.path.join("demo_out", "rfcn"), what="rfcn_vid-0000.params",
         default_model=os.path.join(REPO, "data", "models", "rfcn_synthetic_tiny.pth")))

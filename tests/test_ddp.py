@@ -11,8 +11,8 @@ import sys
 import torch
 import yaml
 
-from dff.core.trainer import run_train_test
 from dff.dataset.synthetic import SynthConfig, generate
+from dff.train.trainer import run_train_test
 from dff.utils.checkpoint import load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,8 +7,6 @@ import subprocess
 import sys
 
 import cv2
-import numpy as np
-import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -43,7 +41,7 @@ def test_dff_demo_on_video_file(shared_data_dir, tmp_path):
 def _assert_one_line_error(rc, err, *needles):
     assert rc == 2
     assert "Traceback" not in err
-    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, err
     for n in needles:
         assert str(n) in lines[0], (n, lines[0])
@@ -61,11 +59,10 @@ def test_missing_model_file(shared_data_dir, tmp_path):
 
 
 def test_no_model_and_no_embedded_model_says_what_to_pass(tmp_path):
-    from dff.core.demo import run_demo
-    from dff.models.rfcn import RFCN
+    from dff.apps.demo import run_demo
 
-    rc = run_demo([str(tmp_path)], name="demo", model_cls=RFCN, default_cfg=str(REPO / "experiments/rfcn/cfgs/rfcn_vid_demo.yaml"),
-                  default_out=str(tmp_path / "o"), what="rfcn_vid-0000.params", dff=False,
+    rc = run_demo([str(tmp_path)], name="demo", kind="rfcn", default_cfg=str(REPO / "experiments/rfcn/cfgs/rfcn_vid_demo.yaml"),
+                  default_out=str(tmp_path / "o"), what="rfcn_vid-0000.params",
                   default_model=str(tmp_path / "absent.pth"))
     assert rc == 2
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from dff.core.fastpath import FastPath, StageRunner
-from dff.core.prepack import conv_leaky_relu, packing, prepack_available, prepack_convolutions, unpack_convolutions
+from dff.engine.fastpath import FastPath, StageRunner
+from dff.ops.prepack import conv_leaky_relu, packing, prepack_available, prepack_convolutions, unpack_convolutions
 from dff.parity import fastpath as check
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -34,9 +34,9 @@ def test_fast_path_settings():
 
 
 def test_cuda_graphs_need_a_cuda_model():
+    from dff.config import load_config
     from dff.models.rfcn import RFCN
     from dff.parity.model import RFCN_CFG
-    from dff.config import load_config
 
     with pytest.raises(ValueError, match="CUDA graphs need the model on a CUDA device"):
         StageRunner(RFCN(load_config(RFCN_CFG)).eval(), FastPath(cuda_graphs=True))
@@ -162,9 +162,8 @@ def test_cuda_fast_path_keeps_the_detections(reference_dir):
 @cuda
 def test_cuda_graph_replays_equal_eager_runs(reference_dir):
     """Captured stages replayed on new inputs give what the same stages give eagerly."""
+    from dff.engine.video import VideoDetector
     from dff.parity.model import _build, _frame_inputs
-
-    from dff.core.video import VideoDetector
 
     device = torch.device("cuda")
     with check.no_tf32(), torch.inference_mode():
@@ -224,9 +223,9 @@ def test_cuda_pipelined_run_gives_the_synchronous_detections(reference_dir):
 
 
 def _pipelined_vs_one_by_one(reference_dir, device, images):
-    from dff.core.frames import frames_from_arrays
-    from dff.core.postprocess import im_detect_boxes, pred_eval_frame
-    from dff.core.video import VideoDetector
+    from dff.engine.frames import frames_from_arrays
+    from dff.engine.postprocess import im_detect_boxes, pred_eval_frame
+    from dff.engine.video import VideoDetector
     from dff.parity.model import _build
 
     with check.no_tf32():
@@ -257,10 +256,10 @@ def _pipelined_vs_one_by_one(reference_dir, device, images):
 
 def test_post_processing_methods_agree():
     """host / device / batched / fixed NMS placement: the same detections (on the CPU, host is the device loop)."""
-    from dff.core.video import VideoDetector
-    from dff.parity.model import RFCN_CFG
     from dff.config import load_config
+    from dff.engine.video import VideoDetector
     from dff.models.rfcn import RFCN
+    from dff.parity.model import RFCN_CFG
     from dff.utils.fixture_weights import fixture_state_dict
 
     cfg = load_config(RFCN_CFG)

@@ -1,4 +1,4 @@
-"""FlowNet pre-training on the synthetic mini-VID (dff_rfcn.flow_pretrain, tools/pretrain_flownet.py)."""
+"""FlowNet pre-training on the synthetic mini-VID (dff.train.flow_pretrain, tools/pretrain_flownet.py)."""
 from __future__ import annotations
 
 import json
@@ -14,13 +14,22 @@ from torch import nn
 
 from dff.config import load_config, update_config
 from dff.dataset.synthetic import GT_DIR, SynthConfig, generate, gt_flow, load_video_params
+from dff.models.flownet import FlowNet
+from dff.train.flow_pretrain import (
+    FlowPair,
+    FlowPairDataset,
+    evaluate_epe,
+    flow_target,
+    init_flownet,
+    list_videos,
+    load_flownet_weights,
+    pretrain,
+    sample_pairs,
+    save_flownet_checkpoint,
+    zero_flow_epe,
+)
 from dff.utils.checkpoint import CheckpointError, load_checkpoint
 from dff.utils.image import preprocess, read_image
-from dff_rfcn.flow_pretrain import (
-    FlowPair, FlowPairDataset, evaluate_epe, flow_target, init_flownet, list_videos, load_flownet_weights, pretrain,
-    sample_pairs, save_flownet_checkpoint, zero_flow_epe,
-)
-from dff_rfcn.flownet import FlowNet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CFG = os.path.join(REPO, "experiments", "dff_rfcn", "cfgs", "dff_rfcn_vid_demo.yaml")

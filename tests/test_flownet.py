@@ -1,4 +1,4 @@
-"""FlowNet (dff_rfcn.flownet): parity with the MXNet fixtures, sizes, pooling option, scale init, gradients."""
+"""FlowNet (dff.models.flownet): parity with the MXNet fixtures, sizes, pooling option, scale init, gradients."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from dff.models.flownet import FlowNet
 from dff.parity import flownet as flownet_parity
-from dff_rfcn.flownet import FlowNet
 
 FLOWNET_PARAMS = 38_876_194  # spec 2.1 / 4.5, scale conv included
 PROBE_SLICES = {f"{n}__slice" for n in ("resize_data_output", "flow_conv1_output", "ReLU2_output", "ReLU10_output",

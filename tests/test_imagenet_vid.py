@@ -15,8 +15,15 @@ import pytest
 
 from dff.dataset import imagesets
 from dff.dataset.imagenet_vid import (
-    CLASSES, WNIDS, ImageNetVID, append_flipped_images, filter_roidb, parse_annotation, read_image_set_file,
-    ref_image_path, sample_key_frame,
+    CLASSES,
+    WNIDS,
+    ImageNetVID,
+    append_flipped_images,
+    filter_roidb,
+    parse_annotation,
+    read_image_set_file,
+    ref_image_path,
+    sample_key_frame,
 )
 
 

@@ -10,8 +10,7 @@ import torch
 
 from dff.config import load_config
 from dff.dataset.imagenet_vid import ImageNetVID
-from dff.dataset.loader import (AspectGroupedBatchSampler, BadSample, TrainDataset, epoch_order, list_collate,
-                                sample_rng)
+from dff.dataset.loader import AspectGroupedBatchSampler, BadSample, TrainDataset, epoch_order, list_collate, sample_rng
 from dff.dataset.synthetic import SynthConfig, generate
 from dff.utils.image import compute_scale, read_image, resize, transform
 

@@ -1,18 +1,16 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from dff.config import default_config, update_config
+from dff.models.dff import DFF
 from dff.models.resnet import ResNetV1
 from dff.models.rfcn import RFCN
 from dff.parity.model import fixture_state
-from dff.utils.checkpoint import (CheckpointError, load_model_weights, save_mxnet_checkpoint,
-                                  torch_to_mxnet_name)
+from dff.utils.checkpoint import CheckpointError, load_model_weights, save_mxnet_checkpoint, torch_to_mxnet_name
 from dff.utils.fixture_weights import fixture_state_dict
-from dff_rfcn.model import DFF
 
 
 def _cfg(**network):
@@ -116,8 +114,9 @@ def test_dff_mxnet_checkpoint_loads_and_gives_the_same_outputs(tmp_path):
     key, cur = torch.randn(1, 3, 64, 96) * 50, torch.randn(1, 3, 64, 96) * 50
     im_info = torch.tensor([[64.0, 96.0, 1.0]])
     with torch.no_grad():
-        ka = src.forward_key(key, im_info)
-        a = src.forward_cur(cur, im_info, key, ka["feat"])
-        b = dst.forward_cur(cur, im_info, key, ka["feat"])
+        key_feat = src.extract_feature(key)
+        pa, pb = src.propagate(cur, key, key_feat), dst.propagate(cur, key, key_feat)
+        a = {**src.detect(pa["feat"], im_info), **pa}
+        b = {**dst.detect(pb["feat"], im_info), **pb}
     for k in ("flow", "scale", "feat", "rois", "cls_prob", "bbox_pred"):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

@@ -10,8 +10,8 @@ import pytest
 
 from dff.utils.mxnet_params import (
     LAYOUTS,
-    MXNetParamsError,
     V1_MAGIC,
+    MXNetParamsError,
     encode_params,
     inspect_params,
     load_param,

@@ -21,9 +21,11 @@ import pathlib
 import numpy as np
 import pytest
 import torch
+from test_nms_fixed import CASES as NMS_CASES
+from test_nms_fixed import check_nms_fixed
+from test_nms_fixed import make_case as make_nms_case
 
 from dff.ops import _ext, nms_fixed, psroi_pool, warp_scale
-from test_nms_fixed import CASES as NMS_CASES, check_nms_fixed, make_case as make_nms_case
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -1,10 +1,10 @@
 """`python tools/parity.py FIXTURE_DIR`: the whole reference fixture set passes through both operator
 backends, and the command fails when a fixture disagrees."""
+import pathlib
 import re
 import shutil
 import subprocess
 import sys
-import pathlib
 
 import numpy as np
 import pytest
@@ -35,7 +35,7 @@ def test_everything_passes_through_both_backends(full_run):
 
 def test_every_required_case_is_covered(full_run):
     _, out, _ = full_run
-    rows = [ROW.match(l) for l in out.splitlines()]
+    rows = [ROW.match(ln) for ln in out.splitlines()]
     seen = {(m.group(2), m.group(3)) for m in rows if m}
     cases = {c for _, c in seen}
     required = ["ops/psroipool_cls", "ops/psroipool_bbox", "ops/flow_warp_dffshape", "ops/flow_warp_big",

@@ -7,13 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from dff.core.postprocess import (dets_to_rows, im_detect, im_detect_boxes, im_detect_pred_boxes, pred_eval_fixed,
-                                  pred_eval_frame, pred_eval_rows, rows_to_dets)
+from dff.engine.postprocess import (
+    dets_to_rows,
+    im_detect,
+    im_detect_boxes,
+    im_detect_pred_boxes,
+    pred_eval_fixed,
+    pred_eval_frame,
+    pred_eval_rows,
+    rows_to_dets,
+)
 from dff.ops import _ext, ops_backend
+from dff.parity import ops_proposal
 
 BACKENDS = ["fallback", pytest.param("compiled", marks=pytest.mark.skipif(
     not _ext.compiled_available(), reason="compiled operators not built"))]
-from dff.parity import ops_proposal
 
 
 # ------------------------------------------------------------------------------------------------ fixtures

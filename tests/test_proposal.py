@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dff.core.bbox_transform import bbox_overlaps, bbox_pred, clip_boxes, nms_sorted, nonlinear_transform
+from dff.models.rpn import generate_anchors, proposal, rpn_inv_normalize, shifted_anchors
+from dff.ops.boxes import bbox_overlaps, bbox_pred, clip_boxes, nms_sorted, nonlinear_transform
 from dff.parity import ops_proposal
-from dff.rpn import generate_anchors, proposal, rpn_inv_normalize, shifted_anchors
 
 PROPOSAL_FILES = ["proposal_A_15x25", "proposal_B_38x63", "proposal_C_6x8", "proposal_D_minsize16",
                   "proposal_E_multi_batch2"]

@@ -14,7 +14,14 @@ import pytest
 from dff.dataset import imagesets
 from dff.dataset.imagenet_vid import CLASSES, WNIDS, ImageNetVID
 from dff.dataset.synthetic import (
-    GT_DIR, SynthConfig, SyntheticVID, frame_annotations, generate, gt_flow, layer_map, video_index,
+    GT_DIR,
+    SynthConfig,
+    SyntheticVID,
+    frame_annotations,
+    generate,
+    gt_flow,
+    layer_map,
+    video_index,
     video_params,
 )
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dff.config import default_config, update_config
-from dff.core.targets import anchor_target, proposal_target, random_subset
+from dff.models.targets import anchor_target, proposal_target, random_subset
 
-# spec 1.5: the 9 base anchors (ratio-major, scale-minor), written out independently of dff.rpn.anchors
+# spec 1.5: the 9 base anchors (ratio-major, scale-minor), written out independently of dff.models.rpn.anchors
 BASE_ANCHORS = np.array([
     [-84, -40, 99, 55], [-176, -88, 191, 103], [-360, -184, 375, 199],
     [-56, -56, 71, 71], [-120, -120, 135, 135], [-248, -248, 263, 263],

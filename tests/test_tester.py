@@ -1,4 +1,4 @@
-"""The test loop (dff.core.tester): the VideoDetector engine over the val videos, the results file, the
+"""The test loop (dff.eval.tester): the VideoDetector engine over the val videos, the results file, the
 evaluation, per-video resumability and bad frames."""
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from dff.config import load_config
-from dff.core import tester as tester_mod
-from dff.core.frames import FrameSource
-from dff.core.tester import TesterError, default_model_path, run_test_set as run_tester, list_videos
-from dff.core.trainer import build_model, init_new_layers
-from dff.core.video import VideoDetector
 from dff.dataset.imagenet_vid import ImageNetVID
 from dff.dataset.synthetic import SynthConfig, generate
+from dff.engine.frames import FrameSource
+from dff.engine.video import VideoDetector
+from dff.eval import tester as tester_mod
+from dff.eval.tester import TesterError, default_model_path, list_videos
+from dff.eval.tester import run_test_set as run_tester
+from dff.train.trainer import build_model, init_new_layers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RFCN_CFG = os.path.join(REPO, "experiments/rfcn/cfgs/rfcn_synthetic_tiny.yaml")

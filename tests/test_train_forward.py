@@ -8,14 +8,22 @@ from torch.nn import functional as F
 
 import dff.models.rfcn as rfcn_module
 from dff.config import default_config, update_config
-from dff.core.loss import accuracy_valid, ohem_select, rcnn_losses, rpn_losses, smooth_l1, softmax_ce_valid
+from dff.models.dff import DFF
+from dff.models.loss import accuracy_valid, ohem_select, rcnn_losses, rpn_losses, smooth_l1, softmax_ce_valid
 from dff.models.rfcn import RFCN
-from dff_rfcn.model import DFF
 
 H, W = 192, 256  # >= 136 px per side, so some anchors lie fully inside the image
 
 
 # --- losses ----------------------------------------------------------------------------------------
+
+def _batch(data, im_info, gt, data_ref=None, eq_flag=None) -> dict:
+    """The trainer's batch dictionary (DFF's reference frame in it when given)."""
+    batch = {"data": data, "im_info": im_info, "gt_boxes": gt}
+    if data_ref is not None:
+        batch.update(data_ref=data_ref, eq_flag=eq_flag)
+    return batch
+
 def test_smooth_l1_sigma_1_and_3():
     x = torch.tensor([0.05, -0.5, 2.0, -3.0])
     torch.testing.assert_close(smooth_l1(x, 1.0), torch.tensor([0.00125, 0.125, 1.5, 2.5]))
@@ -164,7 +172,7 @@ def _values(out):
 def test_rfcn_forward_train_losses_and_gradients():
     model = _make(RFCN)
     data, im_info, gt, _ = _inputs()
-    out = model.forward_train(data, im_info, gt, torch.Generator().manual_seed(0))
+    out = model.forward_train(_batch(data, im_info, gt), torch.Generator().manual_seed(0))
     assert set(out) == KEYS
     vals = _values(out)
     for k, v in out.items():
@@ -186,8 +194,8 @@ def test_rfcn_forward_train_losses_and_gradients():
 def test_forward_train_is_reproducible_given_the_generator():
     model = _make(RFCN)
     data, im_info, gt, _ = _inputs()
-    a = _values(model.forward_train(data, im_info, gt, torch.Generator().manual_seed(5)))
-    b = _values(model.forward_train(data, im_info[0], gt[0], torch.Generator().manual_seed(5)))
+    a = _values(model.forward_train(_batch(data, im_info, gt), torch.Generator().manual_seed(5)))
+    b = _values(model.forward_train(_batch(data, im_info[0], gt[0]), torch.Generator().manual_seed(5)))
     assert a == b
 
 
@@ -202,9 +210,9 @@ def test_ohem_off_divides_the_box_loss_by_the_roi_count(monkeypatch):
 
     monkeypatch.setattr(rfcn_module, "rcnn_losses", spy)
     data, im_info, gt, _ = _inputs()
-    _make(RFCN, ENABLE_OHEM=False).forward_train(data, im_info, gt)
+    _make(RFCN, ENABLE_OHEM=False).forward_train(_batch(data, im_info, gt))
     assert seen["normalizer"] == 300 + 2 and (seen["labels"] >= 0).all()  # all 300 proposals + 2 gt
-    _make(RFCN).forward_train(data, im_info, gt)
+    _make(RFCN).forward_train(_batch(data, im_info, gt))
     assert seen["normalizer"] == 128 and int((seen["labels"] != -1).sum()) == 128
 
 
@@ -213,7 +221,7 @@ def test_dff_eq_flag_1_uses_the_unwarped_key_feature_and_never_runs_flownet():
     calls = []
     model.flownet.register_forward_hook(lambda *a: calls.append(1))
     data, im_info, gt, data_ref = _inputs()
-    out = model.forward_train(data, im_info, gt, data_ref, torch.tensor([1.0]), torch.Generator().manual_seed(0))
+    out = model.forward_train(_batch(data, im_info, gt, data_ref, torch.tensor([1.0])), torch.Generator().manual_seed(0))
     assert calls == []
     # = the per-frame R-FCN on the key frame's feature with the current frame's gt and im_info
     ref = RFCN.task_losses(model, model.extract_feature(data_ref), im_info, gt, torch.Generator().manual_seed(0))
@@ -231,8 +239,8 @@ def test_dff_eq_flag_0_with_zero_flow_equals_eq_flag_1_and_trains_flow_and_scale
         model.flownet.Convolution5.weight.zero_()
         model.flownet.Convolution5.bias.zero_()
     data, im_info, gt, data_ref = _inputs()
-    warped = model.forward_train(data, im_info, gt, data_ref, 0, torch.Generator().manual_seed(0))
-    same = model.forward_train(data, im_info, gt, data_ref, 1, torch.Generator().manual_seed(0))
+    warped = model.forward_train(_batch(data, im_info, gt, data_ref, 0), torch.Generator().manual_seed(0))
+    same = model.forward_train(_batch(data, im_info, gt, data_ref, 1), torch.Generator().manual_seed(0))
     assert _values(warped) == _values(same)
     warped["loss"].backward()
     grads = _grad_norms(model)
@@ -247,7 +255,7 @@ def test_dff_eq_flag_0_with_zero_flow_equals_eq_flag_1_and_trains_flow_and_scale
 def test_dff_eq_flag_0_gradients_reach_all_of_flownet():
     model = _make(DFF)
     data, im_info, gt, data_ref = _inputs()
-    out = model.forward_train(data, im_info, gt, data_ref, torch.tensor([0.0]), torch.Generator().manual_seed(0))
+    out = model.forward_train(_batch(data, im_info, gt, data_ref, torch.tensor([0.0])), torch.Generator().manual_seed(0))
     assert all(math.isfinite(v) for v in _values(out).values())
     out["loss"].backward()
     grads = _grad_norms(model)
@@ -263,12 +271,12 @@ def test_a_few_sgd_steps_on_one_image_reduce_the_loss():
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     losses = []
     for _ in range(5):
-        out = model.forward_train(data, im_info, gt, torch.Generator().manual_seed(0))
+        out = model.forward_train(_batch(data, im_info, gt), torch.Generator().manual_seed(0))
         losses.append(float(out["loss"].detach()))
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-    final = float(model.forward_train(data, im_info, gt, torch.Generator().manual_seed(0))["loss"].detach())
+    final = float(model.forward_train(_batch(data, im_info, gt), torch.Generator().manual_seed(0))["loss"].detach())
     # ~0.79 in practice (the R-FCN CE starts at ln 31 and moves slowly from the N(0, 0.01) init)
     assert final < 0.85 * losses[0], losses + [final]
 
@@ -277,12 +285,12 @@ def test_forward_train_bad_input_names_the_problem():
     model = _make(DFF)
     data, im_info, gt, data_ref = _inputs()
     with pytest.raises(ValueError, match="one image"):
-        RFCN.forward_train(model, data.repeat(2, 1, 1, 1), im_info, gt)
+        model.forward_train(_batch(data.repeat(2, 1, 1, 1), im_info, gt, data_ref.repeat(2, 1, 1, 1), 1))
     with pytest.raises(ValueError, match="gt_boxes"):
-        RFCN.forward_train(model, data, im_info, gt[..., :4])
+        model.forward_train(_batch(data, im_info, gt[..., :4], data_ref, 1))
     with pytest.raises(ValueError, match="im_info"):
-        RFCN.forward_train(model, data, im_info[:, :2], gt)
+        model.forward_train(_batch(data, im_info[:, :2], gt, data_ref, 1))
     with pytest.raises(ValueError, match="eq_flag"):
-        model.forward_train(data, im_info, gt, data_ref, 2)
+        model.forward_train(_batch(data, im_info, gt, data_ref, 2))
     with pytest.raises(ValueError, match="data_ref"):
-        model.forward_train(data, im_info, gt, data_ref[..., :-16], 0)
+        model.forward_train(_batch(data, im_info, gt, data_ref[..., :-16], 0))

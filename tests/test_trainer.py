@@ -1,4 +1,4 @@
-"""The training loop and optimiser (dff.core.trainer, dff.core.optim): MXNet's SGD form, weight-decay and
+"""The training loop and optimiser (dff.train.trainer, dff.train.optim): MXNet's SGD form, weight-decay and
 frozen-parameter scopes by MXNet name, the lr schedule, exact resume, and the NaN stop."""
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from dff.config import load_config
-from dff.core import trainer as trainer_mod
-from dff.core.optim import MXNetSGD, WarmupMultiFactorSchedule, build_param_groups, lr_schedule
-from dff.core.trainer import TrainingDiverged, TrainOptions, build_model, run_train_test, train
 from dff.dataset.synthetic import SynthConfig, generate
+from dff.train import trainer as trainer_mod
+from dff.train.optim import MXNetSGD, WarmupMultiFactorSchedule, build_param_groups, lr_schedule
+from dff.train.trainer import TrainingDiverged, TrainOptions, build_model, run_train_test, train
 from dff.utils.checkpoint import load_checkpoint, load_model_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,8 +7,14 @@ import os
 import numpy as np
 import pytest
 
-from dff.dataset.vid_eval import (
-    VID_CLASSES, VID_WNIDS, compute_motion_iou, format_table, parse_vid_xml, save_json, vid_eval,
+from dff.eval.vid_eval import (
+    VID_CLASSES,
+    VID_WNIDS,
+    compute_motion_iou,
+    format_table,
+    parse_vid_xml,
+    save_json,
+    vid_eval,
     write_vid_results,
 )
 from dff.parity.eval import cases
@@ -277,7 +283,6 @@ def _loop_eval(recs, dets, motion_iou=None, motion_range=None):
     """Straight transcription of imagenet_vid_eval.vid_eval (motion_iou None) and of FGFA's
     vid_eval_motion for one motion range (single area range [0, 1e10]). recs: per frame (img_id,
     labels, boxes, thr); dets: (img_id, label, conf, box). Stable sorts (the data has no ties)."""
-    ids = [r[0] for r in recs]
     cells = {}
     for d in sorted(dets, key=lambda d: d[0]):
         cells.setdefault(d[0], []).append(d)
@@ -388,7 +393,7 @@ def _random_case(seed):
 @pytest.mark.parametrize("seed,pair_budget", [(7, None), (8, None), (7, 5)])
 def test_matches_loop_transcription_on_random_data(monkeypatch, seed, pair_budget):
     if pair_budget is not None:  # many small frame-aligned chunks instead of one
-        monkeypatch.setattr("dff.dataset.vid_eval._PAIR_BUDGET", pair_budget)
+        monkeypatch.setattr("dff.eval.vid_eval._PAIR_BUDGET", pair_budget)
     lines, ann, det_lines, recs, parsed = _random_case(seed)
     res = vid_eval(det_lines, lines, ann, motion=True)
     assert sum(res["num_tp_per_class"].values()) > 50  # the data exercises matching

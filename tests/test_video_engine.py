@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from dff.config import default_config, update_config
-from dff.core.frames import FrameSource, VideoReadError, frame_number_key, frames_from_arrays, list_frames
-from dff.core.video import VideoDetector
+from dff.engine.frames import FrameSource, VideoReadError, frame_number_key, frames_from_arrays, list_frames
+from dff.engine.video import VideoDetector
+from dff.models.dff import DFF
 from dff.models.rfcn import RFCN
 from dff.utils.fixture_weights import fixture_state_dict
-from dff_rfcn.model import DFF
 
 
 @pytest.fixture(scope="module")

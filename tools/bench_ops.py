@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+import torchvision
+from torchvision.ops import ps_roi_pool
 
 from dff.ops import _ext, nms_fixed, psroi_pool, warp_scale
 from dff.utils.hardware import describe_hardware
@@ -196,7 +198,6 @@ def bench_nms(device: torch.device, repeat: int, warmup: int, generator: torch.G
     rows.append(Row(f"nms_fixed detections ({rois} rois x {classes} classes)", "inference",
                     *(try_time(lambda b=b: nms_fixed(boxes, 0.3, rois * classes, backend=b, **kw), device, repeat,
                                warmup, False)[0] for b in ("compiled", "fallback"))))
-    import torchvision
 
     rank = -torch.arange(props.shape[0], device=device, dtype=props.dtype)
     ms, note = try_time(lambda: torchvision.ops.nms(props, rank, 0.7), device, repeat, warmup, False)
@@ -226,12 +227,6 @@ def bench_psroi(device: torch.device, repeat: int, warmup: int, generator: torch
             )
         }
         rows += pair_rows(label, fns, device, repeat, warmup)
-
-        try:
-            from torchvision.ops import ps_roi_pool
-        except ImportError as e:
-            rows.append(Row(f"torchvision ps_roi_pool {name}", "-", None, None, True, f"torchvision: {e}"))
-            continue
 
         def tv(d: torch.Tensor) -> torch.Tensor:
             return ps_roi_pool(d, rois, POOLED, SPATIAL_SCALE)

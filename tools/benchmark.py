@@ -15,17 +15,24 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
 
+import cv2
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity
+from torch.profiler import profile as torch_profile
 
 from dff.config import ConfigError, load_config, update_config
-from dff.core.fastpath import FastPath
-from dff.core.frames import FrameSource, VideoReadError
-from dff.core.video import POST_METHODS, VideoDetector
+from dff.engine.fastpath import FastPath
+from dff.engine.frames import Frame, FrameSource, VideoReadError, frames_from_arrays
+from dff.engine.video import POST_METHODS, VideoDetector
+from dff.eval.tester import run_test_set
+from dff.models.builder import FIXTURE, load_model
+from dff.utils.checkpoint import CheckpointError
 from dff.utils.hardware import describe_hardware
 from dff.utils.io import atomic_write_text
 
@@ -48,7 +55,6 @@ def _peak_rss_mb() -> float:
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -60,7 +66,6 @@ def synthetic_clip(n: int, height: int = 576, width: int = 768) -> list[np.ndarr
 
 def stream_frames(n: int, height: int, width: int, prepare=None):
     """``n`` frames of a panning textured scene, generated one at a time (nothing is kept)."""
-    from dff.core.frames import Frame
 
     rng = np.random.RandomState(1)
     base = cv2_blur(rng.randint(0, 255, (height + 128, width + 128, 3)).astype(np.uint8))
@@ -72,23 +77,8 @@ def stream_frames(n: int, height: int, width: int, prepare=None):
 
 
 def cv2_blur(im: np.ndarray) -> np.ndarray:
-    import cv2
 
     return cv2.GaussianBlur(im, (0, 0), 3)
-
-
-def build_model(cfg, model_path: str | None, device: torch.device):
-    from dff.utils.fixture_weights import fixture_state_dict
-    from dff_rfcn.model import DFF
-
-    model = DFF(cfg)
-    if model_path and model_path != "fixture":
-        from dff.utils.checkpoint import load_model_weights
-
-        load_model_weights(model, model_path)
-    else:
-        model.load_state_dict(fixture_state_dict(model))  # activations O(1), like a trained net
-    return model.to(device).eval()
 
 
 def time_network(detector: VideoDetector, prepared: list, warmup: int = 2) -> dict:
@@ -136,7 +126,6 @@ def time_end_to_end(detector: VideoDetector, video: str | None, frames: list[np.
         source = FrameSource(video, prepare=detector.prepare, max_frames=n, workers=workers,
                              prefetch=max(8, 2 * workers))
     else:
-        from dff.core.frames import frames_from_arrays
 
         source = frames_from_arrays(frames, detector.prepare)
     t0 = time.perf_counter()
@@ -169,7 +158,6 @@ def time_post_methods(detector: VideoDetector, prepared: list, frames: int = 10)
 
 def profile(detector: VideoDetector, prepared: list, path: str) -> None:
     """torch.profiler over one pass of the prepared frames (network and post-processing); op tables to ``path``."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if detector.device.type == "cuda" else [])
     detector.reset()
@@ -220,22 +208,15 @@ def main(argv: list[str] | None = None) -> int:
                          "largest key interval and report time and peak RSS per length (memory must stay flat)")
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.cfg)
-        if args.model and args.model != "fixture":
-            from dff.config import Config
-            from dff.utils.checkpoint import checkpoint_config
-
-            saved = checkpoint_config(args.model)  # a native checkpoint carries the config it was trained with
-            if saved is not None:
-                cfg = Config(saved)
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
+        # the fixture weights keep activations O(1), like a trained net
+        model, cfg = load_model(args.model or FIXTURE, load_config(args.cfg), kind="dff", device=device)
         if args.scale:
             short, long_ = (int(v) for v in args.scale.split(","))
             update_config(cfg, {"SCALES": [short, long_]}, "--scale")
         intervals = sorted({int(k) for k in args.key_intervals.split(",")})
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
-        model = build_model(cfg, args.model, device)
         fast = FastPath.from_name(args.fast, device)
         base = VideoDetector(model, cfg, key_interval=1, device=device, sync=False, fast=fast, post=args.post)
         if args.video:
@@ -245,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(frames) < args.frames:
             print(f"note: the video has only {len(frames)} frames", file=sys.stderr)
         prepared = [tuple(t.to(device) for t in base.prepare(im)) for im in frames]
-    except (ConfigError, VideoReadError, OSError, ValueError) as e:
+    except (ConfigError, CheckpointError, VideoReadError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -283,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         profile(det, prepared, args.profile)
     if args.eval:
-        from dff.core.tester import run_test_set
 
         out_dir = args.eval_dir or tempfile.mkdtemp(prefix="dff_bench_eval_")
         for k in intervals:

@@ -21,6 +21,9 @@ import sys
 
 import torch
 
+from dff.engine.fastpath import AMP_DTYPES, FastPath
+from dff.parity import fastpath
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,8 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda: no CUDA device is available", file=sys.stderr)
         return 2
-    from dff.core.fastpath import AMP_DTYPES, FastPath
-    from dff.parity import fastpath
 
     fasts = []
     for amp in (a.strip() for a in args.amp.split(",") if a.strip()):

@@ -13,9 +13,11 @@ import os
 import sys
 import tempfile
 
-from dff.config import Config, update_config
-from dff.core.tester import TesterError, run_test_set
-from dff.utils.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, load_model_weights
+from dff.config import update_config
+from dff.eval.tester import TesterError, run_test_set
+from dff.models.builder import load_model
+from dff.utils.checkpoint import CheckpointError
+from dff.utils.io import atomic_write_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,22 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     try:
-        saved = checkpoint_config(args.model)
-        if saved is None:
-            raise CheckpointError(f"{args.model}: no config in this checkpoint (a native .pth from training)")
-        cfg = Config(saved)
+        model, cfg = load_model(args.model)
+        kind = model.kind
         if args.dataset_path:
             if not os.path.isdir(args.dataset_path):
                 raise OSError(f"--dataset-path {args.dataset_path}: no such directory")
             update_config(cfg, {"dataset": {"dataset_path": args.dataset_path}}, source="--dataset-path")
-        if any(k.startswith("flownet.") for k in load_checkpoint(args.model)["model"]):
-            from dff_rfcn.model import DFF as cls
-            kind = "dff"
-        else:
-            from dff.models.rfcn import RFCN as cls
-            kind = "rfcn"
-        model = cls(cfg)
-        load_model_weights(model, args.model)
         out = args.out or tempfile.mkdtemp(prefix="dff_eval_")
         rows = {}
         for k in [int(v) for v in args.intervals.split(",")] if kind == "dff" else [1]:
@@ -58,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        from dff.utils.io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(rows, indent=1))
     return 0

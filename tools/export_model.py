@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from dff.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 

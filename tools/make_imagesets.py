@@ -13,9 +13,10 @@ import argparse
 import os
 import sys
 
+from dff.dataset.imagesets import ALL_LISTS, make_imagesets
+
 
 def main(argv: list[str] | None = None) -> int:
-    from dff.dataset.imagesets import ALL_LISTS, make_imagesets
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="the ILSVRC2015 directory (with Data/ and Annotations/)")

@@ -15,9 +15,10 @@ import argparse
 import sys
 import time
 
+from dff.dataset.synthetic import SynthConfig, generate
+
 
 def main(argv: list[str] | None = None) -> int:
-    from dff.dataset.synthetic import SynthConfig, generate
 
     d = SynthConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -15,6 +15,8 @@ import os
 import sys
 import traceback
 
+from dff.parity import Result
+
 # area -> (module in dff.parity, sub-folder it needs, whether it runs custom operators)
 AREAS = [
     ("ops_psroi", "ops", True),
@@ -37,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(args.fixture_dir):
         print(f"error: {args.fixture_dir}: fixture directory not found", file=sys.stderr)
         return 2
-    from dff.parity import Result
 
     only = {a for a in args.only.split(",") if a}
     backends = ["compiled", "fallback"] if args.backend == "both" else [args.backend]

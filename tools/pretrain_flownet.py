@@ -17,7 +17,7 @@ scale channels and ``network.FLOW_AVG_POOL``, so the checkpoint fits a DFF model
 
 To start DFF training from it::
 
-    from dff_rfcn.flow_pretrain import load_flownet_weights
+    from dff.train.flow_pretrain import load_flownet_weights
     load_flownet_weights(dff_model, "model/flownet_synthetic.pth")  # fills dff_model.flownet only
 
 or write it in the MXNet layout too (``--mxnet-prefix model/flownet_synthetic`` ->
@@ -32,6 +32,23 @@ import os
 import sys
 import tempfile
 import time
+
+import torch
+
+from dff.config import ConfigError, load_config, update_config
+from dff.models.flownet import FlowNet
+from dff.train.flow_pretrain import (
+    FLOW_STRIDE,
+    evaluate_epe,
+    flownet_state_for_dff,
+    init_flownet,
+    list_videos,
+    load_flownet_weights,
+    pretrain,
+    save_flownet_checkpoint,
+    zero_flow_epe,
+)
+from dff.utils.checkpoint import CheckpointError, save_mxnet_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CFG = os.path.join(REPO, "experiments", "dff_rfcn", "cfgs", "dff_rfcn_synthetic_tiny.yaml")
@@ -103,13 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
 
-    import torch
 
-    from dff.config import ConfigError, load_config, update_config
-    from dff.utils.checkpoint import CheckpointError, save_mxnet_checkpoint
-    from dff_rfcn.flow_pretrain import (FLOW_STRIDE, evaluate_epe, flownet_state_for_dff, init_flownet, list_videos,
-                                        load_flownet_weights, pretrain, save_flownet_checkpoint, zero_flow_epe)
-    from dff_rfcn.flownet import FlowNet
 
     if args.iters < 0 or args.batch_size < 1 or args.eval_pairs < 1:
         print("error: --iters must be >= 0, --batch-size and --eval-pairs >= 1", file=sys.stderr)

@@ -9,7 +9,7 @@ test script's ``--thresh --ignore-cache --max-videos`` (``--help`` lists them al
 """
 import sys
 
-from dff.core.trainer import run_train_test
+from dff.train.trainer import run_train_test
 
 if __name__ == "__main__":
     sys.exit(run_train_test(sys.argv[1:], "rfcn", prog="rfcn_end2end_train_test.py"))

@@ -5,7 +5,7 @@
 """
 import sys
 
-from dff.core.tester import run_test
+from dff.eval.tester import run_test
 
 if __name__ == "__main__":
     sys.exit(run_test(sys.argv[1:], "rfcn", prog="rfcn_test.py"))

@@ -51,9 +51,11 @@ from collections import Counter
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
-from ..utils.io import atomic_open
-from .classes import VID_CLASSES, VID_WNIDS
+from dff.dataset.classes import VID_CLASSES, VID_WNIDS
+from dff.dataset.imagesets import write_lines
+from dff.utils.io import atomic_open
 
 __all__ = [
     "CLASSES", "WNIDS", "WNID_TO_CLASS", "CACHE_VERSION", "ImageNetVID", "ValVideo", "DataProblems",
@@ -61,7 +63,7 @@ __all__ = [
     "sample_key_frame", "ref_image_path",
 ]
 
-# Spec 5.1 class table (index 0 = background). dff.dataset.vid_eval / classes define the same table.
+# Spec 5.1 class table (index 0 = background). dff.eval.vid_eval / classes define the same table.
 # the class table (index 0 = background); names kept for the reference's ImageNetVID attributes
 CLASSES, WNIDS = VID_CLASSES, VID_WNIDS
 WNID_TO_CLASS: dict[str, int] = {w: i for i, w in enumerate(WNIDS) if i > 0}
@@ -76,6 +78,12 @@ _PROGRESS_MIN = 2000  # lists shorter than this parse without a progress bar
 # ------------------------------------------------------------------------------------------------
 # problem reporting
 # ------------------------------------------------------------------------------------------------
+def missing_dataset_message(path: str) -> str:
+    return (f"{path}: dataset folder not found (dataset.dataset_path). Point it at an ILSVRC2015 download "
+            f"(then make the lists with `python tools/make_imagesets.py --root {path}`) or generate the "
+            f"synthetic mini-VID with `python tools/make_synthetic_vid.py --out {path}`")
+
+
 class DataProblems:
     """Collects bad-data reports: each is printed (up to ``max_print`` per kind) and counted.
 
@@ -423,7 +431,6 @@ class ImageNetVID:
         classes: list[np.ndarray] = []
         it: Any = rows
         if self.verbose and len(rows) >= _PROGRESS_MIN:
-            from tqdm import tqdm
             it = tqdm(rows, desc=f"parsing {name}", unit="img", mininterval=1.0, file=sys.stderr)
         lpath = self.list_path(name)
         for lineno, parts in enumerate(it, 1):
@@ -556,7 +563,6 @@ class ImageNetVID:
 
     def write_eval_image_set(self, path: str) -> int:
         """Write :meth:`eval_image_set_lines` to ``path`` atomically; returns the number of frames."""
-        from .imagesets import write_lines
 
         return write_lines(path, self.eval_image_set_lines())
 

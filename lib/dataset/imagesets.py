@@ -35,8 +35,10 @@ import sys
 from collections import defaultdict
 from typing import Iterable, Iterator, Sequence
 
-from ..utils.io import atomic_open
-from .imagenet_vid import WNIDS
+from tqdm import tqdm
+
+from dff.dataset.classes import WNID_TO_INDEX
+from dff.utils.io import atomic_open
 
 __all__ = [
     "vid15_frame_ids", "scan_vid_videos", "vid_train_15frames_lines", "vid_val_videos_lines",
@@ -133,14 +135,13 @@ def scan_det_train(root: str, progress: bool = True) -> dict[str, set[int]]:
     ann = os.path.join(root, "Annotations", "DET", "train")
     if not os.path.isdir(ann):
         raise FileNotFoundError(f"{ann}: DET train annotations not found (expected the ILSVRC2015 layout)")
-    wnid_to_cls = {w: i for i, w in enumerate(WNIDS) if i > 0}
+    wnid_to_cls = {w: i for w, i in WNID_TO_INDEX.items() if i > 0}
     paths: list[str] = []
     for dirpath, dirnames, filenames in os.walk(ann):
         dirnames.sort()
         paths.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".xml"))
     it: Iterable[str] = paths
     if progress and len(paths) > 2000:
-        from tqdm import tqdm
         it = tqdm(paths, desc="scanning DET train XML", unit="xml", mininterval=1.0, file=sys.stderr)
     out: dict[str, set[int]] = {}
     missing = 0

@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterator, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..utils.image import ImageReadError, read_image, resize, transform
-from .imagenet_vid import ref_image_path, sample_key_frame
+from dff.dataset.imagenet_vid import ref_image_path, sample_key_frame
+from dff.utils.image import ImageReadError, read_image, resize, transform
 
 __all__ = [
     "derive_seed", "sample_rng", "BadSample", "TrainDataset", "epoch_order", "AspectGroupedBatchSampler",
@@ -248,7 +249,6 @@ def list_collate(samples: list[Any]) -> list[Any]:
 def worker_init(_: int) -> None:
     """DataLoader worker setup: one OpenCV thread per worker (the workers are the parallelism)."""
     try:
-        import cv2
         cv2.setNumThreads(1)
     except Exception:  # pragma: no cover - OpenCV is a dependency; never fail a worker over threads
         pass

@@ -48,8 +48,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from dff.dataset.imagenet_vid import CLASSES, WNIDS
 from dff.dataset import imagesets
+from dff.dataset.imagenet_vid import CLASSES, WNIDS
 
 __all__ = [
     "SynthConfig", "STYLES", "generate", "video_params", "det_params", "render_frame", "layer_map",

@@ -9,7 +9,7 @@ The network is split the way DFF needs it:
 * :meth:`RFCN.forward_train` / :meth:`RFCN.task_losses` -- the training forward (targets, OHEM and
   the four losses of spec 1.9) on a frame's own feature, or (DFF) on a warped key-frame feature.
 
-``dff_rfcn.model.DFF`` subclasses this class, so the heads are one piece of code for both models.
+``dff.models.dff.DFF`` subclasses this class, so the heads are one piece of code for both models.
 """
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..config import Config
-from ..core.loss import ohem_select, rcnn_losses, rpn_losses
-from ..core.targets import anchor_target, proposal_target
-from ..ops import psroi_pool
-from ..rpn import rpn_inv_normalize
-from ..rpn.proposal import proposal_candidates, proposal_select
-from .resnet import ResNetV1
+from dff.config import Config
+from dff.models.loss import ohem_select, rcnn_losses, rpn_losses
+from dff.models.resnet import ResNetV1
+from dff.models.rpn import rpn_inv_normalize
+from dff.models.rpn.proposal import proposal_candidates, proposal_select
+from dff.models.targets import anchor_target, proposal_target
+from dff.ops import psroi_pool
 
 # The reference hard-codes the PSROIPooling scale (1/16) and 7x7 bins.
 PSROI_SPATIAL_SCALE = 0.0625
@@ -80,7 +80,15 @@ class RFCNHead(nn.Module):
 
 
 class RFCN(nn.Module):
-    """Per-frame R-FCN detector. ``cfg`` is the config object of :mod:`dff.config`."""
+    """Per-frame R-FCN detector. ``cfg`` is the config object of :mod:`dff.config`.
+
+    The protocol both detectors share (the engine, the trainer and the parity checks use only this):
+    ``kind``; :meth:`extract_feature` (the feature network); :meth:`head_maps`, :meth:`candidates` and
+    :meth:`head_rois` (the task network, split where the fast path needs it), :meth:`detect` (both
+    halves); :meth:`forward_train` (one batch dictionary -> the losses). DFF adds ``propagate``.
+    """
+
+    kind = "rfcn"
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
@@ -130,7 +138,7 @@ class RFCN(nn.Module):
 
     def candidates(self, maps: dict[str, Tensor], im_info: Tensor, train: bool = False) -> dict[str, Tensor]:
         """The fixed-shape half of the proposals (no host synchronisation): ``rpn_bbox_pred_inv``,
-        ``cand_boxes`` (N, pre, 4) and ``cand_scores`` (N, pre), sorted (:func:`dff.rpn.proposal.proposal_candidates`);
+        ``cand_boxes`` (N, pre, 4) and ``cand_scores`` (N, pre), sorted (:func:`dff.models.rpn.proposal.proposal_candidates`);
         ``TRAIN`` or ``TEST`` settings."""
         net = self.cfg.network
         p = self.cfg.TRAIN if train else self.cfg.TEST
@@ -144,7 +152,7 @@ class RFCN(nn.Module):
         return {"rpn_bbox_pred_inv": deltas, "cand_boxes": boxes, "cand_scores": scores}
 
     def _select(self, cand: dict[str, Tensor], train: bool) -> Tensor:
-        """The candidates' greedy NMS -> rois (N*post, 5) (:func:`dff.rpn.proposal.proposal_select`)."""
+        """The candidates' greedy NMS -> rois (N*post, 5) (:func:`dff.models.rpn.proposal.proposal_select`)."""
         p = self.cfg.TRAIN if train else self.cfg.TEST
         return proposal_select(cand["cand_boxes"], cand["cand_scores"], post_nms_top_n=int(p.RPN_POST_NMS_TOP_N),
                                nms_threshold=float(p.RPN_NMS_THRESH))
@@ -206,7 +214,7 @@ class RFCN(nn.Module):
 
         As the reference: the RPN anchor targets come from the feature size and the gt; proposals use
         the ``TRAIN.RPN_*`` settings on the inverse-normalised deltas without gradient; the R-FCN rois
-        are the 300 proposals plus the gt boxes (:func:`dff.core.targets.proposal_target`); with
+        are the 300 proposals plus the gt boxes (:func:`dff.models.targets.proposal_target`); with
         ``TRAIN.ENABLE_OHEM`` the 128 hardest rois carry the R-FCN losses. Without OHEM the box loss is
         divided by ``TRAIN.BATCH_ROIS``; for ``BATCH_ROIS = -1`` the reference would divide by -1 (its
         ``grad_scale = 1/BATCH_ROIS``, i.e. gradient *ascent* on the box loss, a configuration no
@@ -256,16 +264,21 @@ class RFCN(nn.Module):
             "rcnn_acc": rcnn_acc,
         }
 
-    def forward_train(self, data: Tensor, im_info: Tensor, gt_boxes: Tensor,
-                      generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Training forward of the per-frame R-FCN on one image (the reference's ``get_train_symbol``).
+    def forward_train(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Training forward on one image (the reference's ``get_train_symbol``); the same call for both models.
 
-        data (1, 3, H, W) preprocessed image, im_info (1, 3), gt_boxes (1, G, 5) or (G, 5) in
-        scaled-image pixels. Returns the dict of :meth:`task_losses`; call ``out["loss"].backward()``.
+        ``batch``: ``data`` (1, 3, H, W) the preprocessed image, ``im_info`` (1, 3), ``gt_boxes`` (1, G, 5)
+        or (G, 5) in scaled-image pixels, on the model's device (DFF also reads ``data_ref`` and
+        ``eq_flag``). Returns the dict of :meth:`task_losses`; call ``out["loss"].backward()``.
         """
+        data = batch["data"]
         if data.dim() != 4 or data.shape[0] != 1:
             raise ValueError(f"forward_train: data must be one image (1, 3, H, W), got {tuple(data.shape)}")
-        return self.task_losses(self.extract_feature(data), im_info, gt_boxes, generator)
+        return self.task_losses(self.train_feature(batch), batch["im_info"], batch["gt_boxes"], generator)
+
+    def train_feature(self, batch: dict[str, Tensor]) -> Tensor:
+        """The feature that carries the training losses: the image's own."""
+        return self.extract_feature(batch["data"])
 
     def frozen_parameter_prefixes(self) -> list[str]:
         """MXNet-name prefixes of ``network.FIXED_PARAMS`` (matched as name prefixes, spec 5.4)."""

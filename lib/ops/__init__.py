@@ -5,11 +5,11 @@ Each runs either the compiled C++/CUDA library (``operator_cxx/``, built by ``sh
 ``python -m dff.ops.build``) or a pure-PyTorch fallback with the same semantics; see
 :mod:`dff.ops.backend` for the choice (``DFF_OPS_BACKEND`` = auto | compiled | fallback).
 """
-from ._ext import compiled_available
-from .backend import get_default_backend, ops_backend, set_default_backend
-from .nms import nms_fixed
-from .psroi import psroi_pool
-from .warp import warp_scale
+from dff.ops._ext import compiled_available
+from dff.ops.backend import get_default_backend, ops_backend, set_default_backend
+from dff.ops.nms import nms_fixed
+from dff.ops.psroi import psroi_pool
+from dff.ops.warp import warp_scale
 
 __all__ = [
     "compiled_available",

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
-from . import _ext
+from dff.ops import _ext
 
 BACKENDS = ("auto", "compiled", "fallback")
 ENV_VAR = "DFF_OPS_BACKEND"

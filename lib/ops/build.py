@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 
-from . import _ext
+from dff.ops import _ext
 
 NAME = "dff_ops"
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"  # A100/H100 SASS; PTX runs (JIT) on newer GPUs; sm_8x SASS covers 8.6/8.9

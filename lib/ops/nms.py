@@ -3,13 +3,13 @@
 ``keep, count = nms_fixed(boxes, iou_threshold, max_keep)`` over boxes (n, 4) ``[x1, y1, x2, y2]`` that
 are **already in priority order**: box ``i`` is kept iff it is valid and no earlier kept box with the
 same label overlaps it by IoU > ``iou_threshold``, with the reference's +1 widths (the decisions of
-:func:`dff.core.bbox_transform.nms_sorted`, which MXNet's Proposal and ``py_nms`` make). ``keep`` is
+:func:`dff.ops.boxes.nms_sorted`, which MXNet's Proposal and ``py_nms`` make). ``keep`` is
 (max_keep,) int64: the kept rows in order, then -1; ``count`` (1,) int64 says how many.
 
 Why a fixed size: ``torchvision.ops.nms`` returns as many indices as it keeps, so every call ends in a
 device-to-host copy of that count, and nothing after it can be captured in a CUDA graph. Here the
 count stays on the device, so the proposals' NMS and the detections' per-class NMS run inside the
-frame's graph (:mod:`dff.core.fastpath`).
+frame's graph (:mod:`dff.engine.fastpath`).
 
 Options:
 
@@ -30,7 +30,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backend import describe as _shape, resolve
+from dff.ops.backend import describe as _shape
+from dff.ops.backend import resolve
+from dff.ops.boxes import nms_sorted
 
 _OP = "dff::nms_fixed"
 
@@ -74,10 +76,9 @@ def nms_fixed(boxes: Tensor, iou_threshold: float, max_keep: int, *, valid: Tens
 def nms_fixed_fallback(boxes: Tensor, iou_threshold: float, max_keep: int, *, valid: Tensor | None = None,
                        labels: Tensor | None = None, scores: Tensor | None = None,
                        cap: int = 0) -> tuple[Tensor, Tensor]:
-    """Pure-PyTorch :func:`nms_fixed`, built on :func:`dff.core.bbox_transform.nms_sorted` (one NMS per
+    """Pure-PyTorch :func:`nms_fixed`, built on :func:`dff.ops.boxes.nms_sorted` (one NMS per
     label). Greedy decisions depend only on earlier keeps, so the kernels' early stops are prefixes
     of the full keep list: cut here after the fact."""
-    from ..core.bbox_transform import nms_sorted  # dff.core imports dff.ops
 
     dev = boxes.device
     idx = torch.arange(boxes.shape[0], device=dev)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backend import describe as _shape, resolve
+from dff.ops.backend import describe as _shape
+from dff.ops.backend import resolve
 
 _OP = "dff::psroi_pool_forward"
 

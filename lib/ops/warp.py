@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from .backend import describe as _shape, resolve
+from dff.ops.backend import describe as _shape
+from dff.ops.backend import resolve
 
 _OP = "dff::warp_scale_forward"
 

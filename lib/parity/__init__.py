@@ -9,9 +9,13 @@ Tolerances follow the fixtures README, section 7.
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 from typing import Any
 
 import numpy as np
+
+from dff.ops import _ext
 
 
 @dataclasses.dataclass
@@ -66,10 +70,7 @@ def not_implemented(case: str) -> Result:
 def op_fixture_files(fixture_dir: str, pattern: str, backend: str) -> tuple[list[str], list[Result]]:
     """The ``ops/<pattern>`` fixture files, or the rows that explain why they cannot be checked
     (none present; the compiled backend asked for but not built)."""
-    import glob
-    import os
 
-    from ..ops import _ext
 
     files = sorted(glob.glob(os.path.join(fixture_dir, "ops", pattern)))
     if not files:

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from dff.dataset.vid_eval import format_info_str, parse_vid_xml, read_image_set, vid_eval, write_vid_results
+from dff.eval.vid_eval import format_info_str, parse_vid_xml, read_image_set, vid_eval, write_vid_results
 from dff.parity import Result, compare
 
 CASE = "eval/vid_eval"

@@ -2,7 +2,7 @@
 
 The R-FCN and DFF fixture models (``model/``, deterministic weights, see :mod:`dff.parity.model`) run
 the fixture frames through the video engine (DFF: frame 0 a key frame, the others warped from it)
-twice on one device: plain float32 (TF32 off) and with a :class:`~dff.core.fastpath.FastPath`. Every
+twice on one device: plain float32 (TF32 off) and with a :class:`~dff.engine.fastpath.FastPath`. Every
 detection scoring above ``score_thresh`` in either run must have a partner in the other run: same
 class, every box coordinate within ``box_tol`` original-image pixels and the score within
 ``score_tol``. On a CUDA device the plain float32 run is also compared with MXNet's detections.
@@ -13,13 +13,20 @@ import contextlib
 import dataclasses
 import os
 import re
+import tempfile
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from . import TOL_BOX, Result, compare
-from .model import FIXTURE_THRESH, _build, _frame_inputs
+from dff.apps.demo import synthetic_clip
+from dff.engine.fastpath import FastPath
+from dff.engine.frames import FrameSource
+from dff.engine.postprocess import dets_to_rows
+from dff.engine.video import VideoDetector
+from dff.models.builder import load_model
+from dff.parity import TOL_BOX, Result, compare
+from dff.parity.model import FIXTURE_THRESH, REPO, _build, _frame_inputs
 
 SCORE_THRESH = 0.1
 BOX_TOL = 1.0  # original-image pixels
@@ -83,8 +90,6 @@ def run_rows(model, frames: list, device: torch.device, fast=None, key_interval:
              fixed_rois: list | None = None) -> tuple[list[np.ndarray], list]:
     """Detections (rows ``[class, x1, y1, x2, y2, score]``) of each frame through the video engine, and
     each frame's rois. With ``fixed_rois`` the proposals are replaced by those (one per frame)."""
-    from ..core.postprocess import dets_to_rows
-    from ..core.video import VideoDetector
 
     det = VideoDetector(model, model.cfg, key_interval=key_interval, device=device, thresh=FIXTURE_THRESH,
                         sync=False, fast=fast)
@@ -176,29 +181,19 @@ def embedded_cases(device: torch.device, fasts: list, frames: int = 20, work_dir
     Under autocast, proposals (NMS over near-equal boxes) may differ, and a detection from another
     roi has another score: the rows pass at :data:`AMP_MIN_SHARED` of the detections shared; the
     effect on accuracy is measured by ``tools/benchmark.py --eval --fast`` (mAP with and without)."""
-    import tempfile
 
-    from ..core.demo import load_model, synthetic_clip
-    from ..core.frames import FrameSource
-    from .model import DFF_CFG, REPO, RFCN_CFG
 
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         clip = synthetic_clip(tmp, frames=frames)
         images = [f.image for f in FrameSource(clip)]
     for kind in ("rfcn", "dff"):
         path = os.path.join(REPO, "data", "models", f"{'dff_rfcn' if kind == 'dff' else 'rfcn'}_synthetic_tiny.pth")
-        if kind == "dff":
-            from dff_rfcn.model import DFF as cls
-        else:
-            from ..models.rfcn import RFCN as cls
         case = f"fastpath/embedded-{kind}"
 
         def build():
-            model, cfg = load_model(cls, DFF_CFG if kind == "dff" else RFCN_CFG, path, str(device), "")
-            return model
+            return load_model(path, device=device)[0]
 
         model = build()
-        from ..core.video import VideoDetector
 
         prep = VideoDetector(model, model.cfg, device=device)
         inputs = [tuple(t.to(device) for t in prep.prepare(im)) for im in images]
@@ -222,7 +217,6 @@ def embedded_cases(device: torch.device, fasts: list, frames: int = 20, work_dir
 def cases(fixture_dir: str, device: str | torch.device = "cpu", fasts: list | None = None,
           notes: list | None = None) -> Iterator[Result]:
     """Fixture and embedded-model checks of each fast path (default: everything for ``device``)."""
-    from ..core.fastpath import FastPath
 
     device = torch.device(device)
     fasts = fasts if fasts is not None else [FastPath.full(device)]

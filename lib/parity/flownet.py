@@ -1,4 +1,4 @@
-"""Parity of :class:`dff_rfcn.flownet.FlowNet` with the DFF non-key-frame fixtures (README section 3).
+"""Parity of :class:`dff.models.flownet.FlowNet` with the DFF non-key-frame fixtures (README section 3).
 
 For every ``model/dff_cur_frame{K}.npz``: FlowNet with the fixture weights (README section 2, checked
 against the SHA-1 of ``model/dff_cur_params.json``) runs on cur = ``inputs_frame{K}.npz['data']`` and
@@ -18,9 +18,9 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from dff.models.flownet import FlowNet
 from dff.parity import TOL_FEATURE, Result, compare
 from dff.utils.fixture_weights import make_param
-from dff_rfcn.flownet import FlowNet
 
 OUTPUTS = ("Convolution5_output", "_mulscalar0_output", "Convolution5_scale_output")
 _CUR_RE = re.compile(r"dff_cur_frame(\d+)\.npz$")

@@ -14,8 +14,13 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..config import Config, load_config
-from . import TOL_BOX, TOL_FEATURE, TOL_PROB, Result, compare, not_implemented
+from dff.config import load_config
+from dff.engine.postprocess import dets_to_rows, im_detect_boxes, pred_eval_frame
+from dff.models.builder import build_model
+from dff.ops import ops_backend
+from dff.parity import TOL_BOX, TOL_FEATURE, TOL_PROB, Result, compare, not_implemented
+from dff.utils.checkpoint import load_mxnet_checkpoint
+from dff.utils.fixture_weights import make_param
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 RFCN_CFG = os.path.join(REPO, "experiments", "rfcn", "cfgs", "rfcn_vid_demo.yaml")
@@ -26,7 +31,6 @@ FIXTURE_THRESH = 1e-4
 
 def fixture_state(fixture_dir: str, params_json: str) -> dict[str, np.ndarray]:
     """``{'arg:NAME': array}`` regenerated from a ``*_params.json`` list (README section 2)."""
-    from ..utils.fixture_weights import make_param
 
     with open(os.path.join(fixture_dir, "model", params_json), "r", encoding="utf-8") as f:
         entries = json.load(f)
@@ -39,7 +43,6 @@ def _frame_inputs(fixture_dir: str, k: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _compare_outputs(case: str, out: dict, exp, im_info: torch.Tensor) -> Iterator[Result]:
-    from ..core.postprocess import dets_to_rows, im_detect_boxes, pred_eval_frame
 
     pairs = [
         ("feat_conv_3x3_relu_output", "feat", TOL_FEATURE),
@@ -71,25 +74,14 @@ def _compare_outputs(case: str, out: dict, exp, im_info: torch.Tensor) -> Iterat
 
 
 def _build(kind: str, fixture_dir: str):
-    from ..utils.checkpoint import load_mxnet_checkpoint
-
-    if kind == "rfcn":
-        from ..models.rfcn import RFCN
-
-        cfg = load_config(RFCN_CFG)
-        model = RFCN(cfg).eval()
-        load_mxnet_checkpoint(model, fixture_state(fixture_dir, "rfcn_params.json"))
-    else:
-        from dff_rfcn.model import DFF
-
-        cfg = load_config(DFF_CFG)
-        model = DFF(cfg).eval()
-        load_mxnet_checkpoint(model, fixture_state(fixture_dir, "dff_all_params.json"))
+    """The model of ``kind`` with the fixture weights, through the one builder."""
+    cfg = load_config(RFCN_CFG if kind == "rfcn" else DFF_CFG)
+    model = build_model(kind, cfg).eval()
+    load_mxnet_checkpoint(model, fixture_state(fixture_dir, "rfcn_params.json" if kind == "rfcn" else "dff_all_params.json"))
     return model
 
 
 def cases(fixture_dir: str, backend: str) -> Iterator[Result]:
-    from ..ops import ops_backend
 
     mdir = os.path.join(fixture_dir, "model")
     files = sorted(os.listdir(mdir)) if os.path.isdir(mdir) else []
@@ -124,7 +116,7 @@ def cases(fixture_dir: str, backend: str) -> Iterator[Result]:
             for f in dff_key:
                 k = int(re.findall(r"\d+", f)[-1])
                 data, im_info = _frame_inputs(fixture_dir, k)
-                out = model.forward_key(data, im_info)
+                out = model(data, im_info)
                 exp = np.load(os.path.join(mdir, f))
                 # the cur fixtures were run on the key feature MXNet stored, not on ours (README section 3)
                 key_feat, key_data = torch.from_numpy(exp["feat_conv_3x3_relu_output"]), data
@@ -136,5 +128,6 @@ def cases(fixture_dir: str, backend: str) -> Iterator[Result]:
                 if key_feat is None:
                     yield Result(f"model/{f[:-4]}", "key_frame", note="no dff_key_frame fixture to warp from")
                     continue
-                out = model.forward_cur(data, im_info, key_data, key_feat, parts=True)
+                prop = model.propagate(data, key_data, key_feat, parts=True)
+                out = {**model.detect(prop["feat"], im_info), **prop}
                 yield from _compare_outputs(f"model/{f[:-4]}", out, exp, im_info)

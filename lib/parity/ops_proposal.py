@@ -20,7 +20,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import TOL_BOX, TOL_EXACT, TOL_PROB, Result, compare
+from dff.engine.postprocess import dets_to_rows, im_detect_boxes, pred_eval_frame
+from dff.models.rpn import proposal, rpn_inv_normalize
+from dff.parity import TOL_BOX, TOL_EXACT, TOL_PROB, Result, compare
 
 # README section 3: the model fixtures' config (rfcn_vid_demo / dff_rfcn_vid_demo) and pred_eval call
 MODEL_PROPOSAL = dict(feature_stride=16, scales=(8, 16, 32), ratios=(0.5, 1, 2), pre_nms_top_n=6000,
@@ -51,7 +53,6 @@ def _proposal_params(summary: dict, stem: str) -> dict:
 
 
 def _ops_proposal_case(path: str, summary: dict) -> Iterator[Result]:
-    from ..rpn import proposal
 
     stem = os.path.splitext(os.path.basename(path))[0]
     d = np.load(path)
@@ -71,7 +72,6 @@ def _ops_proposal_case(path: str, summary: dict) -> Iterator[Result]:
 
 
 def _ops_inv_normalize_case(path: str) -> Iterator[Result]:
-    from ..rpn import rpn_inv_normalize
 
     d = np.load(path)
     out = rpn_inv_normalize(torch.from_numpy(d["bbox_pred"]), d["bbox_mean"].tolist(), d["bbox_std"].tolist())
@@ -79,8 +79,6 @@ def _ops_inv_normalize_case(path: str) -> Iterator[Result]:
 
 
 def _model_cases(fixture_dir: str, run: str, frame: int) -> Iterator[Result]:
-    from ..core.postprocess import dets_to_rows, im_detect_boxes, pred_eval_frame
-    from ..rpn import proposal, rpn_inv_normalize
 
     d = np.load(os.path.join(fixture_dir, "model", f"{run}.npz"))
     im_info = torch.from_numpy(np.load(os.path.join(fixture_dir, "model", f"inputs_frame{frame}.npz"))["im_info"])

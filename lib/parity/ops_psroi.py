@@ -21,7 +21,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from . import op_fixture_files, TOL_EXACT, Result, compare
+from dff.ops import psroi_pool
+from dff.parity import TOL_EXACT, Result, compare, op_fixture_files
 
 TOL_OUT = TOL_EXACT
 TOL_GRAD = dict(atol=1e-6, rtol=1e-6)
@@ -41,7 +42,6 @@ def _params(summary: dict, stem: str) -> dict:
 
 
 def _case(path: str, summary: dict, backend: str) -> Iterator[Result]:
-    from ..ops import psroi_pool
 
     stem = os.path.splitext(os.path.basename(path))[0]
     case = f"ops/{stem}"

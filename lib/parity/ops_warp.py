@@ -29,7 +29,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from . import op_fixture_files, TOL_FEATURE, Result, compare
+from dff.ops import warp_scale
+from dff.parity import TOL_FEATURE, Result, compare, op_fixture_files
 
 TOL_OUT = dict(atol=1e-4, rtol=0.0)
 TOL_GRAD = TOL_FEATURE
@@ -47,7 +48,6 @@ def reference_cell_moved(flow: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 
 def _case(path: str, backend: str) -> Iterator[Result]:
-    from ..ops import warp_scale
 
     case = f"ops/{os.path.splitext(os.path.basename(path))[0]}"
     d = np.load(path)

@@ -14,10 +14,10 @@ from typing import Iterator
 
 import numpy as np
 
-from . import Result, compare
-from ..utils.checkpoint import bbox_test_params
-from ..utils.fixture_weights import make_param
-from ..utils.mxnet_params import MXNetParamsError, encode_params, inspect_params, process_test_params
+from dff.parity import Result, compare
+from dff.utils.checkpoint import bbox_test_params
+from dff.utils.fixture_weights import make_param
+from dff.utils.mxnet_params import MXNetParamsError, encode_params, inspect_params, process_test_params
 
 
 def _ok(case: str, tensor: str, passed: bool, note: str = "") -> Result:

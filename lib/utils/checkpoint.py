@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .io import atomic_open
-from .mxnet_params import LIST_MAGIC, MXNetParamsError, process_test_params, read_params, write_params
+from dff.utils.io import atomic_open
+from dff.utils.mxnet_params import LIST_MAGIC, MXNetParamsError, process_test_params, read_params, write_params
 
 NATIVE_FORMAT = "dff-native"
 NATIVE_VERSION = 1

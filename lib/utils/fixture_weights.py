@@ -11,6 +11,9 @@ import zlib
 from typing import Iterable, Mapping
 
 import numpy as np
+import torch
+
+from dff.utils.checkpoint import torch_to_mxnet_name
 
 _GAINS = {
     "conv1_weight": 0.01,
@@ -68,9 +71,7 @@ def fixture_state_dict(model) -> dict:
     Any model whose parameters map to MXNet names works (the parity fixtures, a demo run that only
     checks the pipeline): the values depend only on the MXNet name and the shape.
     """
-    import torch
 
-    from .checkpoint import torch_to_mxnet_name
 
     out = {}
     for key, value in model.state_dict().items():

@@ -29,7 +29,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .io import atomic_write_bytes
+from dff.utils.io import atomic_write_bytes
 
 LIST_MAGIC = 0x112
 V1_MAGIC = 0xF993FAC8

@@ -1,5 +1,5 @@
 """The fast path of the video engine: autocast, channels_last, cuDNN autotuning, CUDA graphs on the GPU;
-oneDNN weight pre-packing (:mod:`dff.core.prepack`) on the CPU.
+oneDNN weight pre-packing (:mod:`dff.ops.prepack`) on the CPU.
 
 :class:`FastPath` says which of these to use; :class:`StageRunner` runs the engine's fixed-shape
 stages with them:
@@ -12,7 +12,7 @@ stages with them:
 * ``head(feat, im_info)`` -- ``maps``, then the proposal NMS, PSROI pooling and softmax
   (:meth:`~dff.models.rfcn.RFCN.head_rois`): the whole task network;
 * ``post(rois, cls_prob, bbox_pred, im_info)`` -- the detections' post-processing, a function given
-  to the runner (the engine's :func:`dff.core.postprocess.pred_eval_fixed`).
+  to the runner (the engine's :func:`dff.engine.postprocess.pred_eval_fixed`).
 
 ``head`` and ``post`` are fixed-shape and free of host synchronisation only where the compiled
 :func:`dff.ops.nms_fixed` kernel exists for the device (:attr:`StageRunner.sync_free`); elsewhere the
@@ -35,8 +35,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..ops.backend import resolve
-from .prepack import packing, prepack_available, prepack_convolutions
+from dff.ops.backend import resolve
+from dff.ops.prepack import packing, prepack_available, prepack_convolutions
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 FAST_NAMES = ("none", "fp32", "fp16", "bf16")
@@ -50,7 +50,7 @@ class FastPath:
     channels_last: run the convolutions in NHWC memory format (faster tensor-core kernels).
     cuda_graphs: capture the fixed-shape stages in CUDA graphs (CUDA only).
     cudnn_benchmark: let cuDNN time its algorithms for each new shape.
-    prepack: float32 CPU convolutions with weights pre-packed for oneDNN (:mod:`dff.core.prepack`).
+    prepack: float32 CPU convolutions with weights pre-packed for oneDNN (:mod:`dff.ops.prepack`).
     """
 
     amp: str | None = None
@@ -184,7 +184,7 @@ class StageRunner:
         if f.prepack and self.device.type == "cpu":
             if not prepack_convolutions(model):
                 warnings.warn("fast path: this torch cannot pre-pack oneDNN weights; CPU convolutions run plain")
-        has_flow = hasattr(model, "propagate")
+        has_flow = model.kind == "dff"
         stages = {"feature": self._feature, "maps": self._maps, "head": self._head}
         if post is not None:
             stages["post"] = post
@@ -206,7 +206,7 @@ class StageRunner:
         return x.contiguous(memory_format=torch.channels_last) if self.fast.channels_last else x
 
     def _packing(self):
-        # the feature network and FlowNet only: see dff.core.prepack for why not the task network
+        # the feature network and FlowNet only: see dff.ops.prepack for why not the task network
         return packing(self.fast.prepack and self.device.type == "cpu")
 
     def _feature(self, data: Tensor) -> Tensor:

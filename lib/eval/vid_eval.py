@@ -55,7 +55,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
-from ..utils.io import atomic_open
+from dff.utils.io import atomic_open
 
 __all__ = [
     "VID_CLASSES", "VID_WNIDS", "MOTION_RANGES", "MOTION_WINDOW",
@@ -63,7 +63,7 @@ __all__ = [
     "compute_motion_iou", "vid_eval", "format_table", "format_info_str", "save_json",
 ]
 
-from .classes import VID_CLASSES, VID_WNIDS  # index 0 is the background; 1..30 = results-file class ids
+from dff.dataset.classes import VID_CLASSES, VID_WNIDS  # index 0 is the background; 1..30 = results-file class ids
 
 # FGFA's motion groups, closed intervals, in FGFA's order
 MOTION_RANGES: dict[str, tuple[float, float]] = {

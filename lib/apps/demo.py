@@ -11,19 +11,21 @@ import resource
 import sys
 import time
 import warnings
-from typing import Callable
 
 import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import Config, ConfigError, load_config
-from ..dataset.classes import VID_CLASSES
-from ..utils.vis import draw_detections
-from .fastpath import FAST_NAMES, FastPath
-from .frames import FrameSource, VideoReadError
-from .video import STAGES, FrameResult, VideoDetector
+from dff.config import Config, ConfigError, load_config
+from dff.dataset.classes import VID_CLASSES
+from dff.dataset.synthetic import SynthConfig, generate
+from dff.engine.fastpath import FAST_NAMES, FastPath
+from dff.engine.frames import FrameSource, VideoReadError
+from dff.engine.video import STAGES, FrameResult, VideoDetector
+from dff.models.builder import load_model
+from dff.utils.checkpoint import CheckpointError
+from dff.utils.vis import draw_detections
 
 
 class DemoError(RuntimeError):
@@ -64,35 +66,18 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
     return ap
 
 
-def load_model(model_cls: Callable[[Config], torch.nn.Module], cfg_path: str, model_path: str | None,
-               device: str, what: str) -> tuple[torch.nn.Module, Config]:
-    """Build ``model_cls`` and load weights (MXNet ``.params`` or native checkpoint, by content)."""
-    from ..utils.checkpoint import CheckpointError, checkpoint_config, load_model_weights
-
+def load_demo_model(kind: str, cfg_path: str, model_path: str | None, device: str,
+                    what: str) -> tuple[torch.nn.Module, Config]:
+    """The demo's model (:func:`dff.models.builder.load_model`); ``what`` names the released file to suggest."""
     if model_path is None:
         raise DemoError(
             f"no model given. Pass --model with {what} (the reference's released MXNet checkpoint, "
-            "see README 'Models') or a native checkpoint written by the training script "
-            "(output/.../*.pth), e.g. one made by `python tools/make_fixture_checkpoint.py`.")
-    cfg = load_config(cfg_path)
-    if model_path == "fixture":
-        from ..utils.fixture_weights import fixture_state_dict
-
-        # deterministic weights of the parity fixtures: meaningless detections, the real pipeline
-        model = model_cls(cfg)
-        model.load_state_dict(fixture_state_dict(model))
-        return model.to(device).eval(), cfg
-    if not os.path.isfile(model_path):
-        raise DemoError(f"{model_path}: model file not found")
+            "see README 'Models'), a native checkpoint written by the training script (output/.../*.pth), "
+            "or 'fixture' (the parity fixtures' deterministic weights: the real pipeline, meaningless detections).")
     try:
-        saved = checkpoint_config(model_path)  # a native checkpoint carries the config it was trained with
-        if saved is not None:
-            cfg = Config(saved)
-        model = model_cls(cfg)
-        load_model_weights(model, model_path)
+        return load_model(model_path, load_config(cfg_path), kind=kind, device=device)
     except CheckpointError as e:
         raise DemoError(str(e)) from None
-    return model.to(device).eval(), cfg
 
 
 def _summary(label: str, results: list[FrameResult], wall: float, drawn: int = 0) -> dict:
@@ -158,7 +143,6 @@ def _run(detector: VideoDetector, source: FrameSource, label: str, out_dir: str 
 
 def synthetic_clip(out_dir: str, frames: int = 60, seed: int = 2017) -> str:
     """Generate one held-out synthetic video (a seed the embedded models never saw) and return its frame folder."""
-    from ..dataset.synthetic import SynthConfig, generate
 
     root = os.path.join(out_dir, "synthetic_clip")
     generate(root, SynthConfig(seed=seed, train_videos=0, val_videos=1, frames=frames, det_images=0))
@@ -166,8 +150,9 @@ def synthetic_clip(out_dir: str, frames: int = 60, seed: int = 2017) -> str:
     return os.path.join(videos, sorted(os.listdir(videos))[0])
 
 
-def run_demo(argv: list[str] | None, *, name: str, model_cls: Callable[[Config], torch.nn.Module],
-             default_cfg: str, default_out: str, what: str, dff: bool, default_model: str | None = None) -> int:
+def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, default_out: str, what: str,
+             default_model: str | None = None) -> int:
+    dff = kind == "dff"
     args = build_parser(name, default_cfg, default_out, dff).parse_args(argv)
     # one line per warning (skipped frames, operator fallback), not the source line that raised it
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
@@ -182,7 +167,7 @@ def run_demo(argv: list[str] | None, *, name: str, model_cls: Callable[[Config],
             os.makedirs(args.out, exist_ok=True)
             args.input = synthetic_clip(args.out)
             print(f"input: {args.input} (a synthetic clip generated now, unseen in training)")
-        model, cfg = load_model(model_cls, args.cfg, args.model, args.device, what)
+        model, cfg = load_demo_model(kind, args.cfg, args.model, args.device, what)
         interval = args.key_interval if dff else 1
         fast = FastPath.from_name(args.fast, args.device)
         detector = VideoDetector(model, cfg, key_interval=interval, device=args.device, thresh=args.thresh,

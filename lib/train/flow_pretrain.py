@@ -21,7 +21,7 @@ directly. The loss is the EPE on that grid: the mean over cells of ``||flow - gt
 Using the result in DFF: :func:`save_flownet_checkpoint` writes a native checkpoint whose keys are
 ``flownet.<layer>.weight|bias`` (the DFF model's names), so either::
 
-    from dff_rfcn.flow_pretrain import load_flownet_weights
+    from dff.train.flow_pretrain import load_flownet_weights
     load_flownet_weights(dff_model, "model/flownet_synthetic.pth")   # fills model.flownet only
 
 or, with the generic loader, ``dff.utils.checkpoint.load_model_weights(dff_model, path, strict=False)``
@@ -44,13 +44,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from dff.config import Config
 from dff.dataset.synthetic import GT_DIR, SyntheticVID
+from dff.models.flownet import FlowNet
 from dff.utils.checkpoint import CheckpointError, LoadReport, load_model_weights, save_checkpoint
 from dff.utils.image import preprocess, read_image
-
-from .flownet import FlowNet
 
 __all__ = [
     "FLOW_STRIDE", "EVAL_SEED", "SPLITS", "FlowPair", "list_videos", "sample_pairs", "flow_target",
@@ -313,7 +313,6 @@ def pretrain(flownet: FlowNet, root: str, cfg: Config, iters: int, *, batch_size
     bar = None
     start = time.monotonic()
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=iters, desc="pretrain FlowNet", unit="it", dynamic_ncols=True)
     try:
         for it, batch in enumerate(loader):

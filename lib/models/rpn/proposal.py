@@ -15,8 +15,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..ops.nms import nms_fixed
-from .anchors import generate_anchors, shifted_anchors
+from dff.models.rpn.anchors import generate_anchors, shifted_anchors
+from dff.ops.nms import nms_fixed
 
 __all__ = ["rpn_inv_normalize", "proposal", "proposal_candidates", "proposal_select"]
 

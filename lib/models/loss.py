@@ -109,7 +109,7 @@ def rpn_losses(cls_score: Tensor, bbox_pred: Tensor, labels: Tensor, bbox_target
     Args:
         cls_score: (1, 2A, h, w) logits, channel a = background of anchor a, a + A = its foreground.
         bbox_pred: (1, 4A, h, w) **normalised** deltas (the raw head output).
-        labels: (A*h*w,) in (a, y, x) order (:func:`dff.core.targets.anchor_target`).
+        labels: (A*h*w,) in (a, y, x) order (:func:`dff.models.targets.anchor_target`).
         bbox_targets, bbox_weights: (1, 4A, h, w).
         sigma: smooth-L1 sigma (1 with NORMALIZE_RPN, else 3); batch_size: ``TRAIN.RPN_BATCH_SIZE``.
     Returns:

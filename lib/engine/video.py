@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import Config
-from ..utils.image import preprocess
-from .fastpath import FastPath, StageRunner
-from .frames import Frame
-from .postprocess import im_detect_boxes, pred_eval_fixed, pred_eval_rows, rows_to_dets
+from dff.config import Config
+from dff.engine.fastpath import FastPath, StageRunner
+from dff.engine.frames import Frame
+from dff.engine.postprocess import im_detect_boxes, pred_eval_fixed, pred_eval_rows, rows_to_dets
+from dff.utils.image import preprocess
 
 STAGES = ("feature", "flow", "warp", "head", "post")
 POST_METHODS = ("host", "device", "batched", "fixed")
@@ -48,13 +48,13 @@ class VideoDetector:
         sync: synchronise the device between stages so the per-stage split is exact (costs a little
             on GPU; off gives the true pipelined speed).
         keep_images: attach the original frame to each result (for drawing).
-        fast: the GPU fast path (:class:`~dff.core.fastpath.FastPath`: autocast, channels_last, CUDA
+        fast: the GPU fast path (:class:`~dff.engine.fastpath.FastPath`: autocast, channels_last, CUDA
             graphs); None runs the plain float32 model. ``FastPath.full(device)`` turns on all that applies.
         post: where the per-class NMS of the detections runs: ``"host"`` (one copy of the head's outputs
             to the CPU, the per-class loop there), ``"device"`` (the loop on the model's device),
             ``"batched"`` (one NMS over all classes on the device) or ``"fixed"`` (one fixed-size NMS,
-            :func:`dff.core.postprocess.pred_eval_fixed`, with no host sync). Same detections; see
-            :func:`dff.core.postprocess.pred_eval_rows`. Default: ``"fixed"`` where the compiled
+            :func:`dff.engine.postprocess.pred_eval_fixed`, with no host sync). Same detections; see
+            :func:`dff.engine.postprocess.pred_eval_rows`. Default: ``"fixed"`` where the compiled
             :func:`dff.ops.nms_fixed` kernel runs (on a 2-core CPU, tiny model: 2.2 ms per frame against
             12.7 for the loop), else ``"batched"`` on CUDA and ``"device"`` elsewhere.
 
@@ -78,7 +78,7 @@ class VideoDetector:
         if post is None:
             post = "fixed" if self.runner.sync_free else ("batched" if self.device.type == "cuda" else "device")
         self.post = post
-        self.has_flow = hasattr(model, "propagate")
+        self.has_flow = model.kind == "dff"
         interval = int(key_interval if key_interval is not None else cfg.TEST.KEY_FRAME_INTERVAL)
         if interval < 1:
             raise ValueError(f"key frame interval must be >= 1, got {interval}")

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dff.core.prepack import conv_leaky_relu
+from dff.ops.prepack import conv_leaky_relu
 
 # FlowNetS predicts flow/20 in pixels of its own input, which is the half-resolution image, and the
 # features have stride 16: 20 * 2 / 16 (spec 2.2).
@@ -57,7 +57,7 @@ def _lrelu(x: Tensor) -> Tensor:
 
 
 def _conv_lrelu(conv: nn.Module, x: Tensor) -> Tensor:
-    """``_lrelu(conv(x))``, fused into one oneDNN call on the CPU fast path (dff.core.prepack)."""
+    """``_lrelu(conv(x))``, fused into one oneDNN call on the CPU fast path (dff.ops.prepack)."""
     return conv_leaky_relu(conv, x, LEAKY_SLOPE)
 
 
@@ -206,7 +206,7 @@ class FlowNet(nn.Module):
 
         x = self._half(x)
         if x.device.type == "cpu":
-            # the CPU fast path (dff.core.prepack) runs the layers before in NHWC; from an NCHW input the
+            # the CPU fast path (dff.ops.prepack) runs the layers before in NHWC; from an NCHW input the
             # scale map (feat_dim channels, FlowNet's widest output) comes out NCHW, and transposing these
             # 194 channels (full width) costs less than transposing its 1024. CUDA keeps its layout.
             x = x.contiguous()

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from ..utils.checkpoint import torch_to_mxnet_name
+from dff.utils.checkpoint import torch_to_mxnet_name
 
 __all__ = ["MXNetSGD", "ParamGroups", "build_param_groups", "WarmupMultiFactorSchedule", "lr_schedule",
            "mxnet_param_name"]

@@ -3,8 +3,9 @@
 * key frame: the feature network runs on the frame; its feature is returned for the cache;
 * non-key frame: FlowNet estimates the flow from the current frame to the key frame and a scale map;
   the key feature is bilinearly warped by the flow and multiplied by the scale map (one fused op);
-* both then run the same task network, :meth:`dff.models.rfcn.RFCN.detect`;
-* training (:meth:`DFF.forward_train`): the feature of the key frame, warped to the current frame
+* both then run the same task network, :meth:`dff.models.rfcn.RFCN.detect`; ``model(data, im_info)``
+  is the key-frame network (the per-frame R-FCN's forward);
+* training (:meth:`dff.models.rfcn.RFCN.forward_train` with :meth:`DFF.train_feature`): the feature of the key frame, warped to the current frame
   (or used as is when both are the same frame), carries the current frame's losses.
 """
 from __future__ import annotations
@@ -13,14 +14,15 @@ import torch
 from torch import Tensor
 
 from dff.config import Config
+from dff.models.flownet import FlowNet
 from dff.models.rfcn import RFCN
 from dff.ops import warp_scale
-
-from .flownet import FlowNet
 
 
 class DFF(RFCN):
     """R-FCN + FlowNet. Parameter names: those of :class:`RFCN` plus ``flownet.<MXNet layer>``."""
+
+    kind = "dff"
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
@@ -49,42 +51,13 @@ class DFF(RFCN):
             out["warped"] = self.warp(key_feat, flow, None)
         return out
 
-    def forward_key(self, data: Tensor, im_info: Tensor) -> dict[str, Tensor]:
-        """Key-frame test network: the per-frame R-FCN; ``feat`` is the feature to cache."""
-        return RFCN.forward(self, data, im_info)
+    def train_feature(self, batch: dict[str, Tensor]) -> Tensor:
+        """The feature that carries the current frame's losses: the key frame's, warped to it.
 
-    def forward_cur(self, data: Tensor, im_info: Tensor, key_data: Tensor, key_feat: Tensor,
-                    parts: bool = False) -> dict[str, Tensor]:
-        """Non-key test network: FlowNet + warp x scale + task network. No feature network call.
-
-        ``parts`` also returns the unscaled warped feature (an extra warp; for parity checks only).
-        """
-        prop = self.propagate(data, key_data, key_feat, parts=parts)
-        out = self.detect(prop["feat"], im_info)
-        out.update(prop)
-        return out
-
-    def forward(self, data: Tensor, im_info: Tensor, key_data: Tensor | None = None,
-                key_feat: Tensor | None = None) -> dict[str, Tensor]:
-        if key_feat is None:
-            return self.forward_key(data, im_info)
-        return self.forward_cur(data, im_info, key_data, key_feat)
-
-
-    def forward_train(self, data: Tensor, im_info: Tensor, gt_boxes: Tensor, data_ref: Tensor,
-                      eq_flag: Tensor | int | bool, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Training forward of DFF on one (current, key) pair (the reference's ``get_train_symbol``).
-
-        Args:
-            data: (1, 3, H, W) current frame -- the frame that carries the loss.
-            im_info: (1, 3) the current frame's ``[height, width, scale]``.
-            gt_boxes: (1, G, 5) or (G, 5) the current frame's gt ``[x1, y1, x2, y2, class]`` (scaled pixels).
-            data_ref: (1, 3, H, W) key (reference) frame, same size as ``data``.
-            eq_flag: 1 when the key frame is the current frame (offset 0, clamped, or a DET image), else 0;
-                a bool, int or 1-element tensor (the reference's ``eq_flag`` (1,) input).
-            generator: randomness of the anchor / roi subsampling.
-        Returns:
-            the dict of :meth:`dff.models.rfcn.RFCN.task_losses`.
+        ``batch`` as :meth:`RFCN.forward_train` plus ``data_ref`` (1, 3, H, W), the key (reference)
+        frame, same size as ``data``, and ``eq_flag``: 1 when the key frame is the current frame
+        (offset 0, clamped, or a DET image), else 0; a bool, int or 1-element tensor (the reference's
+        ``eq_flag`` (1,) input).
 
         The feature network runs on ``data_ref`` only. With ``eq_flag`` 0 the key feature is warped by
         FlowNet(data, data_ref) and multiplied by the scale map; gradients reach the ResNet through the
@@ -95,18 +68,16 @@ class DFF(RFCN):
         wants MXNet's weight decay / momentum on FlowNet for such a batch must give FlowNet zero
         gradients instead of ``None``.)
         """
-        if data.dim() != 4 or data.shape[0] != 1:
-            raise ValueError(f"forward_train: data must be one image (1, 3, H, W), got {tuple(data.shape)}")
+        data, data_ref = batch["data"], batch["data_ref"]
         if data_ref.shape != data.shape:
             raise ValueError(f"forward_train: data_ref {tuple(data_ref.shape)} must have the shape of data "
                              f"{tuple(data.shape)}")
+        eq_flag = batch["eq_flag"]
         flag = torch.as_tensor(eq_flag).reshape(-1)
         if flag.numel() != 1 or float(flag[0]) not in (0.0, 1.0):
             raise ValueError(f"forward_train: eq_flag must be a single 0 or 1, got {eq_flag!r}")
         key_feat = self.extract_feature(data_ref)
         if float(flag[0]) == 1.0:
-            feat = key_feat
-        else:
-            flow, scale = self.estimate_flow(data, data_ref)
-            feat = self.warp(key_feat, flow, scale)
-        return self.task_losses(feat, im_info, gt_boxes, generator)
+            return key_feat
+        flow, scale = self.estimate_flow(data, data_ref)
+        return self.warp(key_feat, flow, scale)

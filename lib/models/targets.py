@@ -23,9 +23,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..config import Config
-from ..rpn.anchors import generate_anchors, shifted_anchors
-from .bbox_transform import bbox_overlaps, nonlinear_transform
+from dff.config import Config
+from dff.models.rpn.anchors import generate_anchors, shifted_anchors
+from dff.ops.boxes import bbox_overlaps, nonlinear_transform
 
 __all__ = ["anchor_target", "proposal_target", "random_subset"]
 
@@ -104,7 +104,7 @@ def anchor_target(feat_shape: Sequence[int], gt_boxes: Tensor, im_info: Tensor |
     that gt is marked positive (before the random cut to the positive quota), even an anchor that is a
     clear negative for every other gt. With no gt at all every eligible anchor is labelled 0 first.
     With no eligible anchor every label is -1 (the reference would crash in ``argmax``).
-    Anchors are built with MXNet's rounding (:func:`dff.rpn.anchors.generate_anchors`); the loader's
+    Anchors are built with MXNet's rounding (:func:`dff.models.rpn.anchors.generate_anchors`); the loader's
     py-faster-rcnn anchors round with ``np.round``; both give the same anchors for the shipped ratios
     and scales.
     """

@@ -1,6 +1,6 @@
 """Testing on ImageNet VID val (spec 6): run a detector over every video, write the results file, evaluate.
 
-Both models go through the same engine, :class:`dff.core.video.VideoDetector`: DFF with key frames every
+Both models go through the same engine, :class:`dff.engine.video.VideoDetector`: DFF with key frames every
 ``TEST.KEY_FRAME_INTERVAL`` frames of each video (counted from the video's start), R-FCN on every frame.
 Frames are read from the dataset's frame folders (``Data/VID/<video>/%06d.JPEG``), decoded and
 preprocessed ahead in worker threads.
@@ -38,15 +38,18 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from ..config import Config, ConfigError, load_config
-from ..dataset.imagenet_vid import ImageNetVID
-from ..dataset.vid_eval import format_table, load_vid_annotations, save_json, vid_eval, write_vid_results
-from ..utils.image import ImageReadError, read_image
-from ..utils.io import atomic_open, atomic_write_text
-from .frames import Frame
-from .fastpath import FAST_NAMES, FastPath
-from .video import STAGES, VideoDetector
+from dff.config import Config, ConfigError, config_stem, load_config
+from dff.dataset.imagenet_vid import ImageNetVID, missing_dataset_message
+from dff.engine.fastpath import FAST_NAMES, FastPath
+from dff.engine.frames import Frame
+from dff.engine.video import STAGES, VideoDetector
+from dff.eval.vid_eval import format_table, load_vid_annotations, save_json, vid_eval, write_vid_results
+from dff.models.builder import load_model
+from dff.utils.checkpoint import CheckpointError
+from dff.utils.image import ImageReadError, read_image
+from dff.utils.io import atomic_open, atomic_write_text
 
 __all__ = ["VideoFrames", "TesterError", "DEFAULT_THRESH", "list_videos", "eval_output_dir", "model_digest",
            "run_test_set", "build_test_parser", "run_test", "default_model_path"]
@@ -93,10 +96,6 @@ def list_videos(imdb: ImageNetVID) -> list[VideoFrames]:
             cur.frame_ids.append(int(rec["frame_id"]))
             cur.indices.append(rec["index"])
     return out
-
-
-def config_stem(cfg_path: str | None) -> str:
-    return os.path.splitext(os.path.basename(cfg_path))[0] if cfg_path else "config"
 
 
 def eval_output_dir(cfg: Config, cfg_path: str | None) -> str:
@@ -213,9 +212,9 @@ def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: 
         key_interval: DFF key-frame interval (default ``TEST.KEY_FRAME_INTERVAL``; R-FCN: always 1).
         ignore_cache: run every video again even when its cached detections match.
         max_videos: only the first N videos (smoke tests); the evaluation covers those.
-        fast: the engine's GPU fast path (:class:`dff.core.fastpath.FastPath`), None for plain float32.
+        fast: the engine's GPU fast path (:class:`dff.engine.fastpath.FastPath`), None for plain float32.
 
-    The returned dict is :func:`dff.dataset.vid_eval.vid_eval`'s (with the motion breakdown) plus
+    The returned dict is :func:`dff.eval.vid_eval.vid_eval`'s (with the motion breakdown) plus
     ``timing`` (mean seconds per frame and stage over the frames run now), ``videos``, ``frames``,
     ``videos_cached``, ``bad_frames`` and ``results_file``.
     """
@@ -253,7 +252,6 @@ def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: 
     total = sum(len(v.paths) for v in videos)
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=total, desc=f"test {set_name}", unit="frame", file=sys.stderr, dynamic_ncols=True)
     all_dets: list[list[np.ndarray]] = []
     frame_ids: list[int] = []
@@ -322,12 +320,6 @@ def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: 
     return result
 
 
-def missing_dataset_message(path: str) -> str:
-    return (f"{path}: dataset folder not found (dataset.dataset_path). Point it at an ILSVRC2015 download "
-            f"(then make the lists with `python tools/make_imagesets.py --root {path}`) or generate the "
-            f"synthetic mini-VID with `python tools/make_synthetic_vid.py --out {path}`")
-
-
 # --------------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------------
@@ -374,32 +366,10 @@ def default_model_path(cfg: Config, cfg_path: str | None) -> str:
                     f"(the *_end2end_train_test.py script) or pass --model PATH")
 
 
-def native_weights_kind(path: str) -> str | None:
-    """The ``weights`` tag of a native checkpoint (``"train"`` or ``"test"``), read lazily (mmap); None if absent."""
+def build_test_model(cfg: Config, model_path: str, kind: str) -> torch.nn.Module:
+    """The model of ``kind`` with the test weights of ``model_path`` (:func:`dff.models.builder.load_model`)."""
     try:
-        meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return None
-    return meta.get("weights") if isinstance(meta, dict) else None
-
-
-def build_test_model(kind: str, cfg: Config, model_path: str) -> torch.nn.Module:
-    """The model of ``kind`` with the test weights of ``model_path``.
-
-    MXNet files: their ``*_test`` keys (bbox de-normalisation folded in) replace the trained ones.
-    Native files: inference weights (``<prefix>-NNNN.pth``) are used as they are; a training state
-    (``*.state.pth``, tagged ``weights: train``) gets the folding applied here.
-    """
-    from ..utils.checkpoint import CheckpointError, detect_format, load_model_weights
-    from .trainer import build_model, fold_bbox_state
-
-    if not os.path.isfile(model_path):
-        raise TesterError(f"{model_path}: model file not found")
-    model = build_model(kind, cfg)
-    try:
-        load_model_weights(model, model_path)
-        if detect_format(model_path) == "native" and native_weights_kind(model_path) == "train":
-            model.load_state_dict(fold_bbox_state(model.state_dict(), cfg))
+        model, _ = load_model(model_path, cfg, kind=kind)
     except CheckpointError as e:
         raise TesterError(str(e)) from None
     return model
@@ -432,7 +402,7 @@ def run_test_from_args(args: argparse.Namespace, kind: str, cfg: Config, cfg_pat
     if not os.path.isdir(str(cfg.dataset.dataset_path)):  # before any folder is made
         raise TesterError(missing_dataset_message(str(cfg.dataset.dataset_path)))
     path = model_path or default_model_path(cfg, cfg_path)
-    model = build_test_model(kind, cfg, path)
+    model = build_test_model(cfg, path, kind)
     out_dir = eval_output_dir(cfg, cfg_path)
     os.makedirs(out_dir, exist_ok=True)
     fh = logging.FileHandler(os.path.join(out_dir, "test.log"))

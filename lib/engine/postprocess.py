@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..ops.nms import nms_fixed
-from .bbox_transform import bbox_pred, clip_boxes, nms_plus1, nms_sorted
+from dff.ops.boxes import bbox_pred, clip_boxes, nms_plus1, nms_sorted
+from dff.ops.nms import nms_fixed
 
 __all__ = ["im_detect_pred_boxes", "im_detect_boxes", "im_detect", "pred_eval_frame", "pred_eval_fixed",
            "pred_eval_rows", "rows_to_dets", "dets_to_rows"]

@@ -155,7 +155,7 @@ def nms_plus1(boxes: Tensor, scores: Tensor, thresh: float) -> Tensor:
 
     Ties in ``scores`` are broken by index (stable sort). The reference's ``py_nms`` uses NumPy's
     unstable ``argsort()[::-1]`` instead, so on ties it may keep another of the tied boxes; see
-    :func:`dff.core.postprocess.pred_eval_frame` for why that does not matter for its outputs.
+    :func:`dff.engine.postprocess.pred_eval_frame` for why that does not matter for its outputs.
     """
     if scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
         raise ValueError(f"nms_plus1: scores must be (n,) matching boxes (n, 4), got {tuple(scores.shape)} "

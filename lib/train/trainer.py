@@ -3,8 +3,8 @@
 One step = one *global batch*: ``world_size`` processes x ``accumulate`` images each (the reference: 4
 GPUs x 1 image). Each image's loss is back-propagated on its own (images have different sizes); the
 gradients are **summed** over the global batch (the reference's kvstore sums the 4 GPUs' gradients,
-``rescale_grad`` 1), then :class:`dff.core.optim.MXNetSGD` applies MXNet's momentum update with the
-lr of :func:`dff.core.optim.lr_schedule`.
+``rescale_grad`` 1), then :class:`dff.train.optim.MXNetSGD` applies MXNet's momentum update with the
+lr of :func:`dff.train.optim.lr_schedule`.
 
 Distributed runs (``torchrun``, gloo on CPU, nccl on GPU) all-reduce the gradients with a SUM here,
 in buckets, after the local images' backward passes, rather than through
@@ -47,20 +47,43 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from tqdm import tqdm
 
-from ..config import Config, ConfigError, load_config
-from ..dataset.imagenet_vid import ImageNetVID
-from ..dataset.loader import (STREAM_TARGETS, AspectGroupedBatchSampler, BadSample, TrainDataset, derive_seed,
-                              list_collate, worker_init)
-from ..utils.checkpoint import (CheckpointError, bbox_test_params, load_checkpoint, load_model_weights,
-                                load_mxnet_checkpoint, save_checkpoint, save_mxnet_checkpoint)
-from ..utils.mxnet_params import MXNetParamsError, read_params
-from .optim import MXNetSGD, build_param_groups, lr_schedule
+from dff.config import Config, ConfigError, config_stem, load_config
+from dff.dataset.imagenet_vid import ImageNetVID, missing_dataset_message
+from dff.dataset.loader import (
+    STREAM_TARGETS,
+    AspectGroupedBatchSampler,
+    BadSample,
+    TrainDataset,
+    derive_seed,
+    list_collate,
+    worker_init,
+)
+from dff.eval.tester import (
+    TesterError,
+    add_test_arguments,
+    default_model_path,
+    run_test_from_args,
+    setup_console_logging,
+)
+from dff.models.builder import build_model, fold_bbox_state, tiled_bbox_stats, unfold_bbox_state, weights_tag
+from dff.train.optim import MXNetSGD, build_param_groups, lr_schedule
+from dff.utils.checkpoint import (
+    CheckpointError,
+    detect_format,
+    load_checkpoint,
+    load_model_weights,
+    load_mxnet_checkpoint,
+    save_checkpoint,
+    save_mxnet_checkpoint,
+)
+from dff.utils.mxnet_params import MXNetParamsError, read_params
 
 __all__ = [
-    "TrainOptions", "TrainResult", "TrainingError", "TrainingDiverged", "METRICS", "build_model",
-    "train_output_dir", "load_train_roidb", "init_new_layers", "initialize", "fold_bbox_state",
-    "unfold_bbox_state", "train", "build_train_parser", "run_train_test",
+    "TrainOptions", "TrainResult", "TrainingError", "TrainingDiverged", "METRICS",
+    "train_output_dir", "load_train_roidb", "init_new_layers", "initialize", "train", "build_train_parser", "run_train_test",
 ]
 
 log = logging.getLogger("dff.train")
@@ -118,37 +141,17 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------------
 # model, data, initialisation
 # --------------------------------------------------------------------------------------------------
-def build_model(kind: str, cfg: Config) -> nn.Module:
-    """``"rfcn"`` -> :class:`dff.models.rfcn.RFCN`, ``"dff"`` -> :class:`dff_rfcn.model.DFF`."""
-    if kind == "rfcn":
-        from ..models.rfcn import RFCN
-        return RFCN(cfg)
-    if kind == "dff":
-        from dff_rfcn.model import DFF
-        return DFF(cfg)
-    raise ValueError(f"model kind must be 'rfcn' or 'dff', got {kind!r}")
-
-
-def config_stem(cfg_path: str | None) -> str:
-    return os.path.splitext(os.path.basename(cfg_path))[0] if cfg_path else "config"
-
-
 def train_output_dir(cfg: Config, cfg_path: str | None) -> str:
     """``<output_path>/<cfg stem>/<image sets joined by _>`` (the reference's layout)."""
     return os.path.join(cfg.output_path or "./output", config_stem(cfg_path),
                         str(cfg.dataset.image_set).replace("+", "_"))
 
 
-def _missing_dataset(path: str) -> str:
-    from .tester import missing_dataset_message
-    return missing_dataset_message(path)
-
-
 def load_train_roidb(cfg: Config, verbose: bool = True) -> list[dict[str, Any]]:
     """The reference's training roidb: lists of ``dataset.image_set`` with flipped copies, filtered."""
     path = str(cfg.dataset.dataset_path)
     if not os.path.isdir(path):
-        raise TrainingError(_missing_dataset(path))
+        raise TrainingError(missing_dataset_message(path))
     imdb = ImageNetVID(str(cfg.dataset.image_set), path, cache_dir=os.path.join(str(cfg.dataset.root_path), "cache"),
                        verbose=verbose)
     try:
@@ -169,7 +172,7 @@ def init_new_layers(model: nn.Module, generator: torch.Generator) -> None:
         conv = modules[name]
         nn.init.normal_(conv.weight, 0.0, 0.01, generator=generator)
         nn.init.zeros_(conv.bias)
-    if hasattr(model, "flownet"):
+    if model.kind == "dff":
         model.flownet.init_scale_identity()
 
 
@@ -193,42 +196,10 @@ def _load_part(model: nn.Module, path: str, part: str, exempt: Sequence[str] = (
     return sum(1 for k in report.loaded if k.startswith(part))
 
 
-def fold_bbox_state(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
-    """Training weights -> test weights: fold the box-target de-normalisation (``TRAIN.BBOX_STDS``/``MEANS``
-    tiled per regression class) into ``rfcn_head.rfcn_bbox``, as the reference's ``do_checkpoint``."""
-    means, stds = _tiled_bbox_stats(cfg)
-    out = dict(state)
-    w, b = state["rfcn_head.rfcn_bbox.weight"], state["rfcn_head.rfcn_bbox.bias"]
-    wt, bt = bbox_test_params(w.detach().cpu().float().numpy(), b.detach().cpu().float().numpy(), means, stds)
-    out["rfcn_head.rfcn_bbox.weight"] = torch.from_numpy(wt).to(w.dtype)
-    out["rfcn_head.rfcn_bbox.bias"] = torch.from_numpy(bt).to(b.dtype)
-    return out
-
-
-def unfold_bbox_state(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`fold_bbox_state` (test weights -> training weights), up to float rounding."""
-    means, stds = _tiled_bbox_stats(cfg)
-    out = dict(state)
-    w, b = state["rfcn_head.rfcn_bbox.weight"], state["rfcn_head.rfcn_bbox.bias"]
-    rep = w.shape[0] // len(stds)
-    std = torch.from_numpy(np.repeat(stds, rep)).to(w.dtype)
-    mean = torch.from_numpy(np.repeat(means, rep)).to(b.dtype)
-    out["rfcn_head.rfcn_bbox.weight"] = w / std.view(-1, *([1] * (w.dim() - 1)))
-    out["rfcn_head.rfcn_bbox.bias"] = (b - mean) / std
-    return out
-
-
-def _tiled_bbox_stats(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    reps = 2 if cfg.CLASS_AGNOSTIC else int(cfg.dataset.NUM_CLASSES)
-    return (np.tile(np.asarray(cfg.TRAIN.BBOX_MEANS, dtype=np.float32), reps),
-            np.tile(np.asarray(cfg.TRAIN.BBOX_STDS, dtype=np.float32), reps))
-
-
 def _load_init(model: nn.Module, path: str, cfg: Config) -> str:
     """``--init PATH``: every model weight from a native checkpoint or an MXNet file (training form)."""
     if not os.path.isfile(path):
         raise TrainingError(f"{path}: --init file not found")
-    from ..utils.checkpoint import detect_format
     try:
         fmt = detect_format(path)
         if fmt == "mxnet":
@@ -237,8 +208,7 @@ def _load_init(model: nn.Module, path: str, cfg: Config) -> str:
             load_mxnet_checkpoint(model, params, strict=True)
             return f"all weights from {path} (MXNet)"
         load_model_weights(model, path)
-        from .tester import native_weights_kind
-        kind = native_weights_kind(path)
+        kind = weights_tag(path)
     except (CheckpointError, MXNetParamsError) as e:
         raise TrainingError(f"--init: {e}") from None
     if kind != "train":
@@ -258,7 +228,7 @@ def initialize(model: nn.Module, cfg: Config, opts: TrainOptions) -> list[str]:
     lines: list[str] = []
     if opts.init:
         lines.append(_load_init(model, opts.init, cfg))
-        if hasattr(model, "flownet"):
+        if model.kind == "dff":
             for n in model.flownet.frozen_parameter_names():
                 getattr(model.flownet, n.split(".")[0]).bias.requires_grad_(False)
         return lines
@@ -266,7 +236,7 @@ def initialize(model: nn.Module, cfg: Config, opts: TrainOptions) -> list[str]:
     where = f" in {opts.cfg_path}" if opts.cfg_path else ""
     net = cfg.network
     parts = [("pretrained", "ResNet", "backbone.", ())]
-    if hasattr(model, "flownet"):
+    if model.kind == "dff":
         parts.append(("pretrained_flow", "FlowNet", "flownet.", ("flownet.Convolution5_scale",)))
     for key, what, part, exempt in parts:
         prefix = str(net.get(key, "") or "")
@@ -287,7 +257,7 @@ def initialize(model: nn.Module, cfg: Config, opts: TrainOptions) -> list[str]:
         lines.append(f"{what}: {n} tensors from {path}")
     init_new_layers(model, gen)
     lines.append("feat_conv/RPN/R-FCN: N(0, 0.01), biases 0" + ("; scale map: weight 0, bias 1 (frozen)"
-                                                                  if hasattr(model, "flownet") else ""))
+                                                                  if model.kind == "dff" else ""))
     return lines
 
 
@@ -321,7 +291,6 @@ def _allreduce_sum(tensors: list[torch.Tensor], world: int) -> None:
     """Sum ``tensors`` over all ranks in place, in flat buckets (one collective per ~32 MB)."""
     if world <= 1 or not tensors:
         return
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
     bucket: list[torch.Tensor] = []
     size = 0
 
@@ -410,15 +379,10 @@ def _normalize_cfg(d: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 # the training loop
 # --------------------------------------------------------------------------------------------------
-def _forward(model: nn.Module, kind: str, s: dict[str, Any], device: torch.device,
+def _forward(model: nn.Module, s: dict[str, Any], device: torch.device,
              generator: torch.Generator) -> dict[str, torch.Tensor]:
-    data = s["data"].to(device, non_blocking=True)
-    im_info = s["im_info"].to(device, non_blocking=True)
-    gt_boxes = s["gt_boxes"].to(device, non_blocking=True)
-    if kind == "dff":
-        return model.forward_train(data, im_info, gt_boxes, s["data_ref"].to(device, non_blocking=True),
-                                   s["eq_flag"], generator=generator)
-    return model.forward_train(data, im_info, gt_boxes, generator=generator)
+    batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+    return model.forward_train(batch, generator=generator)
 
 
 def _setup_logging(out_dir: str, main: bool, progress: bool, rank: int
@@ -449,7 +413,6 @@ class _TqdmHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from tqdm import tqdm
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # pragma: no cover
             self.handleError(record)
@@ -493,7 +456,7 @@ def train(cfg: Config, opts: TrainOptions) -> TrainResult:
     if opts.amp != "off" and device.type != "cuda":
         raise TrainingError(f"--amp {opts.amp} needs a CUDA device (this run is on {device})")
     if not os.path.isdir(str(cfg.dataset.dataset_path)):  # before any folder is made
-        raise TrainingError(_missing_dataset(str(cfg.dataset.dataset_path)))
+        raise TrainingError(missing_dataset_message(str(cfg.dataset.dataset_path)))
     dctx = _init_distributed(device.type)
     if device.type == "cuda" and opts.device is None:
         device = torch.device("cuda", dctx.local_rank)
@@ -648,7 +611,6 @@ def _train_inner(cfg: Config, opts: TrainOptions, device: torch.device, dctx: _D
             prefetch_factor=2 if opts.num_workers else None)
         bar = None
         if dctx.main and opts.progress:
-            from tqdm import tqdm
             bar = tqdm(total=per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{end_epoch}", unit="it",
                        file=sys.stderr, dynamic_ncols=True)
         try:
@@ -663,7 +625,7 @@ def _train_inner(cfg: Config, opts: TrainOptions, device: torch.device, dctx: _D
                     # the sample's own target-sampling stream: the same draws whatever the process layout
                     generator.manual_seed(derive_seed(opts.seed, s["epoch"], s["index"], STREAM_TARGETS))
                     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        out = _forward(model, kind, s, device, generator)
+                        out = _forward(model, s, device, generator)
                     loss = out["loss"]
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                     stats[: len(METRICS)] += torch.stack([
@@ -759,7 +721,7 @@ def _train_inner(cfg: Config, opts: TrainOptions, device: torch.device, dctx: _D
                             extra={"weights": "test", "model_kind": kind, "iteration": iteration, "epoch": epoch},
                             config=cfg)
             if opts.mxnet_checkpoints:
-                means_t, stds_t = _tiled_bbox_stats(cfg)
+                means_t, stds_t = tiled_bbox_stats(cfg)
                 save_mxnet_checkpoint(model, base + ".params", bbox_stds=stds_t.tolist(), bbox_means=means_t.tolist())
             logger.info("epoch %d done (%d updates): %s.pth, .state.pth%s", epoch, iteration, base,
                         ", .params" if opts.mxnet_checkpoints else "")
@@ -774,7 +736,6 @@ def _train_inner(cfg: Config, opts: TrainOptions, device: torch.device, dctx: _D
 # command line: *_end2end_train_test.py
 # --------------------------------------------------------------------------------------------------
 def build_train_parser(kind: str, prog: str | None = None) -> argparse.ArgumentParser:
-    from .tester import add_test_arguments
     name = "DFF (R-FCN + FlowNet)" if kind == "dff" else "R-FCN"
     ap = argparse.ArgumentParser(prog=prog, description=f"Train {name} end to end, then test and evaluate it.")
     ap.add_argument("--cfg", required=True, help="experiment YAML")
@@ -803,7 +764,6 @@ def build_train_parser(kind: str, prog: str | None = None) -> argparse.ArgumentP
 
 def run_train_test(argv: Sequence[str] | None, kind: str, prog: str | None = None) -> int:
     """``*_end2end_train_test.py --cfg X.yaml``: train, then test on rank 0. Returns the exit code."""
-    from .tester import TesterError, run_test_from_args, setup_console_logging
 
     args = build_train_parser(kind, prog).parse_args(argv)
     setup_console_logging()
@@ -819,7 +779,6 @@ def run_train_test(argv: Sequence[str] | None, kind: str, prog: str | None = Non
             return 0
         model_path = result.weights_path
         if model_path is None:
-            from .tester import default_model_path
             model_path = default_model_path(cfg, args.cfg)
         run_test_from_args(args, kind, cfg, args.cfg, model_path)
     except TrainingDiverged as e:

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from ..utils.image import ImageReadError, read_image
+from dff.utils.image import ImageReadError, read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
