@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
@@ -204,22 +204,75 @@ def _merge(dst: Config, src: Mapping[str, Any], path: str, file: str) -> None:
             dst[key] = value
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """Load a YAML file over the defaults. Raises :class:`ConfigError` naming the file and the key."""
-    path = os.fspath(path)
+BASE_KEY = "_BASE_"
+
+
+def _read_yaml(path: str, chain: tuple[str, ...]) -> dict[str, Any]:
+    """The YAML at ``path`` with its ``_BASE_`` chain folded in (a relative base is relative to the file)."""
     if not os.path.isfile(path):
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{chain[-1]}: base config {path} not found" if chain else f"{path}: config file not found")
+    real = os.path.realpath(path)
+    if real in chain:
+        raise ConfigError(f"{path}: {BASE_KEY} cycle: {' -> '.join(chain + (real,))}")
     try:
         with open(path, "r", encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    cfg = default_config()
     if data is None:
-        return cfg
+        data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    data = dict(data)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: {BASE_KEY} must be the path of the YAML this one extends, got {base!r}")
+    merged = _read_yaml(os.path.join(os.path.dirname(path), base), chain + (real,))
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(dst: dict[str, Any], src: Mapping[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, Mapping) and isinstance(dst.get(k), Mapping):
+            dst[k] = dict(dst[k])
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["TRAIN.lr=0.001", "SCALES=[320,512]"]`` -> a nested mapping; values are read as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. TEST.KEY_FRAME_INTERVAL=5")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from None
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} was set to a value above")
+        node[leaf] = parsed
+    return out
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML file (and the ``_BASE_`` files it extends) over the defaults, then the ``--set``
+    ``overrides`` (``KEY=VALUE`` strings). Raises :class:`ConfigError` naming the file and the key."""
+    path = os.fspath(path)
+    data = _read_yaml(path, ())
+    cfg = default_config()
     _merge(cfg, data, "", path)
+    if overrides:
+        _merge(cfg, parse_overrides(overrides), "", "--set")
     return cfg
 
 
