@@ -10,9 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from dff.engine.fastpath import FastPath, StageRunner
+from dff.config import load_config
+from dff.engine.fastpath import FastPath, StageRunner, tf32_mode
+from dff.engine.frames import frames_from_arrays
+from dff.engine.postprocess import im_detect_boxes, pred_eval_frame
+from dff.engine.video import VideoDetector
+from dff.models.builder import build_model
+from dff.models.rfcn import RFCN
 from dff.ops.prepack import conv_leaky_relu, packing, prepack_available, prepack_convolutions, unpack_convolutions
 from dff.parity import fastpath as check
+from dff.parity.model import RFCN_CFG, _build, _frame_inputs
+from dff.utils.fixture_weights import fixture_state_dict
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -28,15 +36,17 @@ def test_fast_path_settings():
     assert FastPath.from_name(None, "cpu") == cpu_default and FastPath.from_name(None, "cuda") == full
     assert FastPath.from_name("fp32", "cpu") == FastPath(prepack=True) and FastPath.from_name("none", "cpu") == FastPath()
     assert FastPath.from_name("fp32", "cuda").amp is None and FastPath.from_name("fp32", "cuda").cuda_graphs
+    # the names say the arithmetic: none and fp32 are true float32, tf32 lets the GPU use TF32
+    assert not FastPath.from_name("none", "cuda").tf32 and not FastPath.from_name("fp32", "cuda").tf32
+    assert FastPath.from_name("tf32", "cuda").tf32 and FastPath.from_name("tf32", "cuda").amp is None
+    with pytest.raises(ValueError, match="GPU mode"):
+        FastPath.from_name("tf32", "cpu")
     assert FastPath.from_name("bf16", "cpu") == FastPath(amp="bf16", channels_last=True)  # no graphs on the CPU
     with pytest.raises(ValueError, match="--fast must be one of"):
         FastPath.from_name("int8", "cpu")
 
 
 def test_cuda_graphs_need_a_cuda_model():
-    from dff.config import load_config
-    from dff.models.rfcn import RFCN
-    from dff.parity.model import RFCN_CFG
 
     with pytest.raises(ValueError, match="CUDA graphs need the model on a CUDA device"):
         StageRunner(RFCN(load_config(RFCN_CFG)).eval(), FastPath(cuda_graphs=True))
@@ -162,11 +172,9 @@ def test_cuda_fast_path_keeps_the_detections(reference_dir):
 @cuda
 def test_cuda_graph_replays_equal_eager_runs(reference_dir):
     """Captured stages replayed on new inputs give what the same stages give eagerly."""
-    from dff.engine.video import VideoDetector
-    from dff.parity.model import _build, _frame_inputs
 
     device = torch.device("cuda")
-    with check.no_tf32(), torch.inference_mode():
+    with tf32_mode(False), torch.inference_mode():
         model = _build("dff", str(reference_dir)).to(device).eval()
         post = VideoDetector(model, model.cfg, device=device)._post_fixed
         eager = StageRunner(model, FastPath(), post=post)
@@ -223,12 +231,8 @@ def test_cuda_pipelined_run_gives_the_synchronous_detections(reference_dir):
 
 
 def _pipelined_vs_one_by_one(reference_dir, device, images):
-    from dff.engine.frames import frames_from_arrays
-    from dff.engine.postprocess import im_detect_boxes, pred_eval_frame
-    from dff.engine.video import VideoDetector
-    from dff.parity.model import _build
 
-    with check.no_tf32():
+    with tf32_mode(False):
         model = _build("dff", str(reference_dir)).to(device).eval()
         piped = VideoDetector(model, model.cfg, key_interval=3, device=device)
         assert piped.post == "fixed" and piped.runner.sync_free  # the CUDA default
@@ -254,27 +258,26 @@ def _pipelined_vs_one_by_one(reference_dir, device, images):
                          f"{[(len(dets[j]), len(loop[j])) for j in bad]}")
 
 
-def test_post_processing_methods_agree():
-    """host / device / batched / fixed NMS placement: the same detections (on the CPU, host is the device loop)."""
-    from dff.config import load_config
-    from dff.engine.video import VideoDetector
-    from dff.models.rfcn import RFCN
-    from dff.parity.model import RFCN_CFG
-    from dff.utils.fixture_weights import fixture_state_dict
-
+def test_engine_post_processing_equals_the_reference_loop():
+    """The engine's one fixed-size NMS gives the reference's per-class loop's detections on real head outputs."""
     cfg = load_config(RFCN_CFG)
-    model = RFCN(cfg).eval()
+    model = build_model("rfcn", cfg).eval()
     model.load_state_dict(fixture_state_dict(model))
     g = torch.Generator().manual_seed(0)
     image = (torch.rand(120, 200, 3, generator=g) * 255).to(torch.uint8).numpy()
-    with pytest.raises(ValueError, match="post must be one of"):
-        VideoDetector(model, cfg, post="gpu")
-    dets = {}
-    for post in ("host", "device", "batched", "fixed"):
-        det = VideoDetector(model, cfg, post=post)
-        data, im_info = det.prepare(image)
-        out, _, _ = det.step(data, im_info)
-        dets[post] = det.postprocess(out, im_info)
-    assert sum(len(d) for d in dets["device"]) > 0
-    for post in ("host", "batched", "fixed"):
-        assert all(np.array_equal(a, b) for a, b in zip(dets[post], dets["device"]))
+    det = VideoDetector(model, cfg)
+    data, im_info = det.prepare(image)
+    out, _, _ = det.step(data, im_info)
+    got = det.postprocess(out, im_info)
+    scores, boxes = im_detect_boxes(out["rois"], out["cls_prob"], out["bbox_pred"], im_info)
+    ref = pred_eval_frame(scores, boxes, det.thresh, float(cfg.TEST.NMS), int(cfg.TEST.max_per_image))
+    assert sum(len(d) for d in got) > 0
+    assert len(got) == len(ref) and all(np.array_equal(a, b.numpy()) for a, b in zip(got, ref))
+
+
+def test_tf32_mode_sets_and_restores_the_global_flags():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    for inside in (False, True):
+        with tf32_mode(inside):
+            assert torch.backends.cudnn.allow_tf32 is inside and torch.backends.cuda.matmul.allow_tf32 is inside
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == saved

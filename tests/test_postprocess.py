@@ -14,14 +14,18 @@ from dff.engine.postprocess import (
     im_detect_pred_boxes,
     pred_eval_fixed,
     pred_eval_frame,
-    pred_eval_rows,
-    rows_to_dets,
 )
 from dff.ops import _ext, ops_backend
 from dff.parity import ops_proposal
 
 BACKENDS = ["fallback", pytest.param("compiled", marks=pytest.mark.skipif(
     not _ext.compiled_available(), reason="compiled operators not built"))]
+
+
+def _fixed_rows(*args, **kwargs) -> torch.Tensor:
+    """:func:`pred_eval_fixed`'s rows without the filler."""
+    rows, count = pred_eval_fixed(*args, **kwargs)
+    return rows[:int(count)]
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -177,10 +181,10 @@ def test_fixed_on_constructed_frames(backend):
     with ops_backend(backend):
         scores, boxes = _frame([[0.5, 0.25], [0.5, 0.2500001], [0.5, 0.1]],
                                [[0, 0, 9, 9], [100, 100, 109, 109], [200, 200, 209, 209]])
-        assert pred_eval_rows(scores, boxes, 0.25, method="fixed")[:, 1].tolist() == [100.0]
+        assert _fixed_rows(scores, boxes, 0.25)[:, 1].tolist() == [100.0]
         scores, boxes = _frame([[0.1, 0.9], [0.1, 0.8]], [[0, 0, 9, 9], [0, 0, 9, 2]])
-        assert pred_eval_rows(scores, boxes, 1e-4, nms_thresh=0.3, method="fixed").shape[0] == 2
-        assert pred_eval_rows(scores, boxes, 1e-4, nms_thresh=0.29, method="fixed").shape[0] == 1
+        assert _fixed_rows(scores, boxes, 1e-4, nms_thresh=0.3).shape[0] == 2
+        assert _fixed_rows(scores, boxes, 1e-4, nms_thresh=0.29).shape[0] == 1
         scores, boxes = _frame([[0.0, 0.9, 0.0, 0.0], [0.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.8, 0.0],
                                 [0.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.4], [0.0, 0.0, 0.3, 0.0]],
                                [[100 * i, 0, 100 * i + 9, 9] for i in range(6)])
@@ -220,17 +224,13 @@ def test_bad_input_messages():
         pred_eval_frame(torch.zeros(3, 4), torch.zeros(3, 4), 0.1)
 
 
-@pytest.mark.parametrize("prefix", [0, 2, 8, -1])  # -1: method "fixed"
 @pytest.mark.parametrize("fixture", ["rfcn_frame0", "rfcn_frame1", "dff_cur_frame1", "dff_cur_frame2"])
-def test_one_call_rows_equal_the_reference_rows(reference_dir, fixture, prefix):
+def test_one_call_rows_equal_the_reference_rows(reference_dir, fixture):
     """The engine's one-NMS post-processing on MXNet's own head outputs gives the fixture's detections."""
     d = np.load(reference_dir / "model" / f"{fixture}.npz")
     scores = torch.from_numpy(d["im_detect_scores"])
     boxes = torch.from_numpy(d["im_detect_pred_boxes"])
-    if prefix < 0:
-        rows = pred_eval_rows(scores, boxes, 1e-4, 0.3, 300, method="fixed").numpy()
-    else:
-        rows = pred_eval_rows(scores, boxes, 1e-4, 0.3, 300, method="batched", prefix=prefix).numpy()
+    rows = _fixed_rows(scores, boxes, 1e-4, 0.3, 300).numpy()
     exp = d["dets_cls_x1y1x2y2_score"]
     assert rows.shape == exp.shape
     np.testing.assert_array_equal(rows[:, 0], exp[:, 0])
@@ -250,21 +250,6 @@ def _random_frame(seed: int, class_agnostic: bool, ties: bool = False) -> tuple[
     boxes = torch.cat([0.9 * box, box], 1) if class_agnostic else \
         box.repeat(1, c) + 20 * torch.randn(n, 4 * c, generator=g, dtype=torch.float64)
     return scores, boxes
-
-
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("max_per_image,class_agnostic,prefix", [(300, True, 8), (15, True, 8), (15, True, 2),
-                                                                  (40, True, 1), (300, False, 8), (15, False, 3)])
-def test_one_call_rows_equal_the_per_class_loop(seed, max_per_image, class_agnostic, prefix):
-    scores, boxes = _random_frame(seed, class_agnostic)
-    c = scores.shape[1]
-    loop = dets_to_rows(pred_eval_frame(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic))
-    rows = pred_eval_rows(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic, method="batched", prefix=prefix)
-    assert rows.shape == loop.shape and rows.shape[0] > 0
-    assert torch.equal(rows, loop)
-    dets = rows_to_dets(rows, c)
-    ref = pred_eval_frame(scores, boxes, 1e-3, 0.3, max_per_image, class_agnostic)
-    assert len(dets) == c and all(np.array_equal(a, b.numpy()) for a, b in zip(dets, ref))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -27,9 +27,10 @@ from torch.profiler import ProfilerActivity
 from torch.profiler import profile as torch_profile
 
 from dff.config import ConfigError, load_config, update_config
-from dff.engine.fastpath import FastPath
+from dff.engine.fastpath import FAST_NAMES, FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError, frames_from_arrays
-from dff.engine.video import POST_METHODS, VideoDetector
+from dff.engine.postprocess import im_detect_boxes, pred_eval_frame
+from dff.engine.video import VideoDetector
 from dff.eval.tester import run_test_set
 from dff.models.builder import FIXTURE, load_model
 from dff.utils.checkpoint import CheckpointError
@@ -138,21 +139,29 @@ def time_end_to_end(detector: VideoDetector, video: str | None, frames: list[np.
     return {"fps": count / wall, "post_ms": 1000 * post / max(count, 1)}
 
 
-def time_post_methods(detector: VideoDetector, prepared: list, frames: int = 10) -> dict:
-    """Mean ms per frame of the detections' post-processing by :data:`POST_METHODS` on the same outputs."""
+def time_post(detector: VideoDetector, prepared: list, frames: int = 10) -> dict:
+    """Mean ms per frame of the engine's post-processing (``fixed``: one fixed-size NMS) and of the
+    reference's per-class loop (``reference``) on the same network outputs."""
     detector.reset()
     outs = [(detector.step(data, im_info)[0], im_info) for data, im_info in prepared[:frames]]
-    saved, result = detector.post, {}
-    for method in POST_METHODS:
-        detector.post = method
-        detector.postprocess(*outs[0])  # warm-up
+    cfg = detector.cfg
+
+    def reference(out: dict, im_info: torch.Tensor) -> list:
+        scores, boxes = im_detect_boxes(out["rois"], out["cls_prob"], out["bbox_pred"], im_info.to(out["rois"].device))
+        return pred_eval_frame(scores, boxes, detector.thresh, float(cfg.TEST.NMS), int(cfg.TEST.max_per_image),
+                               class_agnostic=bool(cfg.CLASS_AGNOSTIC))
+
+    result = {}
+    for name, fn in (("fixed", detector.postprocess), ("reference", reference)):
+        fn(*outs[0])  # warm-up
         if detector.device.type == "cuda":
             torch.cuda.synchronize(detector.device)
         t0 = time.perf_counter()
         for out, im_info in outs:
-            detector.postprocess(out, im_info)
-        result[method] = 1000 * (time.perf_counter() - t0) / len(outs)
-    detector.post = saved
+            fn(out, im_info)
+        if detector.device.type == "cuda":
+            torch.cuda.synchronize(detector.device)
+        result[name] = 1000 * (time.perf_counter() - t0) / len(outs)
     return result
 
 
@@ -185,13 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key-intervals", default="1,2,5,10,20")
     ap.add_argument("--scale", default=None, help="short,max-long side (default: the config's SCALES)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--fast", default=None, choices=["none", "fp32", "fp16", "bf16"],
+    ap.add_argument("--fast", default=None, choices=list(FAST_NAMES),
                     help="the fast path: none (plain float32); fp32 (CUDA: channels_last, cuDNN autotune, CUDA graphs; "
                          "CPU: oneDNN pre-packed weights); fp16 / bf16 (the same with autocast); default fp16 on CUDA, "
                          "fp32 on the CPU (applied alike to per-frame R-FCN and DFF)")
-    ap.add_argument("--post", default=None, choices=list(POST_METHODS),
-                    help="where the detections' per-class NMS runs (default: fixed on CUDA with the compiled "
-                         "operators, else batched; device on the CPU)")
     ap.add_argument("--profile", default=None,
                     help="also profile the largest key interval (torch.profiler) and write the op table here")
     ap.add_argument("--workers", type=int, default=None,
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             update_config(cfg, {"SCALES": [short, long_]}, "--scale")
         intervals = sorted({int(k) for k in args.key_intervals.split(",")})
         fast = FastPath.from_name(args.fast, device)
-        base = VideoDetector(model, cfg, key_interval=1, device=device, sync=False, fast=fast, post=args.post)
+        base = VideoDetector(model, cfg, key_interval=1, device=device, sync=False, fast=fast)
         if args.video:
             frames = [f.image for f in FrameSource(args.video, max_frames=args.frames)]
         else:
@@ -240,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     per_frame = time_network(base, prepared)
     results = {}
     for k in intervals:
-        det = base if k == 1 else VideoDetector(model, cfg, key_interval=k, device=device, sync=False, fast=fast,
-                                                post=args.post)
+        det = base if k == 1 else VideoDetector(model, cfg, key_interval=k, device=device, sync=False, fast=fast)
         _reset_peak_rss()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -259,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             row["peak_memory_mb"]["gpu"] = torch.cuda.max_memory_allocated(device) / 2**20
         results[str(k)] = row
-    post_methods = time_post_methods(det, prepared)
-    print("post-processing per frame by method (ms): " + ", ".join(f"{m} {v:.2f}" for m, v in post_methods.items()))
+    post_methods = time_post(det, prepared)
+    print("post-processing per frame (ms): " + ", ".join(f"{m} {v:.2f}" for m, v in post_methods.items()))
     if args.profile:
         profile(det, prepared, args.profile)
     if args.eval:

@@ -59,6 +59,6 @@ for s in 360,600 800,1333; do
         --scale $s --device cuda --fast fp16 --no-end-to-end --json "$OUT/bench_r101_scale_${s%%,*}.json"
 done
 step bench_fp32 300 $PY tools/benchmark.py --cfg $CFG --video "$FRAMES" --frames 144 --key-intervals 1,10 \
-    --scale 600,1000 --device cuda --fast fp32 --json "$OUT/bench_r101_fp32fast.json"
+    --scale 600,1000 --device cuda --fast tf32 --json "$OUT/bench_r101_tf32fast.json"
 echo "== $failed step(s) failed"
 exit $failed

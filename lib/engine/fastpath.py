@@ -28,9 +28,10 @@ it caches). If capture fails the stage falls back to eager execution with a warn
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -39,14 +40,27 @@ from dff.ops.backend import resolve
 from dff.ops.prepack import packing, prepack_available, prepack_convolutions
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-FAST_NAMES = ("none", "fp32", "fp16", "bf16")
+FAST_NAMES = ("none", "fp32", "tf32", "fp16", "bf16")
+
+
+@contextlib.contextmanager
+def tf32_mode(enabled: bool) -> Iterator[None]:
+    """cuDNN convolutions and cuBLAS matmuls in TF32 (10-bit mantissa) or true float32 while inside;
+    the previous global setting is restored on exit (PyTorch's default leaves TF32 convolutions on)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @dataclasses.dataclass(frozen=True)
 class FastPath:
-    """Which speed-ups to use. All off (the default) is the plain float32 eager engine.
+    """Which speed-ups to use. All off (the default) is the plain float32 eager engine (TF32 off too).
 
     amp: ``"fp16"`` or ``"bf16"`` autocast of the stages, or None.
+    tf32: let float32 convolutions and matmuls run in TF32 on GPUs that have it (off: true float32).
     channels_last: run the convolutions in NHWC memory format (faster tensor-core kernels).
     cuda_graphs: capture the fixed-shape stages in CUDA graphs (CUDA only).
     cudnn_benchmark: let cuDNN time its algorithms for each new shape.
@@ -54,6 +68,7 @@ class FastPath:
     """
 
     amp: str | None = None
+    tf32: bool = False
     channels_last: bool = False
     cuda_graphs: bool = False
     cudnn_benchmark: bool = False
@@ -64,19 +79,23 @@ class FastPath:
             raise ValueError(f"FastPath.amp must be one of {', '.join(AMP_DTYPES)} or None, got {self.amp!r}")
 
     @classmethod
-    def full(cls, device: str | torch.device, amp: str | None = "fp16") -> "FastPath":
+    def full(cls, device: str | torch.device, amp: str | None = "fp16", tf32: bool = True) -> "FastPath":
         """Everything that applies to ``device``: all on for CUDA, nothing for the CPU."""
         if torch.device(device).type != "cuda":
             return cls()
-        return cls(amp=amp, channels_last=True, cuda_graphs=True, cudnn_benchmark=True)
+        return cls(amp=amp, tf32=tf32, channels_last=True, cuda_graphs=True, cudnn_benchmark=True)
 
     @classmethod
     def from_name(cls, name: str | None, device: str | torch.device) -> "FastPath":
-        """A command line's ``--fast`` value: ``none`` (plain float32), ``fp32`` (on CUDA channels_last,
-        cuDNN autotune, CUDA graphs, TF32 convolutions on GPUs that have them; on the CPU oneDNN
-        pre-packed weights), ``fp16`` / ``bf16`` (on CUDA the same with autocast; on the CPU autocast
-        and channels_last). None: ``fp16`` on CUDA, ``fp32`` on the CPU (``none`` where this torch
-        cannot pre-pack)."""
+        """A command line's ``--fast`` value, named by the arithmetic it runs in:
+
+        * ``none``: the plain eager engine in true float32 (TF32 off);
+        * ``fp32``: still true float32, with the speed-ups that keep it: on CUDA channels_last, cuDNN
+          autotuning and CUDA graphs; on the CPU oneDNN pre-packed weights;
+        * ``tf32`` (CUDA only): ``fp32`` with TF32 convolutions and matmuls;
+        * ``fp16`` / ``bf16``: on CUDA ``tf32`` with autocast; on the CPU autocast and channels_last.
+
+        None: ``fp16`` on CUDA, ``fp32`` on the CPU (``none`` where this torch cannot pre-pack)."""
         device = torch.device(device)
         if name is None:
             name = "fp16" if device.type == "cuda" else ("fp32" if prepack_available() else "none")
@@ -84,18 +103,20 @@ class FastPath:
             raise ValueError(f"--fast must be one of {', '.join(FAST_NAMES)}, got {name!r}")
         if name == "none":
             return cls()
-        amp = None if name == "fp32" else name
+        if name == "tf32" and device.type != "cuda":
+            raise ValueError("--fast tf32 is a GPU mode (TF32 tensor cores); on the CPU use fp32")
+        amp = None if name in ("fp32", "tf32") else name
         if device.type != "cuda":
             # measured on the CPU: channels_last alone is slower, pre-packing faster (docs/benchmarks.md)
             return cls(prepack=True) if amp is None else cls(amp=amp, channels_last=True)
-        return cls.full(device, amp=amp)
+        return cls.full(device, amp=amp, tf32=name != "fp32")
 
     @property
     def enabled(self) -> bool:
         return bool(self.amp or self.channels_last or self.cuda_graphs or self.cudnn_benchmark or self.prepack)
 
     def describe(self) -> str:
-        parts = [f"amp {self.amp}" if self.amp else "float32"]
+        parts = [f"amp {self.amp}" if self.amp else ("float32 (TF32 allowed)" if self.tf32 else "float32")]
         parts += [name for name, on in (("channels_last", self.channels_last), ("CUDA graphs", self.cuda_graphs),
                                         ("cuDNN autotune", self.cudnn_benchmark),
                                         ("oneDNN pre-packed weights", self.prepack)) if on]
@@ -205,23 +226,28 @@ class StageRunner:
     def _input(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.fast.channels_last else x
 
+    def _precision(self):
+        # on CUDA the TF32 choice is the stage's, not the process's: set while the stage runs (and is
+        # captured), restored after
+        return tf32_mode(self.fast.tf32) if self.device.type == "cuda" else contextlib.nullcontext()
+
     def _packing(self):
         # the feature network and FlowNet only: see dff.ops.prepack for why not the task network
         return packing(self.fast.prepack and self.device.type == "cpu")
 
     def _feature(self, data: Tensor) -> Tensor:
-        with self._autocast(), self._packing():
+        with self._precision(), self._autocast(), self._packing():
             return _float32(self.model.extract_feature(self._input(data)))
 
     def _flow(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:
-        with self._autocast(), self._packing():
+        with self._precision(), self._autocast(), self._packing():
             return _float32(self.model.estimate_flow(self._input(data), self._input(key_data)))
 
     def _warp(self, key_feat: Tensor, flow: Tensor, scale: Tensor) -> Tensor:
         return self.model.warp(key_feat, flow, scale)  # float32: the warp samples in float32 anyway
 
     def _maps(self, feat: Tensor, im_info: Tensor) -> dict[str, Tensor]:
-        with self._autocast():
+        with self._precision(), self._autocast():
             maps = _float32(self.model.head_maps(self._input(feat)))
         maps.update(self.model.candidates(maps, im_info))  # float32/64 box arithmetic, outside autocast
         return maps

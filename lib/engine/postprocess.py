@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dff.ops.boxes import bbox_pred, clip_boxes, nms_plus1, nms_sorted
+from dff.ops.boxes import bbox_pred, clip_boxes, nms_plus1
 from dff.ops.nms import nms_fixed
 
 __all__ = ["im_detect_pred_boxes", "im_detect_boxes", "im_detect", "pred_eval_frame", "pred_eval_fixed",
-           "pred_eval_rows", "rows_to_dets", "dets_to_rows"]
+           "rows_to_dets", "dets_to_rows"]
 
 
 def _rois_2d(rois: Tensor) -> Tensor:
@@ -129,7 +129,7 @@ def pred_eval_fixed(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: fl
     """:func:`pred_eval_frame` with fixed shapes and no host synchronisation, for a CUDA graph.
 
     Returns (rows (M, 6) float64, count (1,) int64) with M = R*(C-1): the first ``count`` rows are
-    :func:`pred_eval_rows`'s rows ``[class, x1, y1, x2, y2, score]`` in its order (classes ascending,
+    the rows ``[class, x1, y1, x2, y2, score]`` of :func:`dets_to_rows` (:func:`pred_eval_frame`) in its order (classes ascending,
     NMS keep order within a class); the rest are filler.
 
     All R*(C-1) (roi, class) pairs go through one :func:`dff.ops.nms_fixed` in descending score order
@@ -162,65 +162,6 @@ def pred_eval_fixed(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: fl
     keep = keep[by_class]
     rows = torch.cat([cls[keep].to(torch.float64)[:, None], cand[keep], score[keep][:, None]], dim=1)
     return rows, count
-
-
-def pred_eval_rows(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: float = 0.3,
-                   max_per_image: int = 300, class_agnostic: bool = True, method: str = "auto",
-                   prefix: int = 8) -> Tensor:
-    """:func:`pred_eval_frame` as (N, 6) float64 rows ``[class, x1, y1, x2, y2, score]`` (:func:`dets_to_rows`).
-
-    ``method="batched"``: one NMS call for all classes, with one ``nonzero`` instead of two host syncs
-    per class (on a GPU the per-class loop costs ~60 syncs and ~300 small launches per frame); same
-    candidates, order and keeps. Classes are separated by shifting each class's boxes by
-    ``class * (max coordinate + 2)`` so no two classes overlap; the shift moves the float64 IoUs by
-    ~1e-11 at most, so only a pair at IoU = ``nms_thresh`` within that could be decided otherwise.
-    ``"loop"``: :func:`pred_eval_frame` (on the CPU it is faster: 30 NMS of ~300 boxes cost far less
-    than one of ~9,000). ``"fixed"``: :func:`pred_eval_fixed` (one sync, for the count). ``"auto"``:
-    batched on CUDA, the loop elsewhere.
-
-    Batched, with the ``max_per_image`` cap, NMS first runs on the ``prefix * max_per_image`` best
-    candidates only (all candidates scoring at least the one ranked there): a box's fate depends only on
-    the higher-scoring boxes of its class, so those keeps are exactly the full run's keeps above that
-    score, and when there are at least ``max_per_image`` of them they hold everything the cap leaves.
-    Otherwise NMS runs on all candidates. (At thresh 1e-4 a frame has ~9,000 candidates; NMS of 2,400
-    moves a 16x smaller suppression mask to the host.)
-    """
-    if method not in ("auto", "loop", "batched", "fixed"):
-        raise ValueError(f"pred_eval_rows: method must be auto, loop, batched or fixed, got {method!r}")
-    if method == "fixed":
-        rows, count = pred_eval_fixed(scores, boxes, thresh, nms_thresh, max_per_image, class_agnostic)
-        return rows[:int(count)]
-    if method == "loop" or (method == "auto" and scores.device.type != "cuda"):
-        return dets_to_rows(pred_eval_frame(scores, boxes, thresh, nms_thresh, max_per_image, class_agnostic))
-    _check_scores_boxes("pred_eval_rows", scores, boxes, class_agnostic)
-    n_rois, n_cls = scores.shape
-    boxes = boxes.to(torch.float64)
-    scores = scores.to(boxes.device)
-    thr = torch.tensor(thresh, dtype=scores.dtype, device=boxes.device)
-    roi, col = torch.nonzero(scores[:, 1:] > thr, as_tuple=True)  # row-major: roi index ascends per class
-    cls = col + 1
-    score = scores[roi, cls]
-    # per class: descending score, ties by roi index (two stable sorts), classes ascending
-    order = torch.sort(score, descending=True, stable=True).indices
-    order = order[torch.sort(cls[order], stable=True).indices]
-    roi, cls, score = roi[order], cls[order], score[order].to(torch.float64)
-    cand = boxes[roi, 4:8] if class_agnostic else boxes.view(n_rois, n_cls, 4)[roi, cls]
-    if cand.shape[0]:
-        shifted = cand + (cls.to(torch.float64) * (cand.abs().max() + 2.0))[:, None]
-        keep = None
-        if 0 < max_per_image and prefix > 0 and cand.shape[0] > prefix * max_per_image:
-            best = torch.nonzero(score >= torch.topk(score, prefix * max_per_image).values[-1]).squeeze(1)
-            keep = best[nms_sorted(shifted[best], nms_thresh)]  # a score prefix keeps its own order
-            if keep.numel() < max_per_image:
-                keep = None  # the cap may reach below the prefix: all candidates
-        if keep is None:
-            keep = nms_sorted(shifted, nms_thresh)
-        roi, cls, score, cand = roi[keep], cls[keep], score[keep], cand[keep]
-    if 0 < max_per_image < score.numel():
-        image_thresh = torch.topk(score, max_per_image).values[-1]
-        sel = score >= image_thresh
-        cls, score, cand = cls[sel], score[sel], cand[sel]
-    return torch.cat([cls.to(torch.float64)[:, None], cand, score[:, None]], dim=1)
 
 
 def rows_to_dets(rows: np.ndarray | Tensor, num_classes: int) -> list[np.ndarray]:

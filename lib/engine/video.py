@@ -19,11 +19,10 @@ from torch import Tensor
 from dff.config import Config
 from dff.engine.fastpath import FastPath, StageRunner
 from dff.engine.frames import Frame
-from dff.engine.postprocess import im_detect_boxes, pred_eval_fixed, pred_eval_rows, rows_to_dets
+from dff.engine.postprocess import im_detect_boxes, pred_eval_fixed, rows_to_dets
 from dff.utils.image import preprocess
 
 STAGES = ("feature", "flow", "warp", "head", "post")
-POST_METHODS = ("host", "device", "batched", "fixed")
 
 
 @dataclasses.dataclass
@@ -50,15 +49,12 @@ class VideoDetector:
         keep_images: attach the original frame to each result (for drawing).
         fast: the GPU fast path (:class:`~dff.engine.fastpath.FastPath`: autocast, channels_last, CUDA
             graphs); None runs the plain float32 model. ``FastPath.full(device)`` turns on all that applies.
-        post: where the per-class NMS of the detections runs: ``"host"`` (one copy of the head's outputs
-            to the CPU, the per-class loop there), ``"device"`` (the loop on the model's device),
-            ``"batched"`` (one NMS over all classes on the device) or ``"fixed"`` (one fixed-size NMS,
-            :func:`dff.engine.postprocess.pred_eval_fixed`, with no host sync). Same detections; see
-            :func:`dff.engine.postprocess.pred_eval_rows`. Default: ``"fixed"`` where the compiled
-            :func:`dff.ops.nms_fixed` kernel runs (on a 2-core CPU, tiny model: 2.2 ms per frame against
-            12.7 for the loop), else ``"batched"`` on CUDA and ``"device"`` elsewhere.
 
-    With ``"fixed"`` on CUDA and the compiled kernels, nothing in a frame waits for the GPU: the task
+    The detections' post-processing is :func:`dff.engine.postprocess.pred_eval_fixed` on every device:
+    one fixed-size NMS over all (roi, class) pairs, the same detections as the reference's per-class
+    loop (:func:`dff.engine.postprocess.pred_eval_frame`, the oracle the tests compare it with).
+
+    On CUDA with the compiled kernels nothing in a frame waits for the GPU: the task
     network (proposal NMS included) and the post-processing are fixed-shape stages (CUDA graphs with
     the fast path), the detections are copied to pinned host memory asynchronously, and :meth:`run`
     hands out frame ``i`` after it has queued frame ``i + 1``, so the CPU prepares the next frame while
@@ -67,17 +63,12 @@ class VideoDetector:
 
     def __init__(self, model: torch.nn.Module, cfg: Config, key_interval: int | None = None,
                  device: str | torch.device = "cpu", thresh: float = 1e-4, sync: bool = True,
-                 keep_images: bool = False, fast: FastPath | None = None, post: str | None = None) -> None:
-        if post not in (None, *POST_METHODS):
-            raise ValueError(f"post must be one of {', '.join(POST_METHODS)}, got {post!r}")
+                 keep_images: bool = False, fast: FastPath | None = None) -> None:
         self.model = model
         self.cfg = cfg
         self.thresh = thresh
         self.runner = StageRunner(model, fast, post=self._post_fixed)
         self.device = torch.device(device)
-        if post is None:
-            post = "fixed" if self.runner.sync_free else ("batched" if self.device.type == "cuda" else "device")
-        self.post = post
         self.has_flow = model.kind == "dff"
         interval = int(key_interval if key_interval is not None else cfg.TEST.KEY_FRAME_INTERVAL)
         if interval < 1:
@@ -151,7 +142,7 @@ class VideoDetector:
         return out, is_key, times
 
     def _post_fixed(self, rois: Tensor, cls_prob: Tensor, bbox_pred: Tensor, im_info: Tensor) -> tuple[Tensor, Tensor]:
-        """The ``"fixed"`` post-processing (a fast-path stage): head outputs -> (rows (M, 6), count (1,))."""
+        """The post-processing (a fast-path stage): head outputs -> (rows (M, 6), count (1,))."""
         scores, boxes = im_detect_boxes(rois, cls_prob[0], bbox_pred[0], im_info)
         return pred_eval_fixed(scores, boxes, self.thresh, float(self.cfg.TEST.NMS), int(self.cfg.TEST.max_per_image),
                                class_agnostic=bool(self.cfg.CLASS_AGNOSTIC))
@@ -164,7 +155,7 @@ class VideoDetector:
         return self.runner.post(out["rois"], out["cls_prob"], out["bbox_pred"], info)
 
     def _post_async(self, out: dict) -> tuple:
-        """Queue the ``"fixed"`` post-processing of ``out`` and the copy of its rows to pinned host memory;
+        """Queue the post-processing of ``out`` and the copy of its rows to pinned host memory;
         returns a ticket for :meth:`_post_wait`. Two buffers per shape alternate: :meth:`run` waits for
         frame ``i`` before it queues frame ``i + 2``."""
         rows, count = self._fixed_rows(out)
@@ -191,23 +182,13 @@ class VideoDetector:
     def postprocess(self, out: dict, im_info: Tensor) -> list[np.ndarray]:
         """Network outputs -> per-class (k, 5) ``[x1, y1, x2, y2, score]`` arrays (index 0 empty), original
         pixels; one device-to-host copy per frame (synchronous: :meth:`run` overlaps it on CUDA)."""
-        rois, cls_prob, bbox_pred = out["rois"], out["cls_prob"][0], out["bbox_pred"][0]
-        if self.post == "fixed":
-            rows, count = self._fixed_rows(out, im_info)
-            return rows_to_dets(rows[:int(count)], cls_prob.shape[1])
-        if self.post == "host" and rois.device.type != "cpu":
-            packed = torch.cat([rois, cls_prob, bbox_pred], dim=1).cpu()  # one transfer, one sync
-            rois, cls_prob, bbox_pred = packed.split([rois.shape[1], cls_prob.shape[1], bbox_pred.shape[1]], dim=1)
-        scores, boxes = im_detect_boxes(rois, cls_prob, bbox_pred, im_info.to(rois.device))
-        rows = pred_eval_rows(scores, boxes, self.thresh, float(self.cfg.TEST.NMS), int(self.cfg.TEST.max_per_image),
-                              class_agnostic=bool(self.cfg.CLASS_AGNOSTIC),
-                              method="batched" if self.post == "batched" else "loop")
-        return rows_to_dets(rows, scores.shape[1])
+        rows, count = self._fixed_rows(out, im_info)
+        return rows_to_dets(rows[:int(count)], out["cls_prob"].shape[-1])
 
     def run(self, frames: Iterable[Frame]) -> Iterator[FrameResult]:
         """Detect on every frame of one video, in order. ``frames`` may carry prepared inputs."""
         self.reset()
-        pipelined = self.post == "fixed" and self.device.type == "cuda" and self.runner.sync_free
+        pipelined = self.device.type == "cuda" and self.runner.sync_free
         pending = None  # pipelined: the previous frame, its detections still on their way
         for frame in frames:
             data, im_info = frame.prepared if frame.prepared is not None else self.prepare(frame.image)

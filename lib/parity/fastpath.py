@@ -9,7 +9,6 @@ class, every box coordinate within ``box_tol`` original-image pixels and the sco
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import re
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from dff.apps.demo import synthetic_clip
-from dff.engine.fastpath import FastPath
+from dff.engine.fastpath import FastPath, tf32_mode
 from dff.engine.frames import FrameSource
 from dff.engine.postprocess import dets_to_rows
 from dff.engine.video import VideoDetector
@@ -75,17 +74,6 @@ def match_rows(a: np.ndarray, b: np.ndarray, score_thresh: float = SCORE_THRESH,
     return Match(considered, unmatched, box_diff, score_diff)
 
 
-@contextlib.contextmanager
-def no_tf32() -> Iterator[None]:
-    """Plain float32 on a GPU: cuDNN and cuBLAS would otherwise use TF32 (10-bit mantissa) for fp32."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def run_rows(model, frames: list, device: torch.device, fast=None, key_interval: int = 1,
              fixed_rois: list | None = None) -> tuple[list[np.ndarray], list]:
     """Detections (rows ``[class, x1, y1, x2, y2, score]``) of each frame through the video engine, and
@@ -103,9 +91,8 @@ def run_rows(model, frames: list, device: torch.device, fast=None, key_interval:
 
 
 def _reduced(fast, device: torch.device) -> bool:
-    """Does ``fast`` compute in less than float32? Autocast does; so does float32 on a GPU, where
-    PyTorch lets cuDNN use TF32 (10-bit mantissa) for convolutions by default."""
-    return fast.amp is not None or (device.type == "cuda" and torch.backends.cudnn.allow_tf32)
+    """Does ``fast`` compute in less than float32? Autocast does; so does TF32 (10-bit mantissa) on a GPU."""
+    return fast.amp is not None or (device.type == "cuda" and fast.tf32)
 
 
 def _tag(fast) -> str:
@@ -139,7 +126,7 @@ def fixture_cases(fixture_dir: str, device: torch.device, fasts: list, notes: li
     for kind in kinds:
         case = f"fastpath/fixture-{kind}"
         interval = max(n_frames, 1) if kind == "dff" else 1  # DFF: frame 0 key, the others warped from it
-        with no_tf32(), torch.inference_mode():
+        with tf32_mode(False), torch.inference_mode():
             model = _build(kind, fixture_dir).to(device).eval()
             plain, plain_rois = run_rows(model, frames, device, None, interval)
         if device.type == "cuda":  # the plain float32 engine on the GPU against MXNet's detections
@@ -198,7 +185,7 @@ def embedded_cases(device: torch.device, fasts: list, frames: int = 20, work_dir
         prep = VideoDetector(model, model.cfg, device=device)
         inputs = [tuple(t.to(device) for t in prep.prepare(im)) for im in images]
         interval = 10 if kind == "dff" else 1
-        with no_tf32(), torch.inference_mode():
+        with tf32_mode(False), torch.inference_mode():
             plain, _ = run_rows(model, inputs, device, None, interval)
         for fast in fasts:
             with torch.inference_mode():
