@@ -25,8 +25,11 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 import traceback
+
+import torch
 
 from dff.ops import _ext
 
@@ -104,8 +107,6 @@ def _digest(files: list[pathlib.Path], config: dict) -> str:
 
 def build(cpu_only: bool = False, force: bool = False, verbose: bool = False) -> pathlib.Path:
     """Build (or find up to date) the library; returns its path. Raises on failure."""
-    import torch  # (torch.utils.cpp_extension, which reads CUDA_HOME at import, is imported below)
-
     src = source_dir()
     if not src.is_dir():
         raise FileNotFoundError(f"sources not found: {src} (a non-editable install has no operator_cxx/)")
@@ -152,6 +153,7 @@ def build(cpu_only: bool = False, force: bool = False, verbose: bool = False) ->
     stamp.unlink(missing_ok=True)
     lib.unlink(missing_ok=True)
     t0 = time.time()
+    # deferred: cpp_extension reads CUDA_HOME when imported, and build() has only now chosen the toolkit
     from torch.utils import cpp_extension
 
     if with_cuda:
@@ -188,10 +190,7 @@ def build(cpu_only: bool = False, force: bool = False, verbose: bool = False) ->
 
 def _build_direct(cxx: str, files: list[pathlib.Path], lib: pathlib.Path, verbose: bool) -> None:
     """One compiler call for the CPU sources (used when ninja is missing)."""
-    import sysconfig
-
-    import torch
-    from torch.utils import cpp_extension
+    from torch.utils import cpp_extension  # deferred: it reads CUDA_HOME when imported (see build)
 
     abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True))
     # C++20: what torch's own extension builds use (recent torch headers require it)
