@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dff.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dff.utils.checkpoint import RESERVED_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     state = {k: (v.half() if args.half and v.is_floating_point() else v) for k, v in ckpt["model"].items()}
-    keep = {k: v for k, v in ckpt.items() if k not in ("format", "version", "model", "config")}
+    keep = {k: v for k, v in ckpt.items() if k not in RESERVED_KEYS}
     save_checkpoint(args.dst, model_state=state, config=ckpt.get("config"), extra=keep)
     n = sum(v.numel() for v in state.values())
     print(f"wrote {args.dst}: {n:,} numbers{' in float16' if args.half else ''}")

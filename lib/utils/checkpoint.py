@@ -39,7 +39,7 @@ from dff.utils.mxnet_params import LIST_MAGIC, MXNetParamsError, process_test_pa
 
 NATIVE_FORMAT = "dff-native"
 NATIVE_VERSION = 1
-_RESERVED_KEYS = ("format", "version", "model", "config")
+RESERVED_KEYS = ("format", "version", "model", "config")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's (zip) container
 # BatchNorm2d's step counter has no MXNet counterpart and is unused with frozen (eval-mode) BN
 DEFAULT_IGNORE_MISSING: tuple[str, ...] = ("*.num_batches_tracked",)
@@ -429,9 +429,9 @@ def save_checkpoint(path: str | os.PathLike, *, model_state: Mapping[str, torch.
     if config is not None and hasattr(config, "to_dict"):
         config = config.to_dict()
     extra = dict(extra or {})
-    clash = [k for k in extra if k in _RESERVED_KEYS]
+    clash = [k for k in extra if k in RESERVED_KEYS]
     if clash:
-        raise ValueError(f"{path}: extra keys {clash} clash with the reserved keys {_RESERVED_KEYS}")
+        raise ValueError(f"{path}: extra keys {clash} clash with the reserved keys {RESERVED_KEYS}")
     content = {"format": NATIVE_FORMAT, "version": NATIVE_VERSION, "model": state, "config": config, **extra}
     _check_weights_only_safe(content, f"{path}: checkpoint")
     with atomic_open(path, "wb") as f:
