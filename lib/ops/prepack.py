@@ -2,9 +2,8 @@
 
 Eager ``F.conv2d`` on the CPU hands oneDNN a plain (OIHW) weight, and oneDNN re-lays it out into its
 blocked format on every call. For FlowNet's coarse levels that re-layout is most of the work: a 3x3
-1024 -> 1024 convolution over 5x7 pixels reads 38 MB of weights to do 0.7 GFLOP (measured on this
-project's 2-core CPU, one thread: 31 ms plain, 6 ms pre-packed; the 4x4 1024 -> 512 deconvolution
-26.5 -> 5.5 ms). :func:`prepack_convolutions` re-lays each weight out once, the way inductor's
+1024 -> 1024 convolution over 5x7 pixels reads 38 MB of weights to do 0.7 GFLOP (the timings are in
+docs/benchmarks.md). :func:`prepack_convolutions` re-lays each weight out once, the way inductor's
 ``freezing`` does (again when the input shape changes: only the last shape's packing is kept), and
 calls oneDNN with it; the modules, their parameters and their ``state_dict`` stay as they are.
 
