@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
@@ -28,6 +30,10 @@ class DFF(RFCN):
         super().__init__(cfg)
         self.flownet = FlowNet(feat_dim=self.feat_dim, avg_pool=cfg.network.FLOW_AVG_POOL,
                                width=float(cfg.network.FLOWNET_WIDTH))
+
+    def frozen_parameters(self, fixed_prefixes: Sequence[str] | None = None) -> set[str]:
+        """:meth:`RFCN.frozen_parameters` plus FlowNet's own (the scale map's bias stays 1)."""
+        return super().frozen_parameters(fixed_prefixes) | {f"flownet.{n}" for n in self.flownet.frozen_parameter_names()}
 
     def estimate_flow(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:
         """(flow (N, 2, h, w) from the current frame to the key frame, scale map (N, C, h, w))."""

@@ -13,6 +13,8 @@ The network is split the way DFF needs it:
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -24,6 +26,7 @@ from dff.models.rpn import rpn_inv_normalize
 from dff.models.rpn.proposal import proposal_candidates, proposal_select
 from dff.models.targets import anchor_target, proposal_target
 from dff.ops import psroi_pool
+from dff.utils.checkpoint import mxnet_param_name
 
 # The reference hard-codes the PSROIPooling scale (1/16) and 7x7 bins.
 PSROI_SPATIAL_SCALE = 0.0625
@@ -280,9 +283,20 @@ class RFCN(nn.Module):
         """The feature that carries the training losses: the image's own."""
         return self.extract_feature(batch["data"])
 
-    def frozen_parameter_prefixes(self) -> list[str]:
-        """MXNet-name prefixes of ``network.FIXED_PARAMS`` (matched as name prefixes, spec 5.4)."""
-        return list(self.cfg.network.FIXED_PARAMS)
+    def frozen_parameters(self, fixed_prefixes: Sequence[str] | None = None) -> set[str]:
+        """Names of the parameters training keeps fixed: the one place this is decided.
+
+        Those whose MXNet name starts with one of ``fixed_prefixes`` (default ``network.FIXED_PARAMS``;
+        the reference matches prefixes, so ``"gamma"`` freezes nothing and ``"bn"`` every BatchNorm
+        scale), plus what the model itself keeps fixed (DFF: the scale map's bias).
+        """
+        prefixes = tuple(str(p) for p in (self.cfg.network.FIXED_PARAMS if fixed_prefixes is None else fixed_prefixes))
+        frozen = set()
+        for key, _ in self.named_parameters():
+            mx = mxnet_param_name(key)
+            if mx is not None and mx.startswith(prefixes):
+                frozen.add(key)
+        return frozen
 
     def extra_repr(self) -> str:
         return f"backbone={self.backbone.arch}, feat_dim={self.feat_dim}, classes={self.num_classes}"

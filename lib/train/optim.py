@@ -27,10 +27,9 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from dff.utils.checkpoint import torch_to_mxnet_name
+from dff.utils.checkpoint import mxnet_param_name
 
-__all__ = ["MXNetSGD", "ParamGroups", "build_param_groups", "WarmupMultiFactorSchedule", "lr_schedule",
-           "mxnet_param_name"]
+__all__ = ["MXNetSGD", "ParamGroups", "build_param_groups", "WarmupMultiFactorSchedule", "lr_schedule"]
 
 
 class MXNetSGD(Optimizer):
@@ -80,14 +79,6 @@ class MXNetSGD(Optimizer):
         return loss
 
 
-def mxnet_param_name(torch_name: str) -> str | None:
-    """MXNet argument name of a parameter (``'backbone.res3a.bn_branch2a.weight'`` -> ``'bn3a_branch2a_gamma'``)."""
-    name = torch_to_mxnet_name(torch_name)
-    if name is None:
-        return None
-    return name.split(":", 1)[1] if ":" in name else name
-
-
 @dataclasses.dataclass
 class ParamGroups:
     """Which parameters are trained, with or without weight decay, or frozen (torch names)."""
@@ -104,17 +95,15 @@ class ParamGroups:
         return [g for g in out if g["params"]]
 
 
-def build_param_groups(model: nn.Module, fixed_prefixes: Sequence[str], freeze: bool = True) -> ParamGroups:
+def build_param_groups(model: nn.Module, fixed_prefixes: Sequence[str] | None = None,
+                       freeze: bool = True) -> ParamGroups:
     """Split ``model``'s parameters by the reference's rules (module docstring).
 
-    ``fixed_prefixes``: ``network.FIXED_PARAMS``, matched against MXNet names as prefixes. With ``freeze``
-    the frozen parameters get ``requires_grad=False``. A parameter without an MXNet name is an error
+    The frozen ones are the model's :meth:`~dff.models.rfcn.RFCN.frozen_parameters` (``fixed_prefixes``
+    defaults to ``network.FIXED_PARAMS``). With ``freeze`` they get ``requires_grad=False``. A parameter without an MXNet name is an error
     (its weight-decay scope would be undefined).
     """
-    extra_frozen: set[str] = set()
-    flownet = getattr(model, "flownet", None)
-    if flownet is not None and hasattr(flownet, "frozen_parameter_names"):
-        extra_frozen = {f"flownet.{n}" for n in flownet.frozen_parameter_names()}
+    frozen_names = model.frozen_parameters(fixed_prefixes)
     decay: list[str] = []
     no_decay: list[str] = []
     frozen: list[str] = []
@@ -126,7 +115,7 @@ def build_param_groups(model: nn.Module, fixed_prefixes: Sequence[str], freeze: 
             unnamed.append(key)
             continue
         names[key] = mx
-        if key in extra_frozen or any(mx.startswith(str(prefix)) for prefix in fixed_prefixes):
+        if key in frozen_names:
             frozen.append(key)
             if freeze:
                 p.requires_grad_(False)

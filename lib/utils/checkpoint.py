@@ -154,6 +154,14 @@ def torch_to_mxnet_name(key: str) -> str | None:
 # --------------------------------------------------------------------------------------------
 # loading into a model
 # --------------------------------------------------------------------------------------------
+def mxnet_param_name(torch_name: str) -> str | None:
+    """MXNet argument name of a parameter (``'backbone.res3a.bn_branch2a.weight'`` -> ``'bn3a_branch2a_gamma'``)."""
+    name = torch_to_mxnet_name(torch_name)
+    if name is None:
+        return None
+    return name.split(":", 1)[1] if ":" in name else name
+
+
 @dataclasses.dataclass
 class LoadReport:
     """What a load did. Names in ``unexpected`` are the file's keys; all others are the model's keys."""
