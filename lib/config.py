@@ -6,13 +6,18 @@ of the reference's ``config.py`` (Deep-Feature-Flow, ``rfcn/config/config.py`` a
 an unknown key at *any* depth is an error naming the key (the reference only checked the top level,
 so a typo such as ``TRAIN.lr_stpe`` was silently ignored).
 
-Keys this port adds (not in the reference) are marked ``# port`` below.
+Keys this port adds (not in the reference) are marked ``# port`` below. Keys of the reference that
+configure nothing here are marked ``# no effect``: those in :data:`NO_EFFECT` are accepted only with
+the value the port implements, the others (``MXNET_VERSION``, ``gpus``, ``CXX_PROPOSAL``) with any.
+
+A YAML may extend another (``_BASE_: path``, relative to the YAML), and ``--set KEY=VALUE`` overrides
+(:func:`parse_overrides`) go on top of the file.
 """
 from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import yaml
 
@@ -77,15 +82,15 @@ class Config:
 def default_config() -> Config:
     """The reference's ``config.py`` defaults (R-FCN and DFF merged; DFF-only keys are harmless for R-FCN)."""
     c = Config()
-    c.MXNET_VERSION = ""  # kept so the reference's YAMLs load; unused (no MXNet here)
+    c.MXNET_VERSION = ""  # no effect: read from reference YAMLs (the MXNet build; none here), any value
     c.output_path = ""
-    c.symbol = ""
-    c.gpus = ""
+    c.symbol = ""  # no effect: validated (NO_EFFECT)
+    c.gpus = ""  # no effect: read from reference YAMLs (torchrun and --device choose devices), any value
     c.CLASS_AGNOSTIC = True
     # (short side, max long side); the YAML's [600, 1000] becomes [(600, 1000)]
     c.SCALES = [(600, 1000)]
 
-    c.default = {"frequent": 20, "kvstore": "device"}
+    c.default = {"frequent": 20, "kvstore": "device"}  # kvstore: no effect, validated (NO_EFFECT)
 
     c.network = {
         "pretrained": "",
@@ -94,14 +99,14 @@ def default_config() -> Config:
         "PIXEL_MEANS": [0.0, 0.0, 0.0],  # B, G, R
         "IMAGE_STRIDE": 0,
         "RPN_FEAT_STRIDE": 16,
-        "RCNN_FEAT_STRIDE": 16,
+        "RCNN_FEAT_STRIDE": 16,  # no effect: validated (NO_EFFECT)
         "FIXED_PARAMS": ["gamma", "beta"],
         "ANCHOR_SCALES": [8, 16, 32],
         "ANCHOR_RATIOS": [0.5, 1, 2],
         "NORMALIZE_RPN": True,
         "ANCHOR_MEANS": [0.0, 0.0, 0.0, 0.0],
         "ANCHOR_STDS": [0.1, 0.1, 0.4, 0.4],
-        "NUM_ANCHORS": 9,
+        "NUM_ANCHORS": 9,  # no effect: validated (NO_EFFECT)
         "DFF_FEAT_DIM": 1024,
         # port: backbone depth (101 = the reference; 50; "tiny" = a small ResNet for CPU tests/demos)
         "BACKBONE": "resnet_v1_101",
@@ -113,13 +118,13 @@ def default_config() -> Config:
     }
 
     c.dataset = {
-        "dataset": "ImageNetVID",
+        "dataset": "ImageNetVID",  # no effect: validated (NO_EFFECT)
         "image_set": "DET_train_30classes+VID_train_15frames",
         "test_image_set": "VID_val_videos",
         "root_path": "./data",
         "dataset_path": "./data/ILSVRC2015",
         "NUM_CLASSES": 31,
-        "proposal": "rpn",  # in the reference YAMLs, unused
+        "proposal": "rpn",  # no effect: validated (NO_EFFECT)
     }
 
     c.TRAIN = {
@@ -139,7 +144,7 @@ def default_config() -> Config:
         "SHUFFLE": True,
         "ENABLE_OHEM": False,
         "BATCH_IMAGES": 2,
-        "END2END": False,
+        "END2END": False,  # no effect: validated (NO_EFFECT)
         "ASPECT_GROUPING": True,
         "BATCH_ROIS": 128,
         "BATCH_ROIS_OHEM": 128,
@@ -147,7 +152,7 @@ def default_config() -> Config:
         "FG_THRESH": 0.5,
         "BG_THRESH_HI": 0.5,
         "BG_THRESH_LO": 0.0,
-        "BBOX_REGRESSION_THRESH": 0.5,
+        "BBOX_REGRESSION_THRESH": 0.5,  # no effect: validated (NO_EFFECT)
         "BBOX_WEIGHTS": [1.0, 1.0, 1.0, 1.0],
         "RPN_BATCH_SIZE": 256,
         "RPN_FG_FRACTION": 0.5,
@@ -155,8 +160,8 @@ def default_config() -> Config:
         "RPN_NEGATIVE_OVERLAP": 0.3,
         "RPN_CLOBBER_POSITIVES": False,
         "RPN_BBOX_WEIGHTS": [1.0, 1.0, 1.0, 1.0],
-        "RPN_POSITIVE_WEIGHT": -1.0,
-        "CXX_PROPOSAL": True,
+        "RPN_POSITIVE_WEIGHT": -1.0,  # no effect: validated (NO_EFFECT)
+        "CXX_PROPOSAL": True,  # no effect: read from reference YAMLs (MXNet's C++ or Python op, same math), any value
         "RPN_NMS_THRESH": 0.7,
         "RPN_PRE_NMS_TOP_N": 12000,
         "RPN_POST_NMS_TOP_N": 2000,
@@ -169,9 +174,9 @@ def default_config() -> Config:
     }
 
     c.TEST = {
-        "HAS_RPN": False,
-        "BATCH_IMAGES": 1,
-        "CXX_PROPOSAL": True,
+        "HAS_RPN": False,  # no effect: validated (NO_EFFECT)
+        "BATCH_IMAGES": 1,  # no effect: validated (NO_EFFECT)
+        "CXX_PROPOSAL": True,  # no effect: any value, as TRAIN.CXX_PROPOSAL
         "RPN_NMS_THRESH": 0.7,
         "RPN_PRE_NMS_TOP_N": 6000,
         "RPN_POST_NMS_TOP_N": 300,
@@ -184,7 +189,93 @@ def default_config() -> Config:
     return c
 
 
-def _merge(dst: Config, src: Mapping[str, Any], path: str, file: str) -> None:
+def _anchor_count(cfg: Config, value: Any) -> str | None:
+    n = len(cfg.network.ANCHOR_SCALES) * len(cfg.network.ANCHOR_RATIOS)
+    return None if value == n else (f"the RPN has len(ANCHOR_SCALES) * len(ANCHOR_RATIOS) = {n} anchors per "
+                                    f"position, not {value!r}; set it to {n} or remove it")
+
+
+def _symbol(cfg: Config, value: Any) -> str | None:
+    b = str(cfg.network.BACKBONE)
+    names = ("", f"{b}_rfcn", f"{b}_flownet_rfcn")
+    return None if value in names else (f"network.BACKBONE ({b}) and the entry point choose the network; "
+                                        f"{value!r} names another: use one of {', '.join(map(repr, names))}")
+
+
+def _regression_thresh(cfg: Config, value: Any) -> str | None:
+    fg = cfg.TRAIN.FG_THRESH
+    return None if value == fg else (f"box targets are trained for the foreground rois, IoU >= TRAIN.FG_THRESH "
+                                     f"({fg}), as in the reference's end-to-end training; set it to {fg} or remove it")
+
+
+def _equals(expected: Any, why: str) -> Callable[[Config, Any], str | None]:
+    def check(cfg: Config, value: Any) -> str | None:
+        same = value is expected if isinstance(expected, bool) else value == expected
+        return None if same else f"{why}; only {expected!r} is accepted, got {value!r}"
+    return check
+
+
+# Keys of the reference that configure nothing in this port, each with the rule its value must meet
+# when a YAML or --set gives it (None = accepted, else why not). The reference's YAMLs hold them, so
+# they must load; but a value that asks for something the port does not do must not be silently
+# ignored. Keys whose value could never change anything (MXNET_VERSION, gpus, CXX_PROPOSAL) are not
+# here: any value is accepted (see default_config). A checkpoint's saved config is not re-checked.
+NO_EFFECT: dict[str, Callable[[Config, Any], str | None]] = {
+    # MXNet built the network from this module name; here BACKBONE does, so a symbol naming another
+    # backbone would train or test a network other than the one the YAML seems to ask for.
+    "symbol": _symbol,
+    # MXNet's kvstore only chose where the gradients are summed, except the asynchronous ones, which
+    # update with stale gradients: DDP here always sums synchronously.
+    "default.kvstore": lambda cfg, v: (f"gradients are always summed synchronously (DDP); MXNet's asynchronous "
+                                       f"kvstore {v!r} is not implemented") if "async" in str(v) else None,
+    # the head's PS-RoI pooling uses the fixed stride-16 feature map (spatial scale 1/16)
+    "network.RCNN_FEAT_STRIDE": _equals(16, "the R-FCN head pools the stride-16 feature map (spatial scale 1/16)"),
+    # the RPN head is sized from the two anchor lists; a different count describes another model
+    "network.NUM_ANCHORS": _anchor_count,
+    # one dataset class (the ILSVRC2015 layout, which the synthetic mini-VID copies)
+    "dataset.dataset": _equals("ImageNetVID", "the only dataset here is ImageNetVID (the ILSVRC2015 layout)"),
+    # proposals always come from the network's own RPN; precomputed proposal files are not read
+    "dataset.proposal": _equals("rpn", "proposals always come from the network's RPN"),
+    # only end-to-end training exists (the reference's alternate RPN / R-FCN training does not)
+    "TRAIN.END2END": _equals(True, "training is always end to end (RPN and R-FCN jointly)"),
+    # end-to-end, box targets go to the foreground rois (>= FG_THRESH), never by this threshold
+    "TRAIN.BBOX_REGRESSION_THRESH": _regression_thresh,
+    # the RPN loss weighs anchors uniformly (divided by RPN_BATCH_SIZE), py-faster-rcnn's "< 0";
+    # a positive-anchor weight in [0, 1] is not implemented (the reference's MXNet code ignores it too)
+    "TRAIN.RPN_POSITIVE_WEIGHT": lambda cfg, v: None if isinstance(v, (int, float)) and v < 0 else (
+        f"the RPN loss weighs all sampled anchors alike (a negative value); a weight {v!r} for the positive "
+        f"anchors is not implemented"),
+    # test-time proposals always come from the RPN (no precomputed proposals)
+    "TEST.HAS_RPN": _equals(True, "test-time proposals always come from the network's RPN"),
+    # the video engine runs one frame at a time (key frame, then the frames warped from it)
+    "TEST.BATCH_IMAGES": _equals(1, "the video engine tests one frame at a time"),
+}
+
+# Keys read once, when a model is built or its weights are loaded (parameter shapes, the class list,
+# the box statistics folded into the last layer, FlowNet's pooling): on a built model's config a new
+# value would be ignored or contradict the weights, so update_config(..., fixed=MODEL_KEYS) refuses it.
+MODEL_KEYS = ("CLASS_AGNOSTIC", "dataset.NUM_CLASSES", "network.BACKBONE", "network.DFF_FEAT_DIM",
+              "network.FLOWNET_WIDTH", "network.FLOW_AVG_POOL", "network.ANCHOR_SCALES", "network.ANCHOR_RATIOS",
+              "TRAIN.BBOX_MEANS", "TRAIN.BBOX_STDS")
+
+
+def _lookup(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _check_no_effect(cfg: Config, given: Mapping[str, str]) -> None:
+    """``given``: dotted key -> the file (or ``--set``) that gave it, checked against the final ``cfg``."""
+    for key, source in given.items():
+        rule = NO_EFFECT.get(key)
+        why = rule(cfg, _lookup(cfg, key)) if rule else None
+        if why:
+            raise ConfigError(f"{source}: {key}: has no effect in this port ({why})")
+
+
+def _merge(dst: Config, src: Mapping[str, Any], path: str, file: str, given: dict[str, str] | None = None) -> None:
     for key, value in src.items():
         where = f"{path}.{key}" if path else str(key)
         if key not in dst:
@@ -194,14 +285,17 @@ def _merge(dst: Config, src: Mapping[str, Any], path: str, file: str) -> None:
         if isinstance(dst[key], Config):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{file}: config key '{where}' must be a mapping, got {value!r}")
-            _merge(dst[key], value, where, file)
-        elif key == "SCALES" and not path:
+            _merge(dst[key], value, where, file, given)
+            continue
+        if key == "SCALES" and not path:
             # the reference turns SCALES: [600, 1000] into [(600, 1000)]
             if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)):
                 raise ConfigError(f"{file}: SCALES must be [short_side, max_long_side], got {value!r}")
             dst[key] = [(int(value[0]), int(value[1]))]
         else:
             dst[key] = value
+        if given is not None:
+            given[where] = file
 
 
 BASE_KEY = "_BASE_"
@@ -270,14 +364,29 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     path = os.fspath(path)
     data = _read_yaml(path, ())
     cfg = default_config()
-    _merge(cfg, data, "", path)
+    given: dict[str, str] = {}
+    _merge(cfg, data, "", path, given)
     if overrides:
-        _merge(cfg, parse_overrides(overrides), "", "--set")
+        _merge(cfg, parse_overrides(overrides), "", "--set", given)
+    _check_no_effect(cfg, given)
     return cfg
 
 
-def update_config(cfg: Config, overrides: Mapping[str, Any], source: str = "overrides") -> Config:
-    """Overlay a mapping (same strict rules as a YAML file) on ``cfg`` in place and return it."""
+def update_config(cfg: Config, overrides: Mapping[str, Any], source: str = "overrides", *,
+                  fixed: Sequence[str] = ()) -> Config:
+    """Overlay a mapping (same strict rules as a YAML file) on ``cfg`` in place and return it.
+
+    ``fixed``: dotted keys whose value must not change (e.g. :data:`MODEL_KEYS` on the config of a
+    model already built); a change is a :class:`ConfigError` and ``cfg`` is left as it was.
+    """
+    trial = copy.deepcopy(cfg)
+    given: dict[str, str] = {}
+    _merge(trial, overrides, "", source, given)
+    _check_no_effect(trial, given)
+    for key in fixed:
+        if _lookup(trial, key) != _lookup(cfg, key):
+            raise ConfigError(f"{source}: {key}: the model is already built with {_lookup(cfg, key)!r} (its "
+                              f"checkpoint's config); a new value cannot change it")
     _merge(cfg, overrides, "", source)
     return cfg
 

@@ -4,6 +4,7 @@ reference's 4-GPU kvstore does, and every per-sample random draw is seeded by th
 from __future__ import annotations
 
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -12,7 +13,6 @@ import torch
 import yaml
 
 from dff.dataset.synthetic import SynthConfig, generate
-from dff.train.trainer import run_train_test
 from dff.utils.checkpoint import load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +47,8 @@ def test_two_processes_equal_one_process_accumulating(tmp_path):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert run_train_test(["--cfg", str(single), "--accumulate", "2", *flags], "rfcn") == 0
+        main = runpy.run_path(os.path.join(REPO, "experiments/rfcn/rfcn_end2end_train_test.py"))["main"]
+        assert main(["--cfg", str(single), "--accumulate", "2", *flags]) == 0
     finally:
         torch.set_num_threads(n)
     multi = _yaml(tmp_path, root, tmp_path / "out2", "multi")

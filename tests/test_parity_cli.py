@@ -1,4 +1,4 @@
-"""`python tools/parity.py FIXTURE_DIR`: the whole reference fixture set passes through both operator
+"""`python tools/parity.py [FIXTURE_DIR]`: the whole reference fixture set passes through both operator
 backends, and the command fails when a fixture disagrees."""
 import pathlib
 import re
@@ -74,3 +74,11 @@ def test_a_wrong_fixture_fails(reference_dir, tmp_path):
 def test_missing_fixture_dir():
     rc, _, err = run_parity("/nonexistent/fixtures")
     assert rc == 2 and "not found" in err
+
+
+def test_default_fixture_dir_is_the_repository_copy():
+    """Without FIXTURE_DIR the command checks the fixtures in the repository (tests/fixtures/reference)."""
+    rc, out, err = run_parity("--only", "ops_proposal", "--backend", "fallback")
+    assert rc == 0, out[-2000:] + err[-2000:]
+    assert re.fullmatch(r"[1-9]\d* passed, 0 failed", out.strip().splitlines()[-1]), out[-500:]
+    assert "ops/rpn_inv_normalize" in out

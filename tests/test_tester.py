@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 import shutil
 
 import numpy as np
@@ -15,7 +16,6 @@ from dff.dataset.imagenet_vid import ImageNetVID
 from dff.dataset.synthetic import SynthConfig, generate
 from dff.engine.frames import FrameSource
 from dff.engine.video import VideoDetector
-from dff.eval import tester as tester_mod
 from dff.eval.tester import TesterError, default_model_path, list_videos
 from dff.eval.tester import run_test_set as run_tester
 from dff.train.trainer import build_model, init_new_layers
@@ -25,6 +25,12 @@ RFCN_CFG = os.path.join(REPO, "experiments/rfcn/cfgs/rfcn_synthetic_tiny.yaml")
 DFF_CFG = os.path.join(REPO, "experiments/dff_rfcn/cfgs/dff_rfcn_synthetic_tiny.yaml")
 # random weights detect every class; classes absent from the tiny set then have AP NaN (the reference's rule)
 pytestmark = pytest.mark.filterwarnings("ignore:vid_eval. AP is NaN")
+
+
+def run_test(argv, kind):
+    """The entry script ``*_test.py``'s main(argv), in this process."""
+    script = "dff_rfcn/dff_rfcn_test.py" if kind == "dff" else "rfcn/rfcn_test.py"
+    return runpy.run_path(os.path.join(REPO, "experiments", script))["main"](argv)
 
 
 @pytest.fixture(autouse=True)
@@ -162,12 +168,12 @@ def test_default_model_path_error(val_vid, tmp_path):
 def test_missing_dataset_or_model_is_one_line(val_vid, tmp_path, capsys):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(f"dataset:\n  dataset_path: {tmp_path / 'none'}\noutput_path: {tmp_path / 'out'}\n")
-    code = tester_mod.run_test(["--cfg", str(cfg_file)], "dff")
+    code = run_test(["--cfg", str(cfg_file)], "dff")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and str(tmp_path / "none") in err[0] and "make_synthetic_vid.py" in err[0]
     assert not (tmp_path / "out").exists()
     cfg_file.write_text(f"dataset:\n  dataset_path: {val_vid}\noutput_path: {tmp_path / 'out'}\n")
-    code = tester_mod.run_test(["--cfg", str(cfg_file), "--model", str(tmp_path / "m.pth")], "rfcn")
+    code = run_test(["--cfg", str(cfg_file), "--model", str(tmp_path / "m.pth")], "rfcn")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "m.pth: model file not found" in err[0]
 

@@ -3,8 +3,10 @@ frozen-parameter scopes by MXNet name, the lr schedule, exact resume, and the Na
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
+import runpy
 
 import numpy as np
 import pytest
@@ -15,12 +17,18 @@ from dff.config import load_config
 from dff.dataset.synthetic import SynthConfig, generate
 from dff.train import trainer as trainer_mod
 from dff.train.optim import MXNetSGD, WarmupMultiFactorSchedule, build_param_groups, lr_schedule
-from dff.train.trainer import TrainingDiverged, TrainOptions, build_model, run_train_test, train
+from dff.train.trainer import TrainingDiverged, TrainOptions, build_model, train
 from dff.utils.checkpoint import load_checkpoint, load_model_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RFCN_CFG = os.path.join(REPO, "experiments/rfcn/cfgs/rfcn_synthetic_tiny.yaml")
 DFF_CFG = os.path.join(REPO, "experiments/dff_rfcn/cfgs/dff_rfcn_synthetic_tiny.yaml")
+
+
+def run_train_test(argv, kind):
+    """The entry script ``*_end2end_train_test.py``'s main(argv), in this process."""
+    script = "dff_rfcn/dff_rfcn_end2end_train_test.py" if kind == "dff" else "rfcn/rfcn_end2end_train_test.py"
+    return runpy.run_path(os.path.join(REPO, "experiments", script))["main"](argv)
 
 
 @pytest.fixture(autouse=True)
@@ -328,3 +336,24 @@ def test_unreadable_training_image_is_skipped_and_counted(tiny_vid, tmp_path):
     assert sum(h["images"] for h in res.history) == 10
     log = (tmp_path / "o" / "train.log").read_text()
     assert f"warning: {broken}: cannot decode" in log and "2 unreadable training samples were skipped" in log
+
+
+def test_set_overrides_reach_the_trainer(tmp_path, capsys):
+    cfg_file = tmp_path / "x.yaml"
+    cfg_file.write_text(yaml.safe_dump({"dataset": {"dataset_path": str(tmp_path / "nowhere")},
+                                        "TRAIN": {"BATCH_IMAGES": 1}, "output_path": str(tmp_path / "out")}))
+    assert run_train_test(["--cfg", str(cfg_file), "--set", "TRAIN.BATCH_IMAGES=2", "--no-progress"], "rfcn") == 2
+    assert "TRAIN.BATCH_IMAGES = 2" in capsys.readouterr().err
+    assert run_train_test(["--cfg", str(cfg_file), "--set", "TRAIN.nope=1", "--no-progress"], "rfcn") == 2
+    assert "TRAIN.nope" in capsys.readouterr().err
+
+
+def test_a_run_undoes_its_log_set_up(tiny_vid, tmp_path):
+    logger = logging.getLogger("dff")
+    before = list(logger.handlers)
+    cfg = tiny_cfg("rfcn", tiny_vid, tmp_path)
+    run(cfg, tmp_path / "o", max_iters=1, frequent=1)
+    assert logger.handlers == before
+    lines = (tmp_path / "o" / "train.log").read_text().splitlines()
+    assert any(" Epoch[0] Batch [1] Update 1 Speed: " in ln for ln in lines)
+    assert all(ln[:4].isdigit() and ln[4] == "-" for ln in lines)  # "%(asctime)s %(message)s"

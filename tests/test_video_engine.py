@@ -1,5 +1,9 @@
 """The video engine: key-frame schedule, cache, size changes, degenerate flows, frame sources."""
+import gc
 import os
+import threading
+import time
+import weakref
 
 import cv2
 import numpy as np
@@ -11,7 +15,11 @@ from dff.engine.frames import FrameSource, VideoReadError, frame_number_key, fra
 from dff.engine.video import VideoDetector
 from dff.models.dff import DFF
 from dff.models.rfcn import RFCN
+from dff.ops import compiled_available, ops_backend, warp_scale
 from dff.utils.fixture_weights import fixture_state_dict
+
+BACKENDS = ["fallback", pytest.param("compiled", marks=pytest.mark.skipif(
+    not compiled_available(), reason="compiled operators not built"))]
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +43,15 @@ def _clip(n, h=96, w=128, seed=0):
     rng = np.random.RandomState(seed)
     base = cv2.GaussianBlur(rng.randint(0, 255, (h + 40, w + 40, 3)).astype(np.uint8), (0, 0), 2)
     return [np.ascontiguousarray(base[i:i + h, 2 * i:2 * i + w]) for i in range(n)]
+
+
+def assert_same_detections(a, b):
+    """Two runs' results frame by frame: the same key frames and exactly the same detections."""
+    assert [r.is_key for r in a] == [r.is_key for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert len(ra.detections) == len(rb.detections)
+        for da, db in zip(ra.detections, rb.detections):
+            np.testing.assert_array_equal(np.asarray(da), np.asarray(db))
 
 
 def test_key_frames_every_interval_from_the_video_start(cfg, dff_model):
@@ -66,47 +83,111 @@ def test_interval_one_equals_the_per_frame_detector(cfg, dff_model):
             np.testing.assert_array_equal(np.asarray(da), np.asarray(db))
 
 
-def test_only_the_current_key_feature_is_cached(cfg, dff_model):
-    """Each key frame replaces the cached feature and the old one is freed: memory is constant."""
-    import gc
-    import weakref
-
+def test_each_key_frame_replaces_the_cached_state(cfg, dff_model, monkeypatch):
+    """From each key frame on, the results are those of a new video starting there (nothing older is
+    used), and at most one key feature is alive at any time: memory is constant over the video."""
+    frames = _clip(9)
     det = VideoDetector(dff_model, cfg)
-    refs = []
-    for data, im_info in (det.prepare(f) for f in _clip(9)):
-        det.step(data, im_info)
-        if not refs or refs[-1]() is not det._key_feat:
-            refs.append(weakref.ref(det._key_feat))
-    gc.collect()
-    assert len(refs) == 3  # key frames 0, 4, 8
-    assert [r() is not None for r in refs] == [False, False, True]
+    made = []  # weak references to every key feature the feature stage returned
+    feature = det.runner.feature
+
+    def recording_feature(data):
+        feat = feature(data)
+        made.append(weakref.ref(feat))
+        return feat
+
+    monkeypatch.setattr(det.runner, "feature", recording_feature)
+    results, alive = [], []
+    for r in det.run(frames_from_arrays(frames)):
+        results.append(r)
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in made))
+    assert [r.index for r in results if r.is_key] == [0, 4, 8] and len(made) == 3
+    assert max(alive) <= 1, alive  # the old key feature is freed when the next key frame comes
+    for k in (4, 8):
+        fresh = list(VideoDetector(dff_model, cfg).run(frames_from_arrays(frames[k:k + 4])))
+        assert_same_detections(results[k:k + 4], fresh)
 
 
-def test_size_change_resets_the_cache(cfg, dff_model):
-    frames = _clip(3) + _clip(4, h=80, w=144, seed=1)
+def test_size_change_rekeys_like_a_new_video(cfg, dff_model):
+    """The frame after a size change is a key frame, and from there the detections are exactly those of
+    a fresh run started at that frame (the schedule restarts there too)."""
+    frames = _clip(3) + _clip(5, h=80, w=144, seed=1)
     results = list(VideoDetector(dff_model, cfg).run(frames_from_arrays(frames)))
-    assert [r.is_key for r in results] == [True, False, False, True, False, False, False]
-    for r in results:
-        for d in r.detections[1:]:
-            assert np.all(np.isfinite(np.asarray(d)))
+    assert [r.is_key for r in results] == [True, False, False, True, False, False, False, True]
+    fresh = list(VideoDetector(dff_model, cfg).run(frames_from_arrays(frames[3:])))
+    assert_same_detections(results[3:], fresh)
+    assert sum(len(d) for d in fresh[1].detections) > 0  # non-trivial: a non-key frame with detections
 
 
-def test_flow_pointing_out_of_the_image(cfg, dff_model, monkeypatch):
-    """A flow that leaves the image warps to zero features; the heads still run and give finite output."""
-    det = VideoDetector(dff_model, cfg, key_interval=2)
+def _outside_flows(h, w, seed=0):
+    """Flows (1, 2, h, w) in feature pixels that send every position out of the image: far away, exactly
+    one pixel past each edge (the inside neighbour then has weight 0), and a random mix of directions."""
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    zero = torch.zeros(h, w)
+
+    def flow(u, v):
+        return torch.stack([u, v])[None].contiguous()
+
+    g = torch.Generator().manual_seed(seed)
+    side = torch.randint(0, 4, (h, w), generator=g)
+    dist = 1 + 40 * torch.rand(h, w, generator=g)  # >= 1 pixel outside
+    # sampled at -dist (left/top) or size - 1 + dist (right/bottom)
+    mix_u = torch.where(side == 0, -xs - dist, torch.where(side == 1, w - 1 - xs + dist, zero))
+    mix_v = torch.where(side == 2, -ys - dist, torch.where(side == 3, h - 1 - ys + dist, zero))
+    return {
+        "far": flow(zero + 1e4, zero - 1e4),
+        "left": flow(-1 - xs, zero),  # sampled at x = -1
+        "right": flow(w - xs, zero),  # x = w
+        "top": flow(zero, -1 - ys),  # y = -1
+        "bottom": flow(zero, h - ys),  # y = h
+        "mixed": flow(mix_u, mix_v),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flow_out_of_the_image_warps_to_exactly_zero(backend):
+    """The warp op: a flow that points every position outside gives the zero feature times the scale map."""
+    g = torch.Generator().manual_seed(0)
+    feat = 1 + torch.rand(1, 8, 5, 7, generator=g)  # nonzero everywhere
+    scale = 0.5 + torch.rand(1, 8, 5, 7, generator=g)
+    # control: a zero flow is the identity
+    assert torch.equal(warp_scale(feat, torch.zeros(1, 2, 5, 7), scale, backend=backend), feat * scale)
+    for name, flow in _outside_flows(5, 7).items():
+        out = warp_scale(feat, flow, scale, backend=backend)
+        assert torch.equal(out, torch.zeros_like(feat)), (name, out.abs().max())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flow_out_of_the_image_through_the_engine(cfg, dff_model, monkeypatch, backend):
+    """The engine's warp stage: the non-key frame's feature is exactly zero, and its detections are those
+    of the task network on the zero feature."""
     orig = dff_model.estimate_flow
 
-    def far_away(data, key_data):
+    def mixed_outside(data, key_data):
         flow, scale = orig(data, key_data)
-        return flow + 1e4, scale
+        return _outside_flows(*flow.shape[-2:])["mixed"], scale
 
-    monkeypatch.setattr(dff_model, "estimate_flow", far_away)
-    results = list(det.run(frames_from_arrays(_clip(2))))
-    assert not results[1].is_key
-    feat = dff_model.warp(torch.ones(1, 4, 5, 6), torch.full((1, 2, 5, 6), 1e4), torch.ones(1, 4, 5, 6))
-    assert torch.count_nonzero(feat) == 0
-    for d in results[1].detections[1:]:
-        assert np.all(np.isfinite(np.asarray(d)))
+    monkeypatch.setattr(dff_model, "estimate_flow", mixed_outside)
+    with ops_backend(backend):
+        det = VideoDetector(dff_model, cfg, key_interval=2)
+        warped = []
+        warp = det.runner.warp
+
+        def recording_warp(key_feat, flow, scale):
+            warped.append(warp(key_feat, flow, scale))
+            return warped[-1]
+
+        monkeypatch.setattr(det.runner, "warp", recording_warp)
+        results = list(det.run(frames_from_arrays(_clip(2))))
+
+        ref = VideoDetector(dff_model, cfg, key_interval=2)
+        monkeypatch.setattr(ref.runner, "warp", lambda key_feat, flow, scale: torch.zeros_like(key_feat))
+        expected = list(ref.run(frames_from_arrays(_clip(2))))
+    assert [r.is_key for r in results] == [True, False] and len(warped) == 1
+    assert warped[0].shape[1] == cfg.network.DFF_FEAT_DIM
+    assert torch.equal(warped[0], torch.zeros_like(warped[0]))
+    assert_same_detections(results, expected)
 
 
 def test_stage_times_are_reported(cfg, dff_model):
@@ -134,10 +215,54 @@ def test_video_file_source(tmp_path):
     w.release()
     frames = list(FrameSource(path, max_frames=5))
     assert [f.index for f in frames] == [0, 1, 2, 3, 4] and frames[0].image.shape == (48, 64, 3)
-    # stopping early releases the decoder thread
-    src = iter(FrameSource(path, prefetch=1))
+
+
+def _write_video(path, n=12):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for f in _clip(n, 48, 64):
+        w.write(f)
+    w.release()
+    return str(path)
+
+
+def _write_folder(folder, n=12):
+    folder.mkdir()
+    for i, f in enumerate(_clip(n, 48, 64)):
+        cv2.imwrite(str(folder / f"{i}.jpg"), f)
+    return str(folder)
+
+
+def _threads_left(before, timeout=5.0):
+    """The threads started since ``before`` that are still alive after at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        new = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not new or time.monotonic() > deadline:
+            return new
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("kind", ["video", "folder"])
+def test_stopping_early_releases_the_decoder_threads(tmp_path, kind):
+    path = _write_video(tmp_path / "clip.avi") if kind == "video" else _write_folder(tmp_path / "frames")
+    before = set(threading.enumerate())
+    src = iter(FrameSource(path, prefetch=2, workers=2))
     next(src)
+    time.sleep(0.1)  # let the decoder fill its queue and block on it
+    assert [t for t in threading.enumerate() if t not in before], "no decoding thread was started"
     src.close()
+    assert _threads_left(before) == []
+
+
+def test_breaking_out_of_the_engine_releases_the_decoder_thread(cfg, dff_model, tmp_path):
+    path = _write_video(tmp_path / "clip.avi")
+    before = set(threading.enumerate())
+    det = VideoDetector(dff_model, cfg)
+    for r in det.run(FrameSource(path, prepare=det.prepare, prefetch=1)):
+        assert r.index == 0
+        assert [t for t in threading.enumerate() if t not in before], "no decoding thread was started"
+        break
+    assert _threads_left(before) == []
 
 
 def test_video_with_zero_frames(tmp_path):

@@ -26,7 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity
 from torch.profiler import profile as torch_profile
 
-from dff.config import ConfigError, load_config, update_config
+from dff.config import MODEL_KEYS, ConfigError, load_config, parse_overrides, update_config
 from dff.engine.fastpath import FAST_NAMES, FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError, frames_from_arrays
 from dff.engine.postprocess import im_detect_boxes, pred_eval_frame
@@ -188,6 +188,9 @@ def profile(detector: VideoDetector, prepared: list, path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cfg", default="experiments/dff_rfcn/cfgs/resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override config keys after the YAML (and after a native checkpoint's own config), "
+                         "e.g. --set TEST.RPN_POST_NMS_TOP_N=100 (values read as YAML)")
     ap.add_argument("--model", default=None, help="MXNet .params or native checkpoint (default: initial weights)")
     ap.add_argument("--video", default=None, help="video file or frame folder (default: a generated clip)")
     ap.add_argument("--frames", type=int, default=20)
@@ -218,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available")
         # the fixture weights keep activations O(1), like a trained net
-        model, cfg = load_model(args.model or FIXTURE, load_config(args.cfg), kind="dff", device=device)
+        model, cfg = load_model(args.model or FIXTURE, load_config(args.cfg, args.set), kind="dff", device=device)
+        if args.set:  # a native checkpoint's own config wins over --cfg: --set applies to it too
+            update_config(cfg, parse_overrides(args.set), "--set", fixed=MODEL_KEYS)
         if args.scale:
             short, long_ = (int(v) for v in args.scale.split(","))
             update_config(cfg, {"SCALES": [short, long_]}, "--scale")

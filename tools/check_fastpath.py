@@ -1,6 +1,6 @@
 """Check that the fast path keeps the detections: fixture models and inputs, with and without it.
 
-    python tools/check_fastpath.py ../shared/reference [--device cuda] [--amp fp16,bf16] [--no-graphs]
+    python tools/check_fastpath.py tests/fixtures/reference [--device cuda] [--amp fp16,bf16] [--no-graphs]
 
 For each ``--amp`` value (``none`` = float32) the fast path of ``--fast`` (on CUDA autocast,
 channels_last, cuDNN autotune and CUDA graphs; on the CPU autocast and channels_last, or for ``none``
@@ -27,7 +27,7 @@ from dff.parity import fastpath
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("fixture_dir", help="directory with the model/ fixtures (../shared/reference)")
+    ap.add_argument("fixture_dir", help="directory with the model/ fixtures (e.g. tests/fixtures/reference)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--amp", default="fp16,bf16", help="comma-separated: fp16, bf16, none")
     ap.add_argument("--no-graphs", action="store_true", help="leave CUDA graphs out of the fast path")

@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 
-from dff.config import update_config
+from dff.config import MODEL_KEYS, parse_overrides, update_config
 from dff.eval.tester import TesterError, run_test_set
 from dff.models.builder import load_model
 from dff.utils.checkpoint import CheckpointError
@@ -27,12 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset-path", default=None,
                     help="evaluate on this ILSVRC2015-style root instead of the checkpoint config's dataset.dataset_path "
                          "(e.g. a larger synthetic validation set made with the same generator and seed)")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override keys of the checkpoint's config, e.g. --set TEST.RPN_POST_NMS_TOP_N=100 "
+                         "(values read as YAML; keys that shape the network cannot change)")
     ap.add_argument("--out", default=None, help="test outputs (default: a temporary folder)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     try:
         model, cfg = load_model(args.model)
         kind = model.kind
+        if args.set:
+            update_config(cfg, parse_overrides(args.set), "--set", fixed=MODEL_KEYS)
         if args.dataset_path:
             if not os.path.isdir(args.dataset_path):
                 raise OSError(f"--dataset-path {args.dataset_path}: no such directory")

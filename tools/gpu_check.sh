@@ -6,13 +6,13 @@
 #
 #   bash tools/gpu_check.sh OUT_DIR [REFERENCE_DIR] [FRAMES_DIR]
 #
-# REFERENCE_DIR: the MXNet fixtures (default ../shared/reference); FRAMES_DIR: JPEG frames of a VID
+# REFERENCE_DIR: the MXNet fixtures (default tests/fixtures/reference); FRAMES_DIR: JPEG frames of a VID
 # video (default ../shared/data/ILSVRC2015_val_00007010). Each step has its own time limit and log
 # in OUT_DIR; a failed step is reported and the next one runs. The exit status counts failed steps.
 # GPU_STEPS="build tests ..." runs only the named steps.
 set -u
 OUT=${1:?usage: bash tools/gpu_check.sh OUT_DIR [REFERENCE_DIR] [FRAMES_DIR]}
-REF=${2:-../shared/reference}
+REF=${2:-tests/fixtures/reference}
 FRAMES=${3:-../shared/data/ILSVRC2015_val_00007010}
 CFG=experiments/dff_rfcn/cfgs/resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml
 PY=${PYTHON:-python3}

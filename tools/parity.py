@@ -1,9 +1,10 @@
 """Check this port against numerical fixtures made with the original MXNet code.
 
-    python tools/parity.py ../shared/reference [--backend compiled|fallback|both] [--only ops/psroi]
+    python tools/parity.py [FIXTURE_DIR] [--backend compiled|fallback|both] [--only ops/psroi]
 
-FIXTURE_DIR has the layout of ``../shared/reference`` (``ops/``, ``model/``, ``params/``, ``eval/``);
-any directory in that format works (other seeds, inputs and scales). One line per compared tensor:
+FIXTURE_DIR (default: the repository's copy, ``tests/fixtures/reference``) has the layout of the fixture
+set made with the original code (``ops/``, ``model/``, ``params/``, ``eval/``); any directory in that
+format works (other seeds, inputs and scales). One line per compared tensor:
 ``<case> <tensor> max_abs=<x> max_rel=<y> PASS|FAIL``, then ``N passed, M failed``. Exit status 1 on
 any failure. Tolerances: the fixtures README, section 7.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pathlib
 import sys
 import traceback
 
@@ -27,11 +29,13 @@ AREAS = [
     ("model", "model", True),
     ("eval", "eval", False),
 ]
+DEFAULT_FIXTURE_DIR = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "reference"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("fixture_dir", help="directory with ops/, model/, params/, eval/ fixtures")
+    ap.add_argument("fixture_dir", nargs="?", default=str(DEFAULT_FIXTURE_DIR),
+                    help="directory with ops/, model/, params/, eval/ fixtures (default: %(default)s)")
     ap.add_argument("--backend", default="both", choices=["compiled", "fallback", "both"],
                     help="operator implementation(s) to check (default: both)")
     ap.add_argument("--only", default="", help="comma-separated areas: " + ",".join(a for a, _, _ in AREAS))

@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from dff.config import ConfigError, load_config, update_config
+from dff.config import ConfigError, load_config, parse_overrides, update_config
 from dff.models.flownet import FlowNet
 from dff.train.flow_pretrain import (
     FLOW_STRIDE,
@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cfg", default=None, help="detector config (default: the synthetic tiny config if present, "
                                                 "else the DFF demo config with SCALES 160,256)")
     ap.add_argument("--scale", type=_parse_scale, default=None, help="override SCALES: SHORT,MAX_LONG (e.g. 160,256)")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override config keys after the YAML (--scale still wins for SCALES), e.g. "
+                         "--set TRAIN.MIN_OFFSET=-5 network.FLOWNET_WIDTH=0.5 (values read as YAML)")
     ap.add_argument("--iters", type=int, required=True, help="training iterations")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="stop training after this many seconds even before --iters (the JSON has the count)")
@@ -129,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg_path = args.cfg or (TINY_CFG if os.path.isfile(TINY_CFG) else DEMO_CFG)
     try:
-        cfg = load_config(cfg_path)
-        scales = args.scale or (DEMO_SCALES if args.cfg is None and cfg_path == DEMO_CFG else None)
+        cfg = load_config(cfg_path, args.set)
+        demo_default = args.cfg is None and cfg_path == DEMO_CFG and "SCALES" not in parse_overrides(args.set)
+        scales = args.scale or (DEMO_SCALES if demo_default else None)
         if scales:
             update_config(cfg, {"SCALES": scales}, source="--scale")
     except ConfigError as e:

@@ -1,11 +1,23 @@
 """Test a trained R-FCN model (``<prefix>-<TEST.test_epoch>``, or ``--model PATH``) and evaluate it.
 
     python experiments/rfcn/rfcn_test.py --cfg experiments/rfcn/cfgs/X.yaml [--thresh 1e-3] [--ignore-cache]
-        [--model PATH] [--device cuda] [--num-workers N]
+        [--model PATH] [--device cuda] [--num-workers N] [--set KEY=VALUE ...]
 """
+import argparse
+import os
 import sys
 
-from dff.eval.tester import run_test
+from dff.apps.cli import add_config_options, add_test_options, add_test_script_options, run_test
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog=os.path.basename(__file__), description="Test a trained R-FCN model on the "
+                                 "test list of the config and evaluate (ImageNet VID mAP).")
+    add_config_options(ap)
+    add_test_options(ap, "rfcn")
+    add_test_script_options(ap)
+    return run_test(ap.parse_args(argv), "rfcn")
+
 
 if __name__ == "__main__":
-    sys.exit(run_test(sys.argv[1:], "rfcn", prog="rfcn_test.py"))
+    sys.exit(main())

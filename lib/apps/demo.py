@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dff.config import Config, ConfigError, load_config
+from dff.config import MODEL_KEYS, Config, ConfigError, load_config, parse_overrides, update_config
 from dff.dataset.classes import VID_CLASSES
 from dff.dataset.synthetic import SynthConfig, generate
 from dff.engine.fastpath import FAST_NAMES, FastPath
@@ -46,6 +46,10 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
                          "(the parity fixtures' deterministic weights: checks the pipeline, detects nothing real); "
                          "default: the small model trained on the synthetic mini-VID that ships in data/models/")
     ap.add_argument("--cfg", default=default_cfg, help="YAML config (default: %(default)s)")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override config keys after the YAML, and after a native checkpoint's own config, e.g. "
+                         "--set TEST.KEY_FRAME_INTERVAL=5 TEST.RPN_POST_NMS_TOP_N=100 (values read as YAML; "
+                         "keys that shape the network must match the checkpoint)")
     ap.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--fast", default=None, choices=FAST_NAMES,
@@ -67,17 +71,24 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
 
 
 def load_demo_model(kind: str, cfg_path: str, model_path: str | None, device: str,
-                    what: str) -> tuple[torch.nn.Module, Config]:
-    """The demo's model (:func:`dff.models.builder.load_model`); ``what`` names the released file to suggest."""
+                    what: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[torch.nn.Module, Config]:
+    """The demo's model (:func:`dff.models.builder.load_model`); ``what`` names the released file to suggest.
+    ``overrides`` (``KEY=VALUE``) go on ``cfg_path``, and again on the config a native checkpoint brings."""
     if model_path is None:
         raise DemoError(
             f"no model given. Pass --model with {what} (the reference's released MXNet checkpoint, "
             "see README 'Models'), a native checkpoint written by the training script (output/.../*.pth), "
             "or 'fixture' (the parity fixtures' deterministic weights: the real pipeline, meaningless detections).")
     try:
-        return load_model(model_path, load_config(cfg_path), kind=kind, device=device)
+        model, cfg = load_model(model_path, load_config(cfg_path, overrides), kind=kind, device=device)
     except CheckpointError as e:
         raise DemoError(str(e)) from None
+    # A native checkpoint's own config wins over --cfg (its weights were trained with it), so --set is
+    # applied to it as well. The model reads TEST.*, SCALES and PIXEL_MEANS from this same object (model.cfg)
+    # on every frame, so those overrides take effect; keys the built network fixed are refused.
+    if overrides:
+        update_config(cfg, parse_overrides(overrides), "--set", fixed=MODEL_KEYS)
+    return model, cfg
 
 
 def _summary(label: str, results: list[FrameResult], wall: float, drawn: int = 0) -> dict:
@@ -167,7 +178,7 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
             os.makedirs(args.out, exist_ok=True)
             args.input = synthetic_clip(args.out)
             print(f"input: {args.input} (a synthetic clip generated now, unseen in training)")
-        model, cfg = load_demo_model(kind, args.cfg, args.model, args.device, what)
+        model, cfg = load_demo_model(kind, args.cfg, args.model, args.device, what, args.set)
         interval = args.key_interval if dff else 1
         fast = FastPath.from_name(args.fast, args.device)
         detector = VideoDetector(model, cfg, key_interval=interval, device=args.device, thresh=args.thresh,

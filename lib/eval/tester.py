@@ -22,6 +22,10 @@ Output folder (``<output_path>/<cfg stem>/<test_image_set>/``):
 * ``results/eval_<test_image_set>.json``: mAP, per-class APs, FGFA motion breakdown, timing.
 
 Frames that cannot be read are reported (path), counted and get no detections; the test goes on.
+
+:func:`run_test_set` = :func:`detect_videos` (the engine over the videos, with the per-video cache) then
+:func:`evaluate_detections` (results file, evaluation, JSON). The test scripts' options are in
+:mod:`dff.apps.cli`; :func:`run_test_from_args` runs a test from them.
 """
 from __future__ import annotations
 
@@ -40,9 +44,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dff.config import Config, ConfigError, config_stem, load_config
+from dff.config import Config, config_stem
 from dff.dataset.imagenet_vid import ImageNetVID, missing_dataset_message
-from dff.engine.fastpath import FAST_NAMES, FastPath
+from dff.engine.fastpath import FastPath
 from dff.engine.frames import Frame
 from dff.engine.video import STAGES, VideoDetector
 from dff.eval.vid_eval import format_table, load_vid_annotations, save_json, vid_eval, write_vid_results
@@ -50,9 +54,11 @@ from dff.models.builder import load_model
 from dff.utils.checkpoint import CheckpointError
 from dff.utils.image import ImageReadError, read_image
 from dff.utils.io import atomic_open, atomic_write_text
+from dff.utils.logging import progress_logging, setup_logging
 
-__all__ = ["VideoFrames", "TesterError", "DEFAULT_THRESH", "list_videos", "eval_output_dir", "model_digest",
-           "run_test_set", "build_test_parser", "run_test", "default_model_path"]
+__all__ = ["VideoFrames", "Detections", "TesterError", "DEFAULT_THRESH", "list_videos", "eval_output_dir", "model_digest",
+           "detect_videos", "evaluate_detections", "run_test_set", "default_model_path", "build_test_model",
+           "resolve_device", "run_test_from_args"]
 
 # the reference test scripts' default score thresholds (spec 6.2/6.3)
 DEFAULT_THRESH = {"dff": 1e-4, "rfcn": 1e-3}
@@ -197,6 +203,173 @@ def _prefetch_frames(paths: Sequence[str], prepare: Callable[[np.ndarray], Any],
                 yield frame
 
 
+@dataclasses.dataclass
+class Detections:
+    """What :func:`detect_videos` found: every test frame's detections, in test-list order."""
+    videos: list[VideoFrames]
+    boxes: list[list[np.ndarray]]      # per frame, per class (class 0 empty): (n, 5) x1 y1 x2 y2 score
+    bad_frames: list[str]              # unreadable frames (no detections)
+    videos_cached: int                 # videos reused from the output folder
+    timing: dict[str, Any]             # mean seconds per frame and stage over the frames run now, frames_timed, key_frames
+    thresh: float
+    key_interval: int
+
+    @property
+    def frame_ids(self) -> list[int]:
+        return [fid for v in self.videos for fid in v.frame_ids]
+
+
+class _Timing:
+    """Per-stage seconds summed over the frames run (not those reused from the cache)."""
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys((*STAGES, "total"), 0.0)
+        self.frames = 0
+        self.keys = 0
+
+    def add(self, times: dict[str, float], is_key: bool) -> None:
+        self.frames += 1
+        self.keys += int(is_key)
+        for s in self.sums:
+            self.sums[s] += times[s]
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {s: (t / self.frames if self.frames else None) for s, t in self.sums.items()}
+        out["frames_timed"] = self.frames
+        out["key_frames"] = self.keys
+        return out
+
+
+def _test_videos(cfg: Config, verbose: bool, max_videos: int | None) -> list[VideoFrames]:
+    """The videos of ``dataset.test_image_set`` (the first ``max_videos``)."""
+    dataset_path = str(cfg.dataset.dataset_path)
+    if not os.path.isdir(dataset_path):
+        raise TesterError(missing_dataset_message(dataset_path))
+    imdb = ImageNetVID(str(cfg.dataset.test_image_set), dataset_path,
+                       cache_dir=os.path.join(str(cfg.dataset.root_path), "cache"), verbose=verbose)
+    try:
+        videos = list_videos(imdb)
+    except FileNotFoundError as e:
+        raise TesterError(str(e)) from None
+    if max_videos is not None:
+        videos = videos[:max_videos]
+    if not videos:
+        raise TesterError(f"{cfg.dataset.test_image_set}: the test list has no usable video")
+    return videos
+
+
+def _cache_signature(model: torch.nn.Module, cfg: Config, detector: VideoDetector, thresh: float) -> str:
+    """What a cached video's detections depend on: the weights and every test setting."""
+    return json.dumps({"model": model_digest(model), "thresh": thresh, "key_interval": detector.key_interval,
+                       "scales": [list(s) for s in cfg.SCALES], "means": list(cfg.network.PIXEL_MEANS),
+                       "nms": float(cfg.TEST.NMS), "max_per_image": int(cfg.TEST.max_per_image),
+                       "fast_path": detector.runner.fast.describe(),
+                       "test": {k: cfg.TEST[k] for k in ("RPN_NMS_THRESH", "RPN_PRE_NMS_TOP_N",
+                                                         "RPN_POST_NMS_TOP_N", "RPN_MIN_SIZE")}},
+                      sort_keys=True)
+
+
+def _run_video(detector: VideoDetector, video: VideoFrames, num_classes: int, num_workers: int, timing: _Timing,
+               bar: tqdm | None) -> tuple[list[list[np.ndarray]], list[str], np.ndarray]:
+    """One video through the engine: per-frame detections (empty for unreadable frames), the unreadable
+    frames, per-frame stage times."""
+    bad: list[str] = []
+    empty = [np.zeros((0, 5), np.float32) for _ in range(num_classes)]
+    dets = [list(empty) for _ in video.paths]
+    times = np.zeros((len(video.paths), len(STAGES) + 1))
+    frames = _prefetch_frames(video.paths, detector.prepare, num_workers, 2 * num_workers + 2, bad)
+    for r in detector.run(frames):
+        dets[r.index] = [np.asarray(d, dtype=np.float32).reshape(-1, 5) for d in r.detections]
+        times[r.index] = [r.times[s] for s in (*STAGES, "total")]
+        timing.add(r.times, r.is_key)
+        if bar is not None:
+            bar.update(1)
+            if timing.frames % 20 == 0:
+                bar.set_postfix(ms_per_frame=f"{1000 * timing.sums['total'] / timing.frames:.0f}")
+    if bad and bar is not None:
+        bar.update(len(bad))
+    return dets, bad, times
+
+
+def detect_videos(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: str, thresh: float | None = None,
+                  key_interval: int | None = None, device: str | torch.device = "cpu", ignore_cache: bool = False,
+                  num_workers: int = 2, progress: bool = True, max_videos: int | None = None,
+                  fast: FastPath | None = None) -> Detections:
+    """Run the engine over every test video, reusing the videos cached in ``output_dir/detections``
+    (arguments as :func:`run_test_set`); each video run now is cached when done."""
+    if kind not in DEFAULT_THRESH:
+        raise ValueError(f"kind must be one of {sorted(DEFAULT_THRESH)}, got {kind!r}")
+    thresh = DEFAULT_THRESH[kind] if thresh is None else float(thresh)
+    videos = _test_videos(cfg, progress, max_videos)
+    device = torch.device(device)
+    model = model.to(device).eval()
+    detector = VideoDetector(model, cfg, key_interval=key_interval, device=device, thresh=thresh, sync=False,
+                             fast=fast)
+    sig = _cache_signature(model, cfg, detector, thresh)
+    set_name = str(cfg.dataset.test_image_set).replace("+", "_")
+    os.makedirs(output_dir, exist_ok=True)
+    det_dir = os.path.join(output_dir, "detections")
+    num_classes = int(cfg.dataset.NUM_CLASSES)
+    bar = None
+    if progress:
+        bar = tqdm(total=sum(len(v.paths) for v in videos), desc=f"test {set_name}", unit="frame", file=sys.stderr,
+                   dynamic_ncols=True)
+    boxes: list[list[np.ndarray]] = []
+    bad_all: list[str] = []
+    timing = _Timing()
+    cached = 0
+    try:
+        with progress_logging(bar is not None):
+            for v in videos:
+                cache_path = os.path.join(det_dir, _safe_name(v.name) + ".npz")
+                hit = None if ignore_cache else _load_video(cache_path, sig, v.frame_ids)
+                if hit is not None:
+                    dets, bad, _ = hit
+                    cached += 1
+                    if bar is not None:
+                        bar.update(len(v.paths))
+                else:
+                    dets, bad, times = _run_video(detector, v, num_classes, num_workers, timing, bar)
+                    _save_video(cache_path, v.frame_ids, dets, sig, bad, times)
+                bad_all.extend(bad)
+                boxes.extend(dets)
+    finally:
+        if bar is not None:
+            bar.close()
+    return Detections(videos, boxes, bad_all, cached, timing.summary(), thresh, detector.key_interval)
+
+
+def evaluate_detections(dets: Detections, cfg: Config, output_dir: str) -> dict[str, Any]:
+    """Write the results file and the evaluated-frames list, evaluate against the annotations, save the
+    JSON (``results/eval_<test_image_set>.json``); returns the evaluation dict (see :func:`run_test_set`)."""
+    set_name = str(cfg.dataset.test_image_set).replace("+", "_")
+    num_classes = int(cfg.dataset.NUM_CLASSES)
+    videos = dets.videos
+    # all_boxes[class][image], the reference's layout for the results file
+    all_boxes = [[d[c] for d in dets.boxes] for c in range(num_classes)]
+    results_file = os.path.join(output_dir, "results", f"det_{set_name}_all.txt")
+    write_vid_results(results_file, all_boxes, dets.frame_ids)
+    eval_lines = [f"{ix} {fid}" for v in videos for ix, fid in zip(v.indices, v.frame_ids)]
+    eval_set = os.path.join(output_dir, f"{set_name}_eval.txt")
+    atomic_write_text(eval_set, "\n".join(eval_lines) + "\n")
+    annotations = load_vid_annotations(os.path.join(str(cfg.dataset.dataset_path), "Annotations", "VID"),
+                                       [ix for v in videos for ix in v.indices])
+    result = vid_eval(results_file, eval_lines, annotations, motion=True)
+    # the reference's mAP averages all 30 classes (NaN when a class without objects has detections);
+    # on a subset such as the synthetic mini-VID the mean over the classes present is the useful number
+    present = [a for n, a in zip(result["classes"], result["ap"]) if result["num_gt_per_class"][n] > 0]
+    result["mAP_present_classes"] = float(np.mean(present)) if present else float("nan")
+    result["timing"] = dict(dets.timing)
+    result.update(videos=len(videos), frames=sum(len(v.paths) for v in videos), videos_cached=dets.videos_cached,
+                  bad_frames=dets.bad_frames, results_file=results_file, thresh=dets.thresh,
+                  key_interval=dets.key_interval)
+    save_json(result, os.path.join(output_dir, "results", f"eval_{set_name}.json"))
+    if dets.bad_frames:
+        log.warning("%d unreadable frames had no detections (listed in the JSON under bad_frames)",
+                    len(dets.bad_frames))
+    return result
+
+
 def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: str, thresh: float | None = None,
                  key_interval: int | None = None, device: str | torch.device = "cpu", ignore_cache: bool = False,
                  num_workers: int = 2, progress: bool = True, max_videos: int | None = None,
@@ -218,142 +391,15 @@ def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: 
     ``timing`` (mean seconds per frame and stage over the frames run now), ``videos``, ``frames``,
     ``videos_cached``, ``bad_frames`` and ``results_file``.
     """
-    if kind not in DEFAULT_THRESH:
-        raise ValueError(f"kind must be one of {sorted(DEFAULT_THRESH)}, got {kind!r}")
-    thresh = DEFAULT_THRESH[kind] if thresh is None else float(thresh)
-    dataset_path = str(cfg.dataset.dataset_path)
-    if not os.path.isdir(dataset_path):
-        raise TesterError(missing_dataset_message(dataset_path))
-    imdb = ImageNetVID(str(cfg.dataset.test_image_set), dataset_path,
-                       cache_dir=os.path.join(str(cfg.dataset.root_path), "cache"), verbose=progress)
-    try:
-        videos = list_videos(imdb)
-    except FileNotFoundError as e:
-        raise TesterError(str(e)) from None
-    if max_videos is not None:
-        videos = videos[:max_videos]
-    if not videos:
-        raise TesterError(f"{cfg.dataset.test_image_set}: the test list has no usable video")
-    device = torch.device(device)
-    model = model.to(device).eval()
-    detector = VideoDetector(model, cfg, key_interval=key_interval, device=device, thresh=thresh, sync=False,
-                             fast=fast)
-    sig = json.dumps({"model": model_digest(model), "thresh": thresh, "key_interval": detector.key_interval,
-                      "scales": [list(s) for s in cfg.SCALES], "means": list(cfg.network.PIXEL_MEANS),
-                      "nms": float(cfg.TEST.NMS), "max_per_image": int(cfg.TEST.max_per_image),
-                      "fast_path": detector.runner.fast.describe(),
-                      "test": {k: cfg.TEST[k] for k in ("RPN_NMS_THRESH", "RPN_PRE_NMS_TOP_N",
-                                                        "RPN_POST_NMS_TOP_N", "RPN_MIN_SIZE")}},
-                     sort_keys=True)
-    set_name = str(cfg.dataset.test_image_set).replace("+", "_")
-    os.makedirs(output_dir, exist_ok=True)
-    det_dir = os.path.join(output_dir, "detections")
-    num_classes = int(cfg.dataset.NUM_CLASSES)
-    total = sum(len(v.paths) for v in videos)
-    bar = None
-    if progress:
-        bar = tqdm(total=total, desc=f"test {set_name}", unit="frame", file=sys.stderr, dynamic_ncols=True)
-    all_dets: list[list[np.ndarray]] = []
-    frame_ids: list[int] = []
-    bad_all: list[str] = []
-    stage_sum = dict.fromkeys((*STAGES, "total"), 0.0)
-    frames_run = 0
-    cached = 0
-    keys = 0
-    try:
-        for v in videos:
-            cache_path = os.path.join(det_dir, _safe_name(v.name) + ".npz")
-            hit = None if ignore_cache else _load_video(cache_path, sig, v.frame_ids)
-            if hit is not None:
-                dets, bad, _ = hit
-                cached += 1
-                if bar is not None:
-                    bar.update(len(v.paths))
-            else:
-                bad: list[str] = []  # type: ignore[no-redef]
-                empty = [np.zeros((0, 5), np.float32) for _ in range(num_classes)]
-                dets = [list(empty) for _ in v.paths]
-                times = np.zeros((len(v.paths), len(STAGES) + 1))
-                for r in detector.run(_prefetch_frames(v.paths, detector.prepare, num_workers, 2 * num_workers + 2, bad)):
-                    dets[r.index] = [np.asarray(d, dtype=np.float32).reshape(-1, 5) for d in r.detections]
-                    times[r.index] = [r.times[s] for s in (*STAGES, "total")]
-                    keys += int(r.is_key)
-                    frames_run += 1
-                    for s in stage_sum:
-                        stage_sum[s] += r.times[s]
-                    if bar is not None:
-                        bar.update(1)
-                        if frames_run % 20 == 0:
-                            bar.set_postfix(ms_per_frame=f"{1000 * stage_sum['total'] / frames_run:.0f}")
-                if bad and bar is not None:
-                    bar.update(len(bad))
-                _save_video(cache_path, v.frame_ids, dets, sig, bad, times)
-            bad_all.extend(bad)
-            all_dets.extend(dets)
-            frame_ids.extend(v.frame_ids)
-    finally:
-        if bar is not None:
-            bar.close()
-
-    # all_boxes[class][image], the reference's layout for the results file
-    all_boxes = [[d[c] for d in all_dets] for c in range(num_classes)]
-    results_file = os.path.join(output_dir, "results", f"det_{set_name}_all.txt")
-    write_vid_results(results_file, all_boxes, frame_ids)
-    eval_lines = [f"{ix} {fid}" for v in videos for ix, fid in zip(v.indices, v.frame_ids)]
-    eval_set = os.path.join(output_dir, f"{set_name}_eval.txt")
-    atomic_write_text(eval_set, "\n".join(eval_lines) + "\n")
-    annotations = load_vid_annotations(os.path.join(dataset_path, "Annotations", "VID"),
-                                       [ix for v in videos for ix in v.indices])
-    result = vid_eval(results_file, eval_lines, annotations, motion=True)
-    # the reference's mAP averages all 30 classes (NaN when a class without objects has detections);
-    # on a subset such as the synthetic mini-VID the mean over the classes present is the useful number
-    present = [a for n, a in zip(result["classes"], result["ap"]) if result["num_gt_per_class"][n] > 0]
-    result["mAP_present_classes"] = float(np.mean(present)) if present else float("nan")
-    result["timing"] = {s: (t / frames_run if frames_run else None) for s, t in stage_sum.items()}
-    result["timing"]["frames_timed"] = frames_run
-    result["timing"]["key_frames"] = keys
-    result.update(videos=len(videos), frames=total, videos_cached=cached, bad_frames=bad_all,
-                  results_file=results_file, thresh=thresh, key_interval=detector.key_interval)
-    save_json(result, os.path.join(output_dir, "results", f"eval_{set_name}.json"))
-    if bad_all:
-        log.warning("%d unreadable frames had no detections (listed in the JSON under bad_frames)", len(bad_all))
-    return result
+    dets = detect_videos(model, cfg, kind=kind, output_dir=output_dir, thresh=thresh, key_interval=key_interval,
+                         device=device, ignore_cache=ignore_cache, num_workers=num_workers, progress=progress,
+                         max_videos=max_videos, fast=fast)
+    return evaluate_detections(dets, cfg, output_dir)
 
 
 # --------------------------------------------------------------------------------------------------
-# command line
+# the test scripts (their options: dff.apps.cli)
 # --------------------------------------------------------------------------------------------------
-def build_test_parser(kind: str, prog: str | None = None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=f"Test a trained {'DFF' if kind == 'dff' else 'R-FCN'} "
-                                 "model on the test list of the config and evaluate (ImageNet VID mAP).")
-    add_test_arguments(ap, kind)
-    ap.add_argument("--model", default=None,
-                    help="weights to test (native .pth or MXNet .params; default: "
-                         "<output>/<cfg stem>/<train sets>/<prefix>-<TEST.test_epoch>.pth, else .params)")
-    return ap
-
-
-def add_test_arguments(ap: argparse.ArgumentParser, kind: str) -> None:
-    if not any(a.dest == "cfg" for a in ap._actions):
-        ap.add_argument("--cfg", required=True, help="experiment YAML")
-    ap.add_argument("--thresh", type=float, default=None,
-                    help=f"score threshold (default {DEFAULT_THRESH[kind]:g}, as the reference)")
-    ap.add_argument("--ignore-cache", "--ignore_cache", dest="ignore_cache", action="store_true",
-                    help="run every video again, even those with finished detections in the output folder")
-    if kind == "dff":
-        ap.add_argument("--key-interval", type=int, default=None,
-                        help="key frame every N frames (default TEST.KEY_FRAME_INTERVAL)")
-    if not any(a.dest == "num_workers" for a in ap._actions):
-        ap.add_argument("--num-workers", type=int, default=2, help="frame decoding threads / loader workers")
-    if not any(a.dest == "device" for a in ap._actions):
-        ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    ap.add_argument("--max-videos", type=int, default=None, help="test only the first N videos (smoke tests)")
-    ap.add_argument("--fast", default="none", choices=FAST_NAMES,
-                    help="the engine's GPU fast path (default none: plain float32, as the reference); fp16 gave the "
-                         "same synthetic mAP on an H200, see docs/benchmarks.md")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 def default_model_path(cfg: Config, cfg_path: str | None) -> str:
     """The checkpoint the test script loads: ``<train dir>/<prefix>-<test_epoch>.pth`` (else ``.params``)."""
     train_dir = os.path.join(cfg.output_path or "./output", config_stem(cfg_path),
@@ -375,18 +421,6 @@ def build_test_model(cfg: Config, model_path: str, kind: str) -> torch.nn.Module
     return model
 
 
-def setup_console_logging() -> None:
-    for name in ("dff.test", "dff.train"):
-        lg = logging.getLogger(name)
-        lg.setLevel(logging.INFO)
-        if not any(getattr(h, "_dff_console", False) for h in lg.handlers):
-            h = logging.StreamHandler(sys.stderr)
-            h.setFormatter(logging.Formatter("%(message)s"))
-            h._dff_console = True  # type: ignore[attr-defined]
-            lg.addHandler(h)
-            lg.propagate = False
-
-
 def resolve_device(device: str | None) -> torch.device:
     if device:
         d = torch.device(device)
@@ -396,49 +430,35 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _log_summary(result: dict[str, Any]) -> None:
+    log.info("%s", format_table(result))
+    t = result["timing"]
+    if t.get("total") is not None:
+        log.info("mean time per frame: %.1f ms (%s); %d key frames of %d run",
+                 1000 * t["total"], ", ".join(f"{s} {1000 * t[s]:.1f}" for s in STAGES),
+                 t["key_frames"], t["frames_timed"])
+    log.info("results: %s (mAP %.4f; over the %d classes with objects: %.4f)", result["results_file"],
+             result["mAP"], sum(1 for n in result["num_gt_per_class"].values() if n > 0),
+             result["mAP_present_classes"])
+
+
 def run_test_from_args(args: argparse.Namespace, kind: str, cfg: Config, cfg_path: str,
                        model_path: str | None) -> dict[str, Any]:
-    """Test the model at ``model_path`` (default :func:`default_model_path`) and print the table."""
+    """Test the model at ``model_path`` (default :func:`default_model_path`) with the test options of
+    ``args`` (:func:`dff.apps.cli.add_test_options`), log the table (also to ``test.log``)."""
     if not os.path.isdir(str(cfg.dataset.dataset_path)):  # before any folder is made
         raise TesterError(missing_dataset_message(str(cfg.dataset.dataset_path)))
     path = model_path or default_model_path(cfg, cfg_path)
     model = build_test_model(cfg, path, kind)
     out_dir = eval_output_dir(cfg, cfg_path)
     os.makedirs(out_dir, exist_ok=True)
-    fh = logging.FileHandler(os.path.join(out_dir, "test.log"))
-    fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(fh)
-    try:
+    with setup_logging(os.path.join(out_dir, "test.log"), console=False):
         log.info("testing %s on %s (%s)", path, cfg.dataset.test_image_set, out_dir)
         device = resolve_device(args.device)
         result = run_test_set(model, cfg, kind=kind, output_dir=out_dir, thresh=args.thresh,
-                            key_interval=getattr(args, "key_interval", None), device=device,
-                            ignore_cache=args.ignore_cache, num_workers=args.num_workers,
-                            progress=not args.no_progress, max_videos=args.max_videos,
-                            fast=FastPath.from_name(getattr(args, "fast", "none"), device))
-        log.info("%s", format_table(result))
-        t = result["timing"]
-        if t.get("total") is not None:
-            log.info("mean time per frame: %.1f ms (%s); %d key frames of %d run",
-                     1000 * t["total"], ", ".join(f"{s} {1000 * t[s]:.1f}" for s in STAGES),
-                     t["key_frames"], t["frames_timed"])
-        log.info("results: %s (mAP %.4f; over the %d classes with objects: %.4f)", result["results_file"],
-                 result["mAP"], sum(1 for n in result["num_gt_per_class"].values() if n > 0),
-                 result["mAP_present_classes"])
-    finally:
-        log.removeHandler(fh)
-        fh.close()
+                              key_interval=getattr(args, "key_interval", None), device=device,
+                              ignore_cache=args.ignore_cache, num_workers=args.num_workers,
+                              progress=not args.no_progress, max_videos=args.max_videos,
+                              fast=FastPath.from_name(getattr(args, "fast", "none"), device))
+        _log_summary(result)
     return result
-
-
-def run_test(argv: Sequence[str] | None, kind: str, prog: str | None = None) -> int:
-    """``*_test.py --cfg X.yaml``: test the ``TEST.test_epoch`` checkpoint and evaluate. Returns the exit code."""
-    args = build_test_parser(kind, prog).parse_args(argv)
-    setup_console_logging()
-    try:
-        cfg = load_config(args.cfg)
-        run_test_from_args(args, kind, cfg, args.cfg, args.model)
-    except (ConfigError, TesterError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0

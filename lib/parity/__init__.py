@@ -1,6 +1,6 @@
 """Parity checks against fixtures made with the original MXNet code.
 
-A fixture directory has the layout of ``../shared/reference`` (``ops/``, ``model/``, ``params/``,
+A fixture directory has the layout of ``tests/fixtures/reference`` (``ops/``, ``model/``, ``params/``,
 ``eval/``). Each module of this package checks one area and exposes ``cases(fixture_dir, backend)``,
 a generator of :class:`Result` rows; ``tools/parity.py`` prints them. ``backend`` is ``"compiled"`` or
 ``"fallback"`` and selects the operator implementation (areas without custom operators ignore it).

@@ -29,10 +29,15 @@ Checkpoints in the output folder ``<output_path>/<cfg stem>/<image sets joined b
 
 A non-finite loss or gradient stops training with :class:`TrainingDiverged` naming the update; the
 weights are not updated and no checkpoint is written, so the last good one stays as it was.
+
+The code, in the spirit of torchvision's detection references: :func:`train` (checks, devices, process
+group) -> ``_set_up`` (seeds, data, model, initialisation or resume, optimizer) -> ``_train_loop`` (epochs,
+``_save_epoch_end``) -> ``_train_one_epoch`` (loader, progress bar, ``_save_last_state``) -> ``_train_step``
+(one update); ``_MetricLog`` keeps the history and writes the metric lines. The command line that calls
+:func:`train` is :mod:`dff.apps.cli` (its flags fill :class:`TrainOptions`).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -41,7 +46,7 @@ import random
 import shutil
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,7 +55,7 @@ from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from tqdm import tqdm
 
-from dff.config import Config, ConfigError, config_stem, load_config
+from dff.config import Config, config_stem
 from dff.dataset.imagenet_vid import ImageNetVID, missing_dataset_message
 from dff.dataset.loader import (
     STREAM_TARGETS,
@@ -61,15 +66,8 @@ from dff.dataset.loader import (
     list_collate,
     worker_init,
 )
-from dff.eval.tester import (
-    TesterError,
-    add_test_arguments,
-    default_model_path,
-    run_test_from_args,
-    setup_console_logging,
-)
 from dff.models.builder import build_model, fold_bbox_state, tiled_bbox_stats, unfold_bbox_state, weights_tag
-from dff.train.optim import MXNetSGD, build_param_groups, lr_schedule
+from dff.train.optim import MXNetSGD, ParamGroups, build_param_groups, lr_schedule
 from dff.utils.checkpoint import (
     CheckpointError,
     detect_format,
@@ -79,11 +77,12 @@ from dff.utils.checkpoint import (
     save_checkpoint,
     save_mxnet_checkpoint,
 )
+from dff.utils.logging import progress_logging, setup_logging
 from dff.utils.mxnet_params import MXNetParamsError, read_params
 
 __all__ = [
     "TrainOptions", "TrainResult", "TrainingError", "TrainingDiverged", "METRICS",
-    "train_output_dir", "load_train_roidb", "init_new_layers", "initialize", "train", "build_train_parser", "run_train_test",
+    "AMP_CHOICES", "train_output_dir", "load_train_roidb", "init_new_layers", "initialize", "train",
 ]
 
 log = logging.getLogger("dff.train")
@@ -94,6 +93,9 @@ METRICS = ("loss", "rpn_cls_loss", "rpn_bbox_loss", "rcnn_cls_loss", "rcnn_bbox_
 _BUCKET_BYTES = 32 << 20
 _NEW_LAYERS = ("feat_conv_3x3", "rpn_head.rpn_cls_score", "rpn_head.rpn_bbox_pred", "rfcn_head.rfcn_cls",
                "rfcn_head.rfcn_bbox")
+_DEFAULT_PREFIX = {"rfcn": "rfcn_vid", "dff": "dff_rfcn_vid"}  # by model.kind, when TRAIN.model_prefix is empty
+AMP_CHOICES = ("off", "bf16", "fp16")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingError(RuntimeError):
@@ -208,13 +210,13 @@ def _load_init(model: nn.Module, path: str, cfg: Config) -> str:
             load_mxnet_checkpoint(model, params, strict=True)
             return f"all weights from {path} (MXNet)"
         load_model_weights(model, path)
-        kind = weights_tag(path)
+        tag = weights_tag(path)
     except (CheckpointError, MXNetParamsError) as e:
         raise TrainingError(f"--init: {e}") from None
-    if kind != "train":
+    if tag != "train":
         # inference weights have the box de-normalisation folded in: undo it for training
         model.load_state_dict(unfold_bbox_state(model.state_dict(), cfg))
-    return f"all weights from {path} (native, {kind or 'test'} weights)"
+    return f"all weights from {path} (native, {tag or 'test'} weights)"
 
 
 def initialize(model: nn.Module, cfg: Config, opts: TrainOptions) -> list[str]:
@@ -377,56 +379,43 @@ def _normalize_cfg(d: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# the training loop
+# set-up: model, optimizer, data, resume
 # --------------------------------------------------------------------------------------------------
-def _forward(model: nn.Module, s: dict[str, Any], device: torch.device,
-             generator: torch.Generator) -> dict[str, torch.Tensor]:
-    batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in s.items()}
-    return model.forward_train(batch, generator=generator)
+@dataclasses.dataclass
+class _Run:
+    """One training run: what :func:`_set_up` builds, :func:`_train_step` advances and the checkpoints save."""
+    cfg: Config
+    opts: TrainOptions
+    device: torch.device
+    dctx: _Dist
+    out_dir: str
+    prefix: str                        # checkpoint file prefix (TRAIN.model_prefix)
+    model: nn.Module
+    trainable: list[nn.Parameter]
+    optimizer: MXNetSGD
+    scaler: torch.amp.GradScaler | None
+    schedule: Callable[[int], float]   # lr of update n (counted from 1)
+    generator: torch.Generator         # the per-sample target-sampling stream
+    end_epoch: int
+    iteration: int                     # updates done in total
+    epoch: int                         # completed epochs
+    batch_in_epoch: int                # global batches done in the current epoch
+    bad_total: int = 0                 # unreadable samples skipped
+    state_path: str | None = None      # the last training state written (rank 0)
+    weights_path: str | None = None    # the last inference weights written (rank 0)
+    dataset: TrainDataset = dataclasses.field(init=False)
+    sampler: AspectGroupedBatchSampler = dataclasses.field(init=False)
 
+    @property
+    def global_batch(self) -> int:
+        return self.dctx.world * self.opts.accumulate
 
-def _setup_logging(out_dir: str, main: bool, progress: bool, rank: int
-                   ) -> tuple[list[logging.Handler], list[logging.Handler]]:
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    handlers: list[logging.Handler] = []
-    if main:
-        fh = logging.FileHandler(os.path.join(out_dir, "train.log"))
-        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        handlers.append(fh)
-    console = _TqdmHandler() if progress else logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(message)s" if main else f"[rank {rank}] %(message)s"))
-    if not main:
-        console.setLevel(logging.WARNING)  # the other ranks only report problems (e.g. unreadable images)
-    handlers.append(console)
-    # this run's handlers replace any console handler set up before (e.g. by the entry point)
-    saved = list(log.handlers)
-    for h in saved:
-        log.removeHandler(h)
-    for h in handlers:
-        log.addHandler(h)
-    return handlers, saved
+    @property
+    def per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
 
-
-class _TqdmHandler(logging.StreamHandler):
-    """Log lines printed above the progress bar instead of through it."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # pragma: no cover
-            self.handleError(record)
-
-
-def _tensorboard(out_dir: str) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
-    except Exception:
-        return None
-    try:
-        return SummaryWriter(os.path.join(out_dir, "tensorboard"))
-    except Exception:
-        return None
+    def stop_requested(self) -> bool:
+        return self.opts.max_iters is not None and self.iteration >= self.opts.max_iters
 
 
 def _resume_path(out_dir: str, prefix: str, cfg: Config) -> str | None:
@@ -441,6 +430,349 @@ def _resume_path(out_dir: str, prefix: str, cfg: Config) -> str | None:
     return None
 
 
+def _load_resume_weights(model: nn.Module, path: str, cfg: Config) -> tuple[dict[str, Any], list[str]]:
+    """The training state at ``path`` (checked to be this model's) with its weights loaded into ``model``."""
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        raise TrainingError(f"resume: {e}") from None
+    if ckpt.get("model_kind") != model.kind or ckpt.get("weights") != "train":
+        raise TrainingError(f"{path}: not a {model.kind} training state (model_kind={ckpt.get('model_kind')!r})")
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as e:
+        raise TrainingError(f"{path}: does not fit the model: {str(e).splitlines()[0]}") from None
+    lines = [f"resumed from {path} (update {ckpt['iteration']}, epoch {ckpt['epoch'] + 1}, "
+             f"batch {ckpt['batch_in_epoch']})"]
+    diff = _config_diff(_normalize_cfg(ckpt.get("config") or {}), _normalize_cfg(cfg.to_dict()))
+    if diff:
+        log.warning("resume: config differs from the checkpoint's in %s", ", ".join(diff[:20]))
+    return ckpt, lines
+
+
+def _restore_progress(run: _Run, ckpt: dict[str, Any], path: str) -> None:
+    """Optimizer momentum, position (update, epoch, batch), bad-sample count, RNG streams and loss scale
+    of a training state; it must have the same global batch and seed as this run."""
+    saved_batch = int(ckpt["global_batch"])
+    if saved_batch != run.global_batch:
+        raise TrainingError(
+            f"{path}: trained with a global batch of {saved_batch} images "
+            f"({ckpt['world_size']} processes x accumulate {ckpt['accumulate']}), this run has {run.global_batch} "
+            f"({run.dctx.world} x {run.opts.accumulate}); resume with the same product (e.g. --accumulate "
+            f"{max(1, saved_batch // run.dctx.world)})")
+    if int(ckpt["seed"]) != run.opts.seed:
+        raise TrainingError(f"{path}: trained with --seed {ckpt['seed']}, this run has {run.opts.seed}")
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.iteration, run.epoch, run.batch_in_epoch = int(ckpt["iteration"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
+    run.bad_total = int(ckpt.get("bad_samples", 0))
+    _set_rng_state(ckpt["rng"], run.generator)
+    if run.scaler is not None and "grad_scaler" in ckpt:
+        run.scaler.load_state_dict(ckpt["grad_scaler"])
+
+
+def _set_up(cfg: Config, opts: TrainOptions, device: torch.device, dctx: _Dist, out_dir: str) -> _Run:
+    """Seeds, training roidb, model (initialised, or resumed), optimizer, lr schedule, data sampler; logs
+    the run's summary. The order of the random draws is part of the reproducibility contract."""
+    random.seed(opts.seed)
+    np.random.seed(opts.seed % (2 ** 32))
+    torch.manual_seed(opts.seed)
+
+    roidb = load_train_roidb(cfg, verbose=dctx.main)
+    model = build_model(opts.kind, cfg)
+    prefix = str(cfg.TRAIN.model_prefix) or _DEFAULT_PREFIX[model.kind]
+    resume = opts.resume or bool(cfg.TRAIN.RESUME)
+    resume_from = _resume_path(out_dir, prefix, cfg) if resume else None
+    if resume and resume_from is None:
+        log.warning("resume: no %s-last.state.pth in %s; starting a new run", prefix, out_dir)
+    ckpt = None
+    if resume_from is not None:
+        ckpt, init_lines = _load_resume_weights(model, resume_from, cfg)
+    else:
+        init_lines = initialize(model, cfg, opts)
+    model.to(device)
+    model.train()
+
+    groups_info = build_param_groups(model, list(cfg.network.FIXED_PARAMS))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if dctx.world > 1 and ckpt is None:
+        # the same start on every rank, whatever each process drew (rank 0's weights win)
+        for t in list(model.state_dict().values()):
+            dist.broadcast(t, 0)
+    optimizer = MXNetSGD(groups_info.groups(model, float(cfg.TRAIN.wd)), lr=float(cfg.TRAIN.lr),
+                         momentum=float(cfg.TRAIN.momentum), wd=float(cfg.TRAIN.wd))
+    global_batch = dctx.world * opts.accumulate
+    schedule = lr_schedule(cfg, len(roidb), global_batch)
+    generator = torch.Generator()
+    scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" else None
+
+    begin_epoch = int(cfg.TRAIN.begin_epoch)
+    # a fresh run that begins at a later epoch counts the updates of the skipped epochs, so the lr steps
+    # (counted from epoch 0) fall where the reference's (counted from begin_epoch) do
+    run = _Run(cfg, opts, device, dctx, out_dir, prefix, model, trainable, optimizer, scaler, schedule, generator,
+               end_epoch=int(cfg.TRAIN.end_epoch), iteration=begin_epoch * (len(roidb) // global_batch),
+               epoch=begin_epoch, batch_in_epoch=0)
+    if ckpt is not None:
+        _restore_progress(run, ckpt, resume_from)
+        del ckpt
+    run.dataset = TrainDataset(roidb, cfg, pairs=model.kind == "dff", seed=opts.seed)
+    run.sampler = AspectGroupedBatchSampler(
+        [r["width"] for r in roidb], [r["height"] for r in roidb], per_rank=opts.accumulate, world_size=dctx.world,
+        rank=dctx.rank, seed=opts.seed, shuffle=bool(cfg.TRAIN.SHUFFLE), aspect_grouping=bool(cfg.TRAIN.ASPECT_GROUPING),
+        reference_quirk=opts.shuffle_quirk, epoch=run.epoch,
+        start_batch=min(run.batch_in_epoch, len(roidb) // global_batch))
+    if dctx.main:
+        _log_start(run, len(roidb), begin_epoch, init_lines, groups_info)
+    return run
+
+
+def _log_start(run: _Run, images: int, begin_epoch: int, init_lines: list[str], groups: ParamGroups) -> None:
+    opts = run.opts
+    log.info("training %s: %d images, global batch %d (%d process(es) x %d), %d updates/epoch, epochs %d..%d, "
+             "device %s%s", run.model.kind, images, run.global_batch, run.dctx.world, opts.accumulate, run.per_epoch,
+             begin_epoch + 1, run.end_epoch, run.device, f", amp {opts.amp}" if opts.amp != "off" else "")
+    for line in init_lines:
+        log.info("init: %s", line)
+    log.info("lr: %s", run.schedule)
+    log.info("params: %d trained with wd, %d without, %d frozen (%s)", len(groups.decay), len(groups.no_decay),
+             len(groups.frozen), ", ".join(groups.mxnet_names[n] for n in groups.frozen[:6])
+             + (" ..." if len(groups.frozen) > 6 else ""))
+    log.info("output: %s", run.out_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# one training step
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Step:
+    """What one update did: its lr, the readable images of the global batch, the metric means over them."""
+    lr: float
+    images: int
+    means: list[float]                 # in METRICS order
+
+
+def _forward_backward(run: _Run, samples: Sequence[dict[str, Any] | BadSample]) -> torch.Tensor:
+    """Forward and backward of each local image (gradients summed into ``.grad``); returns the local sums
+    of METRICS, then the image count and the unreadable-sample count (float64)."""
+    stats = torch.zeros(len(METRICS) + 2, dtype=torch.float64, device=run.device)
+    zero = torch.zeros((), dtype=torch.float64, device=run.device)
+    autocast_dtype = _AMP_DTYPES.get(run.opts.amp)
+    for s in samples:
+        if isinstance(s, BadSample):
+            log.warning("warning: %s: %s (epoch %d, roidb entry %d; skipped)", s.path, s.message, s.epoch + 1, s.index)
+            stats[-1] += 1
+            continue
+        # the sample's own target-sampling stream: the same draws whatever the process layout
+        run.generator.manual_seed(derive_seed(run.opts.seed, s["epoch"], s["index"], STREAM_TARGETS))
+        with torch.autocast(run.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            batch = {k: v.to(run.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+            out = run.model.forward_train(batch, generator=run.generator)
+        loss = out["loss"]
+        (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
+        stats[: len(METRICS)] += torch.stack([out[k].detach().double().reshape(()) if k in out else zero for k in METRICS])
+        stats[-2] += 1
+    return stats
+
+
+def _check_finite(run: _Run, sums: list[float]) -> None:
+    """:class:`TrainingDiverged` (before the update, nothing written) on a non-finite loss or gradient."""
+    loss_finite = math.isfinite(sums[0])
+    grads_finite = True
+    if loss_finite and run.scaler is None:  # the fp16 scaler skips non-finite steps itself
+        grads_finite = bool(torch.stack([torch.isfinite(p.grad).all() for p in run.trainable]).all())
+    if loss_finite and grads_finite:
+        return
+    raise TrainingDiverged(
+        f"update {run.iteration + 1} (epoch {run.epoch + 1}, batch {run.batch_in_epoch}): "
+        f"{'the loss' if not loss_finite else 'a gradient'} is not finite (loss sum {sums[0]:.6g}; "
+        + ", ".join(f"{k} {v:.4g}" for k, v in zip(METRICS[1:], sums[1:len(METRICS)]))
+        + "); training stopped before the update; last good checkpoint: "
+        + (run.state_path or _resume_path(run.out_dir, run.prefix, run.cfg) or "none written yet"))
+
+
+def _train_step(run: _Run, samples: Sequence[dict[str, Any] | BadSample]) -> _Step | None:
+    """One update on one global batch: forward and backward over the local images, gradients summed over
+    all ranks, non-finite check, optimizer step at the schedule's lr. None (no update) when no image of the
+    global batch could be read."""
+    stats = _forward_backward(run, samples)
+    for p in run.trainable:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    _allreduce_sum([p.grad for p in run.trainable] + [stats], run.dctx.world)
+    sums = stats.tolist()
+    n_img, n_bad = int(sums[-2]), int(sums[-1])
+    run.bad_total += n_bad
+    run.batch_in_epoch += 1
+    if n_img == 0:
+        log.warning("update %d: no readable image in the global batch; skipped", run.iteration + 1)
+        run.optimizer.zero_grad(set_to_none=False)
+        return None
+    _check_finite(run, sums)
+    lr = run.schedule(run.iteration + 1)
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=False)
+    run.iteration += 1
+    return _Step(lr, n_img, [v / n_img for v in sums[: len(METRICS)]])
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------------------
+def _tensorboard(out_dir: str) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
+    except Exception:
+        return None
+    try:
+        return SummaryWriter(os.path.join(out_dir, "tensorboard"))
+    except Exception:
+        return None
+
+
+class _MetricLog:
+    """Rank 0's metrics: every update in ``history``; every ``frequent`` updates the reference's Speedometer
+    line (means over the updates since the last line) and, with tensorboard installed, its scalars."""
+
+    def __init__(self, frequent: int, tb: Any) -> None:
+        self.frequent, self.tb = frequent, tb
+        self.history: list[dict[str, float]] = []
+        self._window: list[list[float]] = []
+        self._t0 = time.perf_counter()
+
+    def update(self, run: _Run, step: _Step) -> None:
+        self.history.append({"iteration": run.iteration, "epoch": run.epoch, "lr": step.lr, "images": step.images,
+                             **dict(zip(METRICS, step.means))})
+        self._window.append(step.means + [step.images])
+        if run.iteration % self.frequent == 0:
+            self._emit(run, step.lr)
+
+    def _emit(self, run: _Run, lr: float) -> None:
+        dt = time.perf_counter() - self._t0
+        speed = sum(w[-1] for w in self._window) / max(dt, 1e-9)
+        avg = np.mean(np.asarray(self._window)[:, :-1], axis=0).tolist()
+        log.info("Epoch[%d] Batch [%d] Update %d Speed: %.2f samples/sec lr %.3e Train-%s", run.epoch,
+                 run.batch_in_epoch, run.iteration, speed, lr, ", ".join(f"{k}={v:.6f}" for k, v in zip(METRICS, avg)))
+        if self.tb is not None:
+            for k, v in zip(METRICS, avg):
+                self.tb.add_scalar(f"train/{k}", v, run.iteration)
+            self.tb.add_scalar("train/lr", lr, run.iteration)
+            self.tb.add_scalar("train/samples_per_sec", speed, run.iteration)
+        self._window.clear()
+        self._t0 = time.perf_counter()
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints (rank 0 writes)
+# --------------------------------------------------------------------------------------------------
+def _save_state(run: _Run, path: str) -> None:
+    """The full training state (resumable: weights, momentum, position, RNG streams, config)."""
+    extra = {
+        "weights": "train", "model_kind": run.model.kind, "optimizer": run.optimizer.state_dict(),
+        "iteration": run.iteration, "epoch": run.epoch, "batch_in_epoch": run.batch_in_epoch,
+        "global_batch": run.global_batch, "world_size": run.dctx.world, "accumulate": run.opts.accumulate,
+        "seed": run.opts.seed, "rng": _rng_state(run.generator), "bad_samples": run.bad_total,
+    }
+    if run.scaler is not None:
+        extra["grad_scaler"] = run.scaler.state_dict()
+    save_checkpoint(path, model_state=run.model, extra=extra, config=run.cfg)
+
+
+def _save_weights(run: _Run, path: str) -> None:
+    """Inference weights (the box de-normalisation folded into ``rfcn_bbox``)."""
+    save_checkpoint(path, model_state=fold_bbox_state(run.model.state_dict(), run.cfg),
+                    extra={"weights": "test", "model_kind": run.model.kind, "iteration": run.iteration,
+                           "epoch": run.epoch}, config=run.cfg)
+
+
+def _save_last_state(run: _Run) -> None:
+    """``<prefix>-last.state.pth`` inside an epoch (every ``save_every`` updates and at --max-iters)."""
+    if run.dctx.main:
+        run.state_path = os.path.join(run.out_dir, f"{run.prefix}-last.state.pth")
+        _save_state(run, run.state_path)
+        log.info("update %d: saved %s", run.iteration, run.state_path)
+    if run.dctx.world > 1:
+        dist.barrier()
+
+
+def _save_stopped(run: _Run) -> None:
+    """Stopped by --max-iters inside an epoch: inference weights of this point, for the test."""
+    if run.dctx.main:
+        run.weights_path = os.path.join(run.out_dir, f"{run.prefix}-iter{run.iteration:08d}.pth")
+        _save_weights(run, run.weights_path)
+        log.info("stopped after %d updates (--max-iters); weights %s", run.iteration, run.weights_path)
+
+
+def _save_epoch_end(run: _Run) -> None:
+    """``<prefix>-NNNN.state.pth`` (also as ``-last``), ``.pth`` and ``.params`` after epoch NNNN (numbered
+    by completed epochs, as the reference's)."""
+    if run.dctx.main:
+        base = os.path.join(run.out_dir, f"{run.prefix}-{run.epoch:04d}")
+        _save_state(run, base + ".state.pth")
+        run.state_path = os.path.join(run.out_dir, f"{run.prefix}-last.state.pth")
+        _link_or_copy(base + ".state.pth", run.state_path)
+        run.weights_path = base + ".pth"
+        _save_weights(run, run.weights_path)
+        if run.opts.mxnet_checkpoints:
+            means_t, stds_t = tiled_bbox_stats(run.cfg)
+            save_mxnet_checkpoint(run.model, base + ".params", bbox_stds=stds_t.tolist(), bbox_means=means_t.tolist())
+        log.info("epoch %d done (%d updates): %s.pth, .state.pth%s", run.epoch, run.iteration, base,
+                 ", .params" if run.opts.mxnet_checkpoints else "")
+    if run.dctx.world > 1:
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------------
+def _train_one_epoch(run: _Run, metrics: _MetricLog) -> None:
+    """The rest of the current epoch (from ``run.batch_in_epoch``), or up to --max-iters."""
+    run.sampler.set_epoch(run.epoch, run.batch_in_epoch)
+    loader = torch.utils.data.DataLoader(
+        run.dataset, batch_sampler=run.sampler, collate_fn=list_collate, num_workers=run.opts.num_workers,
+        worker_init_fn=worker_init if run.opts.num_workers else None, pin_memory=run.device.type == "cuda",
+        prefetch_factor=2 if run.opts.num_workers else None)
+    bar = None
+    if run.dctx.main and run.opts.progress:
+        bar = tqdm(total=run.per_epoch, initial=run.batch_in_epoch, desc=f"epoch {run.epoch + 1}/{run.end_epoch}",
+                   unit="it", file=sys.stderr, dynamic_ncols=True)
+    try:
+        with progress_logging(bar is not None):
+            for samples in loader:
+                step = _train_step(run, samples)
+                if bar is not None:
+                    bar.update(1)
+                if step is None:
+                    continue
+                if run.dctx.main:
+                    metrics.update(run, step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{step.means[0]:.3f}", lr=f"{step.lr:.2e}")
+                if run.batch_in_epoch < run.per_epoch and (
+                        (run.opts.save_every and run.iteration % run.opts.save_every == 0) or run.stop_requested()):
+                    _save_last_state(run)
+                if run.stop_requested():
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _train_loop(run: _Run, metrics: _MetricLog) -> None:
+    """Epochs until ``TRAIN.end_epoch`` or --max-iters, with the checkpoints of each end."""
+    while run.epoch < run.end_epoch and not run.stop_requested():
+        _train_one_epoch(run, metrics)
+        if run.batch_in_epoch < run.per_epoch:
+            _save_stopped(run)
+            break
+        run.epoch, run.batch_in_epoch = run.epoch + 1, 0
+        _save_epoch_end(run)
+
+
 def train(cfg: Config, opts: TrainOptions) -> TrainResult:
     """Train ``opts.kind`` on ``cfg``'s training lists (see the module docstring). Rank 0 writes files."""
     if opts.accumulate < 1:
@@ -451,7 +783,7 @@ def train(cfg: Config, opts: TrainOptions) -> TrainResult:
     device = torch.device(opts.device) if opts.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"--device {opts.device}: CUDA is not available on this machine")
-    if opts.amp not in ("off", "bf16", "fp16"):
+    if opts.amp not in AMP_CHOICES:
         raise TrainingError(f"--amp must be off, bf16 or fp16, got {opts.amp!r}")
     if opts.amp != "off" and device.type != "cuda":
         raise TrainingError(f"--amp {opts.amp} needs a CUDA device (this run is on {device})")
@@ -472,319 +804,20 @@ def train(cfg: Config, opts: TrainOptions) -> TrainResult:
 def _train(cfg: Config, opts: TrainOptions, device: torch.device, dctx: _Dist) -> TrainResult:
     out_dir = opts.output_dir or train_output_dir(cfg, opts.cfg_path)
     os.makedirs(out_dir, exist_ok=True)
-    handlers, saved = _setup_logging(out_dir, dctx.main, opts.progress, dctx.rank)
+    # rank 0 logs to train.log and the console; the other ranks only report problems (e.g. unreadable images)
+    logs = setup_logging(os.path.join(out_dir, "train.log") if dctx.main else None,
+                         console_level=logging.NOTSET if dctx.main else logging.WARNING,
+                         console_prefix="" if dctx.main else f"[rank {dctx.rank}] ")
     tb = _tensorboard(out_dir) if dctx.main else None
     try:
-        return _train_inner(cfg, opts, device, dctx, out_dir, log, tb)
+        run = _set_up(cfg, opts, device, dctx, out_dir)
+        metrics = _MetricLog(int(opts.frequent or cfg.default.frequent or 20), tb)
+        _train_loop(run, metrics)
+        if run.bad_total and dctx.main:
+            log.warning("%d unreadable training samples were skipped", run.bad_total)
+        return TrainResult(out_dir, run.model, run.iteration, run.epoch, run.weights_path, run.state_path,
+                           metrics.history, run.bad_total)
     finally:
         if tb is not None:
             tb.close()
-        for h in handlers:
-            log.removeHandler(h)
-            h.close()
-        for h in saved:
-            log.addHandler(h)
-
-
-def _train_inner(cfg: Config, opts: TrainOptions, device: torch.device, dctx: _Dist, out_dir: str,
-                 logger: logging.Logger, tb: Any) -> TrainResult:
-    kind = opts.kind
-    prefix = str(cfg.TRAIN.model_prefix) or ("dff_rfcn_vid" if kind == "dff" else "rfcn_vid")
-    global_batch = dctx.world * opts.accumulate
-    frequent = int(opts.frequent or cfg.default.frequent or 20)
-
-    random.seed(opts.seed)
-    np.random.seed(opts.seed % (2 ** 32))
-    torch.manual_seed(opts.seed)
-
-    roidb = load_train_roidb(cfg, verbose=dctx.main)
-    model = build_model(kind, cfg)
-    resume_from = _resume_path(out_dir, prefix, cfg) if (opts.resume or bool(cfg.TRAIN.RESUME)) else None
-    if (opts.resume or cfg.TRAIN.RESUME) and resume_from is None:
-        logger.warning("resume: no %s-last.state.pth in %s; starting a new run", prefix, out_dir)
-    ckpt = None
-    if resume_from is not None:
-        try:
-            ckpt = load_checkpoint(resume_from)
-        except CheckpointError as e:
-            raise TrainingError(f"resume: {e}") from None
-        if ckpt.get("model_kind") != kind or ckpt.get("weights") != "train":
-            raise TrainingError(f"{resume_from}: not a {kind} training state (model_kind={ckpt.get('model_kind')!r})")
-        try:
-            model.load_state_dict(ckpt["model"], strict=True)
-        except RuntimeError as e:
-            raise TrainingError(f"{resume_from}: does not fit the model: {str(e).splitlines()[0]}") from None
-        init_lines = [f"resumed from {resume_from} (update {ckpt['iteration']}, epoch {ckpt['epoch'] + 1}, "
-                      f"batch {ckpt['batch_in_epoch']})"]
-        diff = _config_diff(_normalize_cfg(ckpt.get("config") or {}), _normalize_cfg(cfg.to_dict()))
-        if diff:
-            logger.warning("resume: config differs from the checkpoint's in %s", ", ".join(diff[:20]))
-    else:
-        init_lines = initialize(model, cfg, opts)
-    model.to(device)
-    model.train()
-
-    groups_info = build_param_groups(model, list(cfg.network.FIXED_PARAMS))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if dctx.world > 1 and ckpt is None:
-        # the same start on every rank, whatever each process drew (rank 0's weights win)
-        for t in list(model.state_dict().values()):
-            dist.broadcast(t, 0)
-    optimizer = MXNetSGD(groups_info.groups(model, float(cfg.TRAIN.wd)), lr=float(cfg.TRAIN.lr),
-                         momentum=float(cfg.TRAIN.momentum), wd=float(cfg.TRAIN.wd))
-    schedule = lr_schedule(cfg, len(roidb), global_batch)
-    generator = torch.Generator()
-    scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" else None
-
-    begin_epoch = int(cfg.TRAIN.begin_epoch)
-    end_epoch = int(cfg.TRAIN.end_epoch)
-    # a fresh run that begins at a later epoch counts the updates of the skipped epochs, so the lr steps
-    # (counted from epoch 0) fall where the reference's (counted from begin_epoch) do
-    iteration, epoch, batch_in_epoch = begin_epoch * (len(roidb) // global_batch), begin_epoch, 0
-    bad_total = 0
-    if ckpt is not None:
-        saved_batch = int(ckpt["global_batch"])
-        if saved_batch != global_batch:
-            raise TrainingError(
-                f"{resume_from}: trained with a global batch of {saved_batch} images "
-                f"({ckpt['world_size']} processes x accumulate {ckpt['accumulate']}), this run has {global_batch} "
-                f"({dctx.world} x {opts.accumulate}); resume with the same product (e.g. --accumulate "
-                f"{max(1, saved_batch // dctx.world)})")
-        if int(ckpt["seed"]) != opts.seed:
-            raise TrainingError(f"{resume_from}: trained with --seed {ckpt['seed']}, this run has {opts.seed}")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        iteration, epoch, batch_in_epoch = int(ckpt["iteration"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
-        bad_total = int(ckpt.get("bad_samples", 0))
-        _set_rng_state(ckpt["rng"], generator)
-        if scaler is not None and "grad_scaler" in ckpt:
-            scaler.load_state_dict(ckpt["grad_scaler"])
-        del ckpt
-
-    dataset = TrainDataset(roidb, cfg, pairs=(kind == "dff"), seed=opts.seed)
-    sampler = AspectGroupedBatchSampler([r["width"] for r in roidb], [r["height"] for r in roidb],
-                                        per_rank=opts.accumulate, world_size=dctx.world, rank=dctx.rank,
-                                        seed=opts.seed, shuffle=bool(cfg.TRAIN.SHUFFLE),
-                                        aspect_grouping=bool(cfg.TRAIN.ASPECT_GROUPING),
-                                        reference_quirk=opts.shuffle_quirk, epoch=epoch,
-                                        start_batch=min(batch_in_epoch, len(roidb) // global_batch))
-    per_epoch = sampler.batches_per_epoch
-    if dctx.main:
-        logger.info("training %s: %d images, global batch %d (%d process(es) x %d), %d updates/epoch, epochs %d..%d, "
-                    "device %s%s", kind, len(roidb), global_batch, dctx.world, opts.accumulate, per_epoch,
-                    begin_epoch + 1, end_epoch, device, f", amp {opts.amp}" if opts.amp != "off" else "")
-        for line in init_lines:
-            logger.info("init: %s", line)
-        logger.info("lr: %s", schedule)
-        logger.info("params: %d trained with wd, %d without, %d frozen (%s)", len(groups_info.decay),
-                    len(groups_info.no_decay), len(groups_info.frozen),
-                    ", ".join(groups_info.mxnet_names[n] for n in groups_info.frozen[:6])
-                    + (" ..." if len(groups_info.frozen) > 6 else ""))
-        logger.info("output: %s", out_dir)
-
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.amp)
-    history: list[dict[str, float]] = []
-    weights_path: str | None = None
-    state_path: str | None = None
-    window: list[list[float]] = []
-    t_window = time.perf_counter()
-    zero = torch.zeros((), dtype=torch.float64, device=device)
-
-    def save_state(path: str) -> None:
-        extra = {
-            "weights": "train", "model_kind": kind, "optimizer": optimizer.state_dict(), "iteration": iteration,
-            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_batch": global_batch,
-            "world_size": dctx.world, "accumulate": opts.accumulate, "seed": opts.seed,
-            "rng": _rng_state(generator), "bad_samples": bad_total,
-        }
-        if scaler is not None:
-            extra["grad_scaler"] = scaler.state_dict()
-        save_checkpoint(path, model_state=model, extra=extra, config=cfg)
-
-    def stop_requested() -> bool:
-        return opts.max_iters is not None and iteration >= opts.max_iters
-
-    while epoch < end_epoch and not stop_requested():
-        sampler.set_epoch(epoch, batch_in_epoch)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=list_collate, num_workers=opts.num_workers,
-            worker_init_fn=worker_init if opts.num_workers else None, pin_memory=device.type == "cuda",
-            prefetch_factor=2 if opts.num_workers else None)
-        bar = None
-        if dctx.main and opts.progress:
-            bar = tqdm(total=per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{end_epoch}", unit="it",
-                       file=sys.stderr, dynamic_ncols=True)
-        try:
-            for samples in loader:
-                stats = torch.zeros(len(METRICS) + 2, dtype=torch.float64, device=device)
-                for s in samples:
-                    if isinstance(s, BadSample):
-                        logger.warning("warning: %s: %s (epoch %d, roidb entry %d; skipped)", s.path, s.message,
-                                       s.epoch + 1, s.index)
-                        stats[-1] += 1
-                        continue
-                    # the sample's own target-sampling stream: the same draws whatever the process layout
-                    generator.manual_seed(derive_seed(opts.seed, s["epoch"], s["index"], STREAM_TARGETS))
-                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        out = _forward(model, s, device, generator)
-                    loss = out["loss"]
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                    stats[: len(METRICS)] += torch.stack([
-                        out[k].detach().double().reshape(()) if k in out else zero for k in METRICS])
-                    stats[-2] += 1
-                for p in trainable:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                _allreduce_sum([p.grad for p in trainable] + [stats], dctx.world)
-                st = stats.tolist()
-                n_img, n_bad = int(st[-2]), int(st[-1])
-                bad_total += n_bad
-                batch_in_epoch += 1
-                if bar is not None:
-                    bar.update(1)
-                if n_img == 0:
-                    logger.warning("update %d: no readable image in the global batch; skipped", iteration + 1)
-                    optimizer.zero_grad(set_to_none=False)
-                    continue
-                loss_finite = math.isfinite(st[0])
-                grads_finite = True
-                if loss_finite and scaler is None:
-                    grads_finite = bool(torch.stack([torch.isfinite(p.grad).all() for p in trainable]).all())
-                if not (loss_finite and grads_finite):
-                    raise TrainingDiverged(
-                        f"update {iteration + 1} (epoch {epoch + 1}, batch {batch_in_epoch}): "
-                        f"{'the loss' if not loss_finite else 'a gradient'} is not finite (loss sum {st[0]:.6g}; "
-                        + ", ".join(f"{k} {v:.4g}" for k, v in zip(METRICS[1:], st[1:len(METRICS)]))
-                        + "); training stopped before the update; last good checkpoint: "
-                        + (state_path or _resume_path(out_dir, prefix, cfg) or "none written yet"))
-                lr = schedule(iteration + 1)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=False)
-                iteration += 1
-                means = [v / n_img for v in st[: len(METRICS)]]
-                if dctx.main:
-                    history.append({"iteration": iteration, "epoch": epoch, "lr": lr, "images": n_img,
-                                    **dict(zip(METRICS, means))})
-                    window.append(means + [n_img])
-                if bar is not None:
-                    bar.set_postfix(loss=f"{means[0]:.3f}", lr=f"{lr:.2e}")
-                if dctx.main and iteration % frequent == 0:
-                    dt = time.perf_counter() - t_window
-                    speed = sum(w[-1] for w in window) / max(dt, 1e-9)
-                    avg = np.mean(np.asarray(window)[:, :-1], axis=0).tolist()
-                    logger.info("Epoch[%d] Batch [%d] Update %d Speed: %.2f samples/sec lr %.3e Train-%s", epoch,
-                                batch_in_epoch, iteration, speed, lr,
-                                ", ".join(f"{k}={v:.6f}" for k, v in zip(METRICS, avg)))
-                    if tb is not None:
-                        for k, v in zip(METRICS, avg):
-                            tb.add_scalar(f"train/{k}", v, iteration)
-                        tb.add_scalar("train/lr", lr, iteration)
-                        tb.add_scalar("train/samples_per_sec", speed, iteration)
-                    window.clear()
-                    t_window = time.perf_counter()
-                if batch_in_epoch < per_epoch and (
-                        (opts.save_every and iteration % opts.save_every == 0) or stop_requested()):
-                    if dctx.main:
-                        state_path = os.path.join(out_dir, f"{prefix}-last.state.pth")
-                        save_state(state_path)
-                        logger.info("update %d: saved %s", iteration, state_path)
-                    if dctx.world > 1:
-                        dist.barrier()
-                if stop_requested():
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
-        if batch_in_epoch < per_epoch:
-            # stopped by --max-iters inside the epoch: inference weights of this point, for the test
-            if dctx.main:
-                weights_path = os.path.join(out_dir, f"{prefix}-iter{iteration:08d}.pth")
-                save_checkpoint(weights_path, model_state=fold_bbox_state(model.state_dict(), cfg),
-                                extra={"weights": "test", "model_kind": kind, "iteration": iteration,
-                                       "epoch": epoch}, config=cfg)
-                logger.info("stopped after %d updates (--max-iters); weights %s", iteration, weights_path)
-            break
-        # epoch end; files are numbered by completed epochs, as the reference's
-        epoch, batch_in_epoch = epoch + 1, 0
-        if dctx.main:
-            base = os.path.join(out_dir, f"{prefix}-{epoch:04d}")
-            save_state(base + ".state.pth")
-            state_path = os.path.join(out_dir, f"{prefix}-last.state.pth")
-            _link_or_copy(base + ".state.pth", state_path)
-            weights_path = base + ".pth"
-            save_checkpoint(weights_path, model_state=fold_bbox_state(model.state_dict(), cfg),
-                            extra={"weights": "test", "model_kind": kind, "iteration": iteration, "epoch": epoch},
-                            config=cfg)
-            if opts.mxnet_checkpoints:
-                means_t, stds_t = tiled_bbox_stats(cfg)
-                save_mxnet_checkpoint(model, base + ".params", bbox_stds=stds_t.tolist(), bbox_means=means_t.tolist())
-            logger.info("epoch %d done (%d updates): %s.pth, .state.pth%s", epoch, iteration, base,
-                        ", .params" if opts.mxnet_checkpoints else "")
-        if dctx.world > 1:
-            dist.barrier()
-    if bad_total and dctx.main:
-        logger.warning("%d unreadable training samples were skipped", bad_total)
-    return TrainResult(out_dir, model, iteration, epoch, weights_path, state_path, history, bad_total)
-
-
-# --------------------------------------------------------------------------------------------------
-# command line: *_end2end_train_test.py
-# --------------------------------------------------------------------------------------------------
-def build_train_parser(kind: str, prog: str | None = None) -> argparse.ArgumentParser:
-    name = "DFF (R-FCN + FlowNet)" if kind == "dff" else "R-FCN"
-    ap = argparse.ArgumentParser(prog=prog, description=f"Train {name} end to end, then test and evaluate it.")
-    ap.add_argument("--cfg", required=True, help="experiment YAML")
-    g = ap.add_argument_group("training")
-    g.add_argument("--resume", action="store_true", help="continue from <prefix>-last.state.pth in the output folder")
-    g.add_argument("--from-scratch", action="store_true",
-                   help="do not load network.pretrained/pretrained_flow: random initialisation")
-    g.add_argument("--init", default=None, metavar="PATH", help="start from these full-model weights (native or MXNet)")
-    g.add_argument("--frequent", type=int, default=None, help="log every N updates (default: default.frequent)")
-    g.add_argument("--accumulate", type=int, default=1,
-                   help="images per process per update, gradients summed (4 emulates the reference's 4 GPUs)")
-    g.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (CUDA)")
-    g.add_argument("--max-iters", type=int, default=None, help="stop after N updates in total (smoke tests)")
-    g.add_argument("--num-workers", type=int, default=2, help="data loading worker processes")
-    g.add_argument("--seed", type=int, default=0, help="seed of the data order, key frames and target sampling")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--save-every", type=int, default=2000, help="updates between resumable checkpoints (0: epoch ends)")
-    g.add_argument("--no-mxnet", action="store_true", help="do not write <prefix>-NNNN.params (MXNet format)")
-    g.add_argument("--shuffle-quirk", action="store_true",
-                   help="the reference's shuffle bug: no batch shuffling when the roidb size is a multiple of the batch")
-    g.add_argument("--no-test", action="store_true", help="train only")
-    t = ap.add_argument_group("testing")
-    add_test_arguments(t, kind)
-    return ap
-
-
-def run_train_test(argv: Sequence[str] | None, kind: str, prog: str | None = None) -> int:
-    """``*_end2end_train_test.py --cfg X.yaml``: train, then test on rank 0. Returns the exit code."""
-
-    args = build_train_parser(kind, prog).parse_args(argv)
-    setup_console_logging()
-    try:
-        cfg = load_config(args.cfg)
-        opts = TrainOptions(kind=kind, cfg_path=args.cfg, resume=args.resume, from_scratch=args.from_scratch,
-                            init=args.init, frequent=args.frequent, accumulate=args.accumulate, amp=args.amp,
-                            max_iters=args.max_iters, num_workers=args.num_workers, seed=args.seed,
-                            device=args.device, save_every=args.save_every, mxnet_checkpoints=not args.no_mxnet,
-                            shuffle_quirk=args.shuffle_quirk, progress=not args.no_progress)
-        result = train(cfg, opts)
-        if args.no_test or int(os.environ.get("RANK", "0")) != 0:
-            return 0
-        model_path = result.weights_path
-        if model_path is None:
-            model_path = default_model_path(cfg, args.cfg)
-        run_test_from_args(args, kind, cfg, args.cfg, model_path)
-    except TrainingDiverged as e:
-        print(f"error: training diverged: {e}", file=sys.stderr)
-        return 1
-    except (ConfigError, TrainingError, TesterError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        logs.close()

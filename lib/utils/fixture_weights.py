@@ -1,4 +1,4 @@
-"""Deterministic weights of the reference fixtures (``../shared/reference/README.md`` section 2).
+"""Deterministic weights of the reference fixtures (``tests/fixtures/reference/README.md`` section 2).
 
 Every parameter is drawn from a ``numpy.random.RandomState`` seeded with the CRC-32 of its MXNet name,
 so the weights the MXNet fixtures were made with can be regenerated bit for bit with numpy alone.

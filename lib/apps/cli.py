@@ -1,0 +1,128 @@
+"""The command lines of the experiment scripts (``experiments/*/*.py``): their option groups and the runs.
+
+Each script builds its own parser from these groups (each takes a parser or an argument group), each group
+added once, so no option is defined twice:
+
+* ``*_end2end_train_test.py``: :func:`add_config_options`, :func:`add_train_options` (group "training"),
+  :func:`add_test_options` (group "testing"), then :func:`run_train_test`;
+* ``*_test.py``: :func:`add_config_options`, :func:`add_test_options`, :func:`add_test_script_options`, then
+  :func:`run_test`.
+
+The runs set up the console log, load ``--cfg`` with the ``--set`` overrides, call
+:func:`dff.train.trainer.train` / :func:`dff.eval.tester.run_test_from_args`, and turn the errors a user can
+fix into one ``error:`` line and an exit status (1: training diverged, 2: anything else).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from dff.config import ConfigError, load_config
+from dff.engine.fastpath import FAST_NAMES
+from dff.eval.tester import DEFAULT_THRESH, TesterError, default_model_path, run_test_from_args
+from dff.train.trainer import AMP_CHOICES, TrainingDiverged, TrainingError, TrainOptions, train
+from dff.utils.logging import setup_logging
+
+__all__ = ["add_config_options", "add_train_options", "add_test_options", "add_test_script_options",
+           "train_options", "run_train_test", "run_test"]
+
+def add_config_options(ap: argparse._ActionsContainer) -> None:
+    """``--cfg`` (the experiment YAML) and ``--set KEY=VALUE ...`` (overrides applied after it)."""
+    ap.add_argument("--cfg", required=True, help="experiment YAML")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override config keys after the YAML, e.g. --set TRAIN.lr=0.001 TEST.KEY_FRAME_INTERVAL=5 "
+                         "(values read as YAML; repeatable)")
+
+
+def add_train_options(ap: argparse._ActionsContainer) -> None:
+    """The training flags (:class:`dff.train.trainer.TrainOptions`), with ``--num-workers``, ``--device`` and
+    ``--no-test``."""
+    ap.add_argument("--resume", action="store_true", help="continue from <prefix>-last.state.pth in the output folder")
+    ap.add_argument("--from-scratch", action="store_true",
+                    help="do not load network.pretrained/pretrained_flow: random initialisation")
+    ap.add_argument("--init", default=None, metavar="PATH",
+                    help="start from these full-model weights (native or MXNet)")
+    ap.add_argument("--frequent", type=int, default=None, help="log every N updates (default: default.frequent)")
+    ap.add_argument("--accumulate", type=int, default=1,
+                    help="images per process per update, gradients summed (4 emulates the reference's 4 GPUs)")
+    ap.add_argument("--amp", choices=AMP_CHOICES, default="off", help="mixed precision (CUDA)")
+    ap.add_argument("--max-iters", type=int, default=None, help="stop after N updates in total (smoke tests)")
+    ap.add_argument("--num-workers", type=int, default=2, help="data loading worker processes")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the data order, key frames and target sampling")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ap.add_argument("--save-every", type=int, default=2000,
+                    help="updates between resumable checkpoints (0: epoch ends)")
+    ap.add_argument("--no-mxnet", action="store_true", help="do not write <prefix>-NNNN.params (MXNet format)")
+    ap.add_argument("--shuffle-quirk", action="store_true",
+                    help="the reference's shuffle bug: no batch shuffling when the roidb size is a multiple of the batch")
+    ap.add_argument("--no-test", action="store_true", help="train only")
+
+
+def add_test_options(ap: argparse._ActionsContainer, kind: str) -> None:
+    """The test flags of both scripts (``--key-interval`` for DFF only) and ``--no-progress``."""
+    ap.add_argument("--thresh", type=float, default=None,
+                    help=f"score threshold (default {DEFAULT_THRESH[kind]:g}, as the reference)")
+    ap.add_argument("--ignore-cache", "--ignore_cache", dest="ignore_cache", action="store_true",
+                    help="run every video again, even those with finished detections in the output folder")
+    if kind == "dff":
+        ap.add_argument("--key-interval", type=int, default=None,
+                        help="key frame every N frames (default TEST.KEY_FRAME_INTERVAL)")
+    ap.add_argument("--max-videos", type=int, default=None, help="test only the first N videos (smoke tests)")
+    ap.add_argument("--fast", default="none", choices=FAST_NAMES,
+                    help="the engine's GPU fast path (default none: plain float32, as the reference); fp16 gave the "
+                         "same synthetic mAP on an H200, see docs/benchmarks.md")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_test_script_options(ap: argparse._ActionsContainer) -> None:
+    """The test script's own flags: ``--model``, and ``--num-workers`` / ``--device`` (which the train script
+    has among its training flags)."""
+    ap.add_argument("--num-workers", type=int, default=2, help="frame decoding threads / loader workers")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ap.add_argument("--model", default=None,
+                    help="weights to test (native .pth or MXNet .params; default: "
+                         "<output>/<cfg stem>/<train sets>/<prefix>-<TEST.test_epoch>.pth, else .params)")
+
+
+def train_options(args: argparse.Namespace, kind: str) -> TrainOptions:
+    """The :class:`~dff.train.trainer.TrainOptions` of :func:`add_train_options`' flags."""
+    return TrainOptions(kind=kind, cfg_path=args.cfg, resume=args.resume, from_scratch=args.from_scratch,
+                        init=args.init, frequent=args.frequent, accumulate=args.accumulate, amp=args.amp,
+                        max_iters=args.max_iters, num_workers=args.num_workers, seed=args.seed, device=args.device,
+                        save_every=args.save_every, mxnet_checkpoints=not args.no_mxnet,
+                        shuffle_quirk=args.shuffle_quirk, progress=not args.no_progress)
+
+
+def _error(e: Exception, prefix: str = "") -> None:
+    print(f"error: {prefix}{e}", file=sys.stderr)
+
+
+def run_train_test(args: argparse.Namespace, kind: str) -> int:
+    """``*_end2end_train_test.py``: train, then (unless ``--no-test``) test on rank 0. Returns the exit status."""
+    setup_logging()
+    try:
+        cfg = load_config(args.cfg, args.set)
+        result = train(cfg, train_options(args, kind))
+        if args.no_test or int(os.environ.get("RANK", "0")) != 0:
+            return 0
+        run_test_from_args(args, kind, cfg, args.cfg, result.weights_path or default_model_path(cfg, args.cfg))
+    except TrainingDiverged as e:
+        _error(e, "training diverged: ")
+        return 1
+    except (ConfigError, TrainingError, TesterError, FileNotFoundError, ValueError) as e:
+        _error(e)
+        return 2
+    return 0
+
+
+def run_test(args: argparse.Namespace, kind: str) -> int:
+    """``*_test.py``: test the ``TEST.test_epoch`` checkpoint (or ``--model``) and evaluate. Returns the exit status."""
+    setup_logging()
+    try:
+        cfg = load_config(args.cfg, args.set)
+        run_test_from_args(args, kind, cfg, args.cfg, args.model)
+    except (ConfigError, TesterError, FileNotFoundError, ValueError) as e:
+        _error(e)
+        return 2
+    return 0
