@@ -110,7 +110,7 @@ def default_config() -> Config:
         "DFF_FEAT_DIM": 1024,
         # port: backbone depth (101 = the reference; 50; "tiny" = a small ResNet for CPU tests/demos)
         "BACKBONE": "resnet_v1_101",
-        # port: FlowNet's ceil-mode average pooling divisor on a partial window (spec 3.4, AMBIGUOUS):
+        # port: FlowNet's ceil-mode average pooling divisor on a partial window (docs/design.md §3.4, AMBIGUOUS):
         # "valid" divides by the in-image count (MXNet CPU / the fixtures), "full" divides by 4 (cuDNN).
         "FLOW_AVG_POOL": "valid",
         # port: FlowNet channel multiplier (1.0 = the reference; the tiny CPU models use less)

@@ -43,7 +43,7 @@ DFF_HD int64_t psroi_channel(int64_t ctop, int64_t ph, int64_t pw, int64_t G, in
   return (ctop * G + gh) * G + gw;
 }
 
-// One roi of PSROIPooling (spec 3.1, fixtures README section 4), in the data dtype and in the
+// One roi of PSROIPooling (docs/design.md §3.1, fixtures README section 4), in the data dtype and in the
 // reference's operation order: start = round(x1)*s, end = (round(x2) + 1)*s,
 // size = max(end - start, 0.1), bin = size/P; bin p covers [floor(p*bin + start),
 // ceil((p+1)*bin + start)) clipped to the map. roi = [batch, x1, y1, x2, y2].

@@ -99,7 +99,7 @@ def test_all_dff_names_map_injectively_and_back(reference_dir):
     assert [torch_to_mxnet_name(t) for t in torch_names] == names
     tops = {t.split(".")[0] for t in torch_names}
     assert tops == {"backbone", "feat_conv_3x3", "rpn_head", "rfcn_head", "flownet"}
-    assert sum(t.startswith("flownet.") for t in torch_names) == 48  # spec 4.1: the 48 FlowNet parameters
+    assert sum(t.startswith("flownet.") for t in torch_names) == 48  # docs/design.md §4.1: the 48 FlowNet parameters
 
 
 @pytest.mark.parametrize("mx,pt", [

@@ -31,7 +31,7 @@ def test_reference_training_values():
     assert cfg.TEST.RPN_PRE_NMS_TOP_N == 6000 and cfg.TEST.RPN_POST_NMS_TOP_N == 300 and cfg.TEST.RPN_MIN_SIZE == 0
     assert cfg.network.PIXEL_MEANS == [103.06, 115.90, 123.15]
     assert cfg.network.FIXED_PARAMS == ["conv1", "bn_conv1", "res2", "bn2", "gamma", "beta"]
-    # defaults the YAML does not set (spec 8.3)
+    # defaults the YAML does not set (docs/design.md §8.3)
     assert cfg.TEST.KEY_FRAME_INTERVAL == 10 and cfg.TEST.max_per_image == 300
     assert cfg.TRAIN.MIN_OFFSET == -9 and cfg.TRAIN.MAX_OFFSET == 0 and cfg.TRAIN.wd == 0.0005
     assert cfg.network.DFF_FEAT_DIM == 1024

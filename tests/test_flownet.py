@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from dff.models.flownet import FlowNet
 from dff.parity import flownet as flownet_parity
 
-FLOWNET_PARAMS = 38_876_194  # spec 2.1 / 4.5, scale conv included
+FLOWNET_PARAMS = 38_876_194  # docs/design.md §2.1 / 4.5, scale conv included
 PROBE_SLICES = {f"{n}__slice" for n in ("resize_data_output", "flow_conv1_output", "ReLU2_output", "ReLU10_output",
                                         "Concat2_output", "Concat3_output", "Concat4_output", "Concat5_output",
                                         "resize_concat5_output")}
@@ -122,7 +122,7 @@ def test_output_is_feature_map_size(hw):
 
 
 def test_stage_sizes_at_600x1000():
-    """The size column of spec 2.1."""
+    """The size column of docs/design.md §2.1."""
     with torch.device("meta"):
         x = torch.empty(1, 3, 600, 1000)
         probes = FlowNet().forward_probes(x, x)

@@ -36,7 +36,7 @@ def _imagesets(shared_data_dir):
 # ------------------------------------------------------------------------------------------------
 def test_class_table_matches_spec():
     assert len(CLASSES) == len(WNIDS) == 31 and CLASSES[0] == WNIDS[0] == "__background__"
-    # a few rows of the spec 5.1 table, spread over it
+    # a few rows of the docs/design.md §5.1 table, spread over it
     for idx, name, wnid in [(1, "airplane", "n02691156"), (9, "dog", "n02084071"), (17, "lizard", "n01674464"),
                             (23, "snake", "n01726692"), (28, "watercraft", "n04530566"), (30, "zebra", "n02391049")]:
         assert CLASSES[idx] == name and WNIDS[idx] == wnid

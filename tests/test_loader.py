@@ -1,5 +1,5 @@
 """Training data (dff.dataset.loader): the reference's aspect-grouped shuffle and its quirk, sampler
-determinism / mid-epoch resume / rank split, and the per-model sample construction (spec 5.1-5.3)."""
+determinism / mid-epoch resume / rank split, and the per-model sample construction (docs/design.md §5.1-5.3)."""
 from __future__ import annotations
 
 import os
@@ -153,7 +153,7 @@ def test_dff_pairs(synth):
     for i, rec in enumerate(roidb):
         s = ds[(1, i)]
         scale = compute_scale(int(rec["height"]), int(rec["width"]), 96, 160)
-        # DFF: boxes scaled, neither rounded nor clipped (spec 5.2 quirk)
+        # DFF: boxes scaled, neither rounded nor clipped (docs/design.md §5.2 quirk)
         np.testing.assert_array_equal(s["gt_boxes"][:, :4].numpy(),
                                       (rec["boxes"].astype(np.float64) * scale).astype(np.float32))
         if "pattern" not in rec:

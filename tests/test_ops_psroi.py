@@ -21,7 +21,7 @@ def require(backend: str) -> None:
 
 
 def naive_psroi(data: np.ndarray, rois: np.ndarray, s: float, G: int, P: int, D: int) -> np.ndarray:
-    """Spec 3.1 written out as scalar loops in float32 (an independent transcription for the tests)."""
+    """docs/design.md §3.1 written out as scalar loops in float32 (an independent transcription for the tests)."""
     f32 = np.float32
     _, _, H, W = data.shape
 

@@ -23,7 +23,7 @@ def _t(a) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ anchors
 def test_generate_anchors_matches_spec_table():
-    # spec 1.5, written out by hand there: ratio-major, scale-minor
+    # docs/design.md §1.5, written out by hand there: ratio-major, scale-minor
     expected = [(-84, -40, 99, 55), (-176, -88, 191, 103), (-360, -184, 375, 199),
                 (-56, -56, 71, 71), (-120, -120, 135, 135), (-248, -248, 263, 263),
                 (-36, -80, 51, 95), (-80, -168, 95, 183), (-168, -344, 183, 359)]

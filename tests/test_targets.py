@@ -1,4 +1,4 @@
-"""RPN anchor targets and Fast R-CNN roi sampling (spec 1.9) against a NumPy transcription of the spec."""
+"""RPN anchor targets and Fast R-CNN roi sampling (docs/design.md §1.9) against a NumPy transcription of the spec."""
 import math
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 from dff.config import default_config, update_config
 from dff.models.targets import anchor_target, proposal_target, random_subset
 
-# spec 1.5: the 9 base anchors (ratio-major, scale-minor), written out independently of dff.models.rpn.anchors
+# docs/design.md §1.5: the 9 base anchors (ratio-major, scale-minor), written out independently of dff.models.rpn.anchors
 BASE_ANCHORS = np.array([
     [-84, -40, 99, 55], [-176, -88, 191, 103], [-360, -184, 375, 199],
     [-56, -56, 71, 71], [-120, -120, 135, 135], [-248, -248, 263, 263],
@@ -25,7 +25,7 @@ def _cfg(**train):
     return cfg
 
 
-# --- NumPy transcription of spec 1.9 "RPN anchor labels" (no subsampling) ---------------------------
+# --- NumPy transcription of docs/design.md §1.9 "RPN anchor labels" (no subsampling) ---------------------------
 def _np_iou(a, b):
     """+1-convention IoU matrix (N, K), float64, 0 where the boxes do not intersect."""
     iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1

@@ -1,4 +1,4 @@
-"""Training losses (spec 1.9, 3.4), OHEM, and the training forward of R-FCN and DFF on a tiny model."""
+"""Training losses (docs/design.md §1.9, 3.4), OHEM, and the training forward of R-FCN and DFF on a tiny model."""
 import math
 
 import numpy as np

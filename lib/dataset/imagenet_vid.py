@@ -1,6 +1,6 @@
 """ImageNet VID / DET image sets and their roidb, as built by the reference's ``lib/dataset/imagenet_vid.py``.
 
-Layout (spec 5.1) under ``dataset_path`` (``./data/ILSVRC2015``)::
+Layout (docs/design.md §5.1) under ``dataset_path`` (``./data/ILSVRC2015``)::
 
     Data/<DET|VID>/<index>.JPEG         Annotations/<DET|VID>/<index>.xml         ImageSets/<name>.txt
 
@@ -63,7 +63,7 @@ __all__ = [
     "sample_key_frame", "ref_image_path",
 ]
 
-# Spec 5.1 class table (index 0 = background). dff.eval.vid_eval / classes define the same table.
+# docs/design.md §5.1 class table (index 0 = background). dff.eval.vid_eval / classes define the same table.
 # the class table (index 0 = background); names kept for the reference's ImageNetVID attributes
 CLASSES, WNIDS = VID_CLASSES, VID_WNIDS
 WNID_TO_CLASS: dict[str, int] = {w: i for i, w in enumerate(WNIDS) if i > 0}
@@ -267,7 +267,7 @@ def filter_roidb(roidb: list[dict[str, Any]], verbose: bool = True) -> list[dict
 
 def sample_key_frame(entry: dict[str, Any], rng: np.random.Generator | np.random.RandomState,
                      min_offset: int = -9, max_offset: int = 0) -> tuple[int | None, int]:
-    """DFF training pair (spec 5.2): pick the key (reference) frame for the loss-carrying frame t.
+    """DFF training pair (docs/design.md §5.2): pick the key (reference) frame for the loss-carrying frame t.
 
     r = clamp(t + o, 0, L - 1) with o uniform in the integers [min_offset, max_offset];
     ``eq_flag`` = 1 when r == t (features come from t itself, FlowNet unused), else 0.
@@ -554,8 +554,8 @@ class ImageNetVID:
     def eval_image_set_lines(self) -> Iterator[str]:
         """``<video>/<frame:06d> <frame_id>`` for every frame of every video (``VID_val_videos_eval.txt``).
 
-        Frame k of a video has the id ``first_frame_id + k`` (spec 6.1): the ids the results file uses
-        (spec 6.5) and the evaluation looks up (spec 7); same format as ``VID_val_frames.txt``.
+        Frame k of a video has the id ``first_frame_id + k`` (docs/design.md §6.1): the ids the results file uses
+        (docs/design.md §6.5) and the evaluation looks up (docs/design.md §7); same format as ``VID_val_frames.txt``.
         """
         for v in self.val_videos():
             for k in range(v.n_frames):

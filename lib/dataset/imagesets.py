@@ -1,6 +1,6 @@
 """Generate the reference's ImageSets lists from a raw ILSVRC2015 download (``Data/``, ``Annotations/``).
 
-Formats and rules (spec 5.1; checked against the reference's files, see ``tests/test_imagenet_vid.py``):
+Formats and rules (docs/design.md §5.1; checked against the reference's files, see ``tests/test_imagenet_vid.py``):
 
 ``VID_train_15frames.txt``  ``train/<shard>/<video> 1 <frame_seg_id> <frame_seg_len>``, videos in sorted
     path order. A video of L >= 15 frames lists frame ``floor((2i+1) L / 30)`` for i = 0..14 (the

@@ -5,7 +5,7 @@ choice of a sample (DFF's key frame, the scale when several are configured) is d
 by ``(seed, epoch, index)``: the same sample is produced whatever the worker, the process count or the
 point where a run was resumed.
 
-:class:`AspectGroupedBatchSampler` reproduces the reference's ``AnchorLoader.reset`` order (spec 5.3):
+:class:`AspectGroupedBatchSampler` reproduces the reference's ``AnchorLoader.reset`` order (docs/design.md §5.3):
 landscape (w >= h) and portrait indices are permuted separately and concatenated, the list is cut into
 chunks of the *global* batch (4 GPUs x 1 image in the reference) and the chunks are permuted; an
 incomplete last chunk is dropped. **QUIRK**: when the roidb size is an exact multiple of the batch the
@@ -81,7 +81,7 @@ class TrainDataset(Dataset):
     * ``im_info`` (1, 3) float32 ``[H, W, scale]``;
     * ``gt_boxes`` (G, 5) float32 ``[x1, y1, x2, y2, cls]`` in scaled-image pixels. The baseline rounds
       them (``np.round``, half to even) and clips them to the scaled image; DFF only multiplies by the
-      scale (spec 5.2 **QUIRK**, kept per model);
+      scale (docs/design.md §5.2 **QUIRK**, kept per model);
     * DFF only: ``data_ref`` (1, 3, H, W) the key frame (the image itself for DET entries) and
       ``eq_flag`` (int, 1 when the key frame is the current frame);
     * ``epoch``, ``index``, ``image`` (path), ``ref_image`` (DFF: key-frame path).

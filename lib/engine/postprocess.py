@@ -1,5 +1,5 @@
 """Test-time detection post-processing of one frame: the reference's ``core/tester.im_detect`` box
-decoding and the per-class NMS / ``max_per_image`` cap of ``tester.pred_eval`` (spec 1.8 and 6.3).
+decoding and the per-class NMS / ``max_per_image`` cap of ``tester.pred_eval`` (docs/design.md §1.8 and 6.3).
 
 Boxes are float64 as in the reference (NumPy float64 after ``bbox_pred``); everything stays a torch
 tensor on the input's device. The only float difference from the reference is the float32 ``exp`` of
@@ -85,7 +85,7 @@ def _check_scores_boxes(where: str, scores: Tensor, boxes: Tensor, class_agnosti
 
 def pred_eval_frame(scores: Tensor, boxes: Tensor, thresh: float, nms_thresh: float = 0.3,
                     max_per_image: int = 300, class_agnostic: bool = True) -> list[Tensor]:
-    """Per-class detections of one frame, ``tester.pred_eval`` post-processing (spec 6.3).
+    """Per-class detections of one frame, ``tester.pred_eval`` post-processing (docs/design.md §6.3).
 
     Args:
         scores: (R, C) class probabilities, column 0 = background.

@@ -1,4 +1,4 @@
-"""Testing on ImageNet VID val (spec 6): run a detector over every video, write the results file, evaluate.
+"""Testing on ImageNet VID val (docs/design.md §6): run a detector over every video, write the results file, evaluate.
 
 Both models go through the same engine, :class:`dff.engine.video.VideoDetector`: DFF with key frames every
 ``TEST.KEY_FRAME_INTERVAL`` frames of each video (counted from the video's start), R-FCN on every frame.
@@ -16,9 +16,9 @@ Output folder (``<output_path>/<cfg stem>/<test_image_set>/``):
   reuses them (skips finished videos) if they were made with the same weights and test settings (a
   hash of the state_dict, the threshold, key interval, scales, NMS ...); otherwise, or with
   ``ignore_cache``, the video is run again. (The reference reused its pickles whatever the model: a
-  silent stale-result trap, see spec 6.3.)
+  silent stale-result trap, see docs/design.md §6.3.)
 * ``<test_image_set>_eval.txt``: the evaluated frames ``<video>/<frame:06d> <frame_id>``;
-* ``results/det_<test_image_set>_all.txt``: the reference's results file (spec 6.5);
+* ``results/det_<test_image_set>_all.txt``: the reference's results file (docs/design.md §6.5);
 * ``results/eval_<test_image_set>.json``: mAP, per-class APs, FGFA motion breakdown, timing.
 
 Frames that cannot be read are reported (path), counted and get no detections; the test goes on.
@@ -60,7 +60,7 @@ __all__ = ["VideoFrames", "Detections", "TesterError", "DEFAULT_THRESH", "list_v
            "detect_videos", "evaluate_detections", "run_test_set", "default_model_path", "build_test_model",
            "resolve_device", "run_test_from_args"]
 
-# the reference test scripts' default score thresholds (spec 6.2/6.3)
+# the reference test scripts' default score thresholds (docs/design.md §6.2/6.3)
 DEFAULT_THRESH = {"dff": 1e-4, "rfcn": 1e-3}
 CACHE_VERSION = 1
 
@@ -77,7 +77,7 @@ class VideoFrames:
     """One video of the test list: its frames in order."""
     name: str               # "val/ILSVRC2015_val_00000000"
     paths: list[str]        # absolute JPEG paths
-    frame_ids: list[int]    # global frame ids (results file, spec 6.1)
+    frame_ids: list[int]    # global frame ids (results file, docs/design.md §6.1)
     indices: list[str]      # "<name>/<frame:06d>" (annotation / image-set index)
 
 

@@ -1,6 +1,6 @@
 """ImageNet VID detection evaluation, identical to the reference's ``lib/dataset/imagenet_vid_eval.py``.
 
-Protocol (spec section 7, fixtures README section 6):
+Protocol (docs/design.md §7, fixtures README section 6):
 
 * Ground truth: every ``object`` of every listed frame's XML, box as written (floats, no clamping).
   Each object gets its own IoU threshold ``thr = min(0.5, w*h / ((w+10)*(h+10)))`` with

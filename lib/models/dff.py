@@ -1,4 +1,4 @@
-"""Deep Feature Flow on R-FCN (the reference's ``resnet_v1_101_flownet_rfcn`` symbols, spec 2.5).
+"""Deep Feature Flow on R-FCN (the reference's ``resnet_v1_101_flownet_rfcn`` symbols, docs/design.md §2.5).
 
 * key frame: the feature network runs on the frame; its feature is returned for the cache;
 * non-key frame: FlowNet estimates the flow from the current frame to the key frame and a scale map;

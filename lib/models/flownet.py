@@ -1,4 +1,4 @@
-"""FlowNet ("FlowNet Simple", DFF-modified) as Deep Feature Flow uses it (spec sections 2.1-2.3, 4.5).
+"""FlowNet ("FlowNet Simple", DFF-modified) as Deep Feature Flow uses it (docs/design.md §2.1-2.3, 4.5).
 
 Given the current frame and the key frame (both the preprocessed network input: RGB, mean-subtracted,
 *not* divided by 255), the network predicts
@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from dff.ops.prepack import conv_leaky_relu
 
 # FlowNetS predicts flow/20 in pixels of its own input, which is the half-resolution image, and the
-# features have stride 16: 20 * 2 / 16 (spec 2.2).
+# features have stride 16: 20 * 2 / 16 (docs/design.md §2.2).
 FLOW_SCALE = 2.5
 LEAKY_SLOPE = 0.1
 AVG_POOL_MODES = ("valid", "full")
@@ -67,7 +67,7 @@ class FlowNet(nn.Module):
     Args:
         feat_dim: channels of the scale map (``DFF_FEAT_DIM``, 1024 in every reference config).
         avg_pool: divisor of the partial last window of the two 2x2/2 ceil-mode average poolings
-            (``resize_data``, ``resize_concat5``) when the pooled size is odd (spec 3.4, AMBIGUOUS).
+            (``resize_data``, ``resize_concat5``) when the pooled size is odd (docs/design.md §3.4, AMBIGUOUS).
             ``"valid"`` divides by the number of valid elements, as MXNet's own (CPU) kernel does and as
             the MXNet fixtures were made (tests/test_flownet.py proves it from ``resize_data_output``);
             ``"full"`` divides by 4, as cuDNN's count-include-padding average does on the GPU path.
@@ -87,7 +87,7 @@ class FlowNet(nn.Module):
         self.width = width
         c1, c2, c3, c4, c6 = (max(1, round(c * width)) for c in (64, 128, 256, 512, 1024))
         d5, d4, d3, d2 = (max(1, round(c * width)) for c in (512, 256, 128, 64))
-        # encoder; input channels 0-2 = current frame, 3-5 = key frame (spec 4.2)
+        # encoder; input channels 0-2 = current frame, 3-5 = key frame (docs/design.md §4.2)
         self.flow_conv1 = _conv(6, c1, 7, 2)
         self.conv2 = _conv(c1, c2, 5, 2)
         self.conv3 = _conv(c2, c3, 5, 2)
@@ -135,7 +135,7 @@ class FlowNet(nn.Module):
         ``ReLU1_output`` .. ``ReLU14_output`` (``ReLU11..14`` = cropped deconv5..2 after LeakyReLU),
         ``Convolution1..5_output``, ``Concat2..5_output``, ``resize_concat5_output``,
         ``_mulscalar0_output`` (the flow) and ``Convolution5_scale_output`` (the scale map).
-        For localising a parity failure; shapes as in spec 2.1.
+        For localising a parity failure; shapes as in docs/design.md §2.1.
         """
         probes: dict[str, Tensor] = {}
         self._run(cur, key, probes)
@@ -222,7 +222,7 @@ class FlowNet(nn.Module):
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def init_scale_identity(self, freeze_bias: bool = True) -> None:
-        """Training initialisation of the scale map (spec 2.3): weight 0, bias 1, so scale == 1.
+        """Training initialisation of the scale map (docs/design.md §2.3): weight 0, bias 1, so scale == 1.
 
         The reference declares ``Convolution5_scale_bias`` with lr_mult 0, so it stays 1 for the whole
         training (weight decay is scaled by the lr too). ``freeze_bias`` reproduces that with

@@ -1,4 +1,4 @@
-"""Training losses of the end-to-end R-FCN with the reference's normalisations (spec 1.9, 3.3, 3.4).
+"""Training losses of the end-to-end R-FCN with the reference's normalisations (docs/design.md §1.9, 3.3, 3.4).
 
 MXNet builds the losses from ``SoftmaxOutput`` (whose *gradient* is ``p - onehot`` divided by a
 normaliser) and ``MakeLoss(smooth_l1(...), grad_scale=g)``. The functions here return scalar losses

@@ -1,4 +1,4 @@
-"""ResNet-v1 in the Caffe/MSRA layout the reference uses (spec section 1.2).
+"""ResNet-v1 in the Caffe/MSRA layout the reference uses (docs/design.md §1.2).
 
 Why not ``torchvision.models.resnet``: torchvision puts the downsampling stride on the 3x3 conv
 (the "v1.5" layout) and its BN modules are named ``bn1..bn3``; the MSRA weights the reference was
@@ -20,7 +20,7 @@ class FrozenBatchNorm2d(nn.Module):
     """BatchNorm with fixed statistics (MXNet ``use_global_stats=True``, eps 1e-5).
 
     Unlike ``torchvision.ops.FrozenBatchNorm2d`` the affine ``weight``/``bias`` (MXNet gamma/beta) are
-    parameters: the reference trains the gamma/beta of res3-res5 (spec 5.4, a quirk we keep) while the
+    parameters: the reference trains the gamma/beta of res3-res5 (docs/design.md §5.4, a quirk we keep) while the
     moving statistics never change.
     """
 

@@ -1,4 +1,4 @@
-"""R-FCN on a dilated ResNet-v1, as the reference's ``resnet_v1_101_rfcn`` symbol (spec 1.2-1.7).
+"""R-FCN on a dilated ResNet-v1, as the reference's ``resnet_v1_101_rfcn`` symbol (docs/design.md §1.2-1.7).
 
 The network is split the way DFF needs it:
 
@@ -7,7 +7,7 @@ The network is split the way DFF needs it:
 * :meth:`RFCN.detect` -- the cheap *task network* (RPN, proposals, position-sensitive score maps),
   run on every frame on either the frame's own feature or a warped key-frame feature.
 * :meth:`RFCN.forward_train` / :meth:`RFCN.task_losses` -- the training forward (targets, OHEM and
-  the four losses of spec 1.9) on a frame's own feature, or (DFF) on a warped key-frame feature.
+  the four losses of docs/design.md §1.9) on a frame's own feature, or (DFF) on a warped key-frame feature.
 
 ``dff.models.dff.DFF`` subclasses this class, so the heads are one piece of code for both models.
 """

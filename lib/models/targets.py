@@ -1,4 +1,4 @@
-"""Training targets of the end-to-end R-FCN: RPN anchor labels and Fast R-CNN roi sampling (spec 1.9).
+"""Training targets of the end-to-end R-FCN: RPN anchor labels and Fast R-CNN roi sampling (docs/design.md §1.9).
 
 * :func:`anchor_target` -- the reference's ``lib/rpn/rpn.assign_anchor`` (run by its data loader on
   the CPU, per image): which anchors are positive / negative / ignored, their regression targets and

@@ -24,7 +24,7 @@ def bbox_pred(boxes: Tensor, deltas: Tensor, dtype: torch.dtype = torch.float64)
     """Decode ``deltas`` (R, 4k) ``[dx, dy, dw, dh]*k`` relative to ``boxes`` (R, 4) -> (R, 4k) in ``dtype``.
 
     ``x1 = dx*w + cx - 0.5*(exp(dw)*w - 1)``, ``x2 = dx*w + cx + 0.5*(exp(dw)*w - 1)`` with ``w = x2-x1+1``,
-    ``cx = x1 + 0.5*(w-1)`` (spec 1.8). The reference (``nonlinear_pred``) casts the boxes to float64 but
+    ``cx = x1 + 0.5*(w-1)`` (docs/design.md §1.8). The reference (``nonlinear_pred``) casts the boxes to float64 but
     leaves the float32 deltas alone, so ``exp(dw)`` is a float32 exp promoted to float64 afterwards;
     that is reproduced here (the exp is taken in the deltas' own dtype), the rest is done in ``dtype``.
     """

@@ -10,7 +10,7 @@ torchvision, so every bin edge moves (bin 160/16/7 = 1.43 vs 1.42 px) and differ
 torchvision also has no float64 CPU/CUDA kernels with the reference's empty-bin and channel rules
 documented, so it cannot be made to reproduce the MXNet numbers.
 
-Semantics (fixtures README section 4, spec 3.1): for roi n = [b, x1, y1, x2, y2] in image pixels,
+Semantics (fixtures README section 4, docs/design.md §3.1): for roi n = [b, x1, y1, x2, y2] in image pixels,
 ``start = round(x1)*s``, ``end = (round(x2)+1)*s`` (C ``round``: halves away from zero),
 ``size = max(end - start, 0.1)``, ``bin = size/P``, bin (i, j) covers rows
 ``[floor(i*bin_h + start_h), ceil((i+1)*bin_h + start_h))`` (likewise columns) clipped to the map;

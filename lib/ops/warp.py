@@ -3,7 +3,7 @@
 ``out[n,c,y,x] = bilinear(feat[n,c], x + flow[n,0,y,x], y + flow[n,1,y,x]) * scale[n,c,y,x]``
 
 This is the DFF non-key symbol's ``GridGenerator(warp)`` + ``BilinearSampler`` + ``* scale`` (fixtures
-README section 4, spec 2.4): the key feature is sampled at ``p + flow(p)`` in feature pixels
+README section 4, docs/design.md §2.4): the key feature is sampled at ``p + flow(p)`` in feature pixels
 (channel 0 = x), bilinearly over the 4 neighbours ``floor``/``floor+1``, and a neighbour outside
 ``[0, W-1] x [0, H-1]`` contributes zero. That equals
 ``grid_sample(feat, grid, align_corners=True, padding_mode='zeros')`` with

@@ -1,11 +1,11 @@
 """FlowNet pre-training on the synthetic mini-VID, with end-point error (EPE).
 
-The reference starts DFF training from a FlowNetS pre-trained on Flying Chairs (spec 5.4). Those
+The reference starts DFF training from a FlowNetS pre-trained on Flying Chairs (docs/design.md §5.4). Those
 weights are not available here, so this module pre-trains DFF's FlowNet on the synthetic mini-VID
 (:mod:`dff.dataset.synthetic`), whose exact backward flow is known for any two frames of a video.
 
 Pairs ``(video, cur, key)``: the key frame is ``cur + o`` with ``o`` drawn from the offsets
-``[min_offset, max_offset]`` (DFF training: ``[-9, 0]``, spec 5.2) that keep the key inside the video.
+``[min_offset, max_offset]`` (DFF training: ``[-9, 0]``, docs/design.md §5.2) that keep the key inside the video.
 DFF clamps ``cur + o`` into the video and sends ``key == cur`` pairs around FlowNet (``eq_flag``), so
 FlowNet never sees them; here such pairs are left out unless ``allow_same`` (they would only teach
 zero flow).
@@ -14,7 +14,7 @@ Inputs are preprocessed exactly like the detector's (:func:`dff.utils.image.prep
 config's ``SCALES``, ``PIXEL_MEANS``, ``IMAGE_STRIDE``). The target is the ground-truth flow brought
 to FlowNet's output grid (:func:`flow_target`): resized like the frame (values times the image scale),
 average-pooled over 16x16 blocks to ``ceil(H/16) x ceil(W/16)`` and divided by 16, i.e. in feature
-pixels, the unit of FlowNet's returned flow (``2.5 * Convolution5``, spec 2.2), which is trained
+pixels, the unit of FlowNet's returned flow (``2.5 * Convolution5``, docs/design.md §2.2), which is trained
 directly. The loss is the EPE on that grid: the mean over cells of ``||flow - gt||_2``.
 :func:`evaluate_epe` reports it in image pixels at the network input resolution (grid EPE x 16).
 
@@ -63,7 +63,7 @@ __all__ = [
 FLOW_STRIDE = 16
 EVAL_SEED = 0
 SPLITS = ("train", "val")
-# layers the EPE does not reach: the scale map keeps its identity init (weight 0, bias 1, spec 2.3)
+# layers the EPE does not reach: the scale map keeps its identity init (weight 0, bias 1, docs/design.md §2.3)
 _SCALE_PREFIX = "Convolution5_scale."
 
 
@@ -247,7 +247,7 @@ def epe(pred: Tensor, gt: Tensor) -> Tensor:
 @torch.no_grad()
 def init_flownet(flownet: FlowNet, seed: int = 0) -> None:
     """Random initialisation for training from scratch: MSRA (He) normal weights for the LeakyReLU(0.1)
-    layers, zero biases, and the scale map's identity (weight 0, bias 1 frozen; spec 2.3).
+    layers, zero biases, and the scale map's identity (weight 0, bias 1 frozen; docs/design.md §2.3).
 
     The original FlowNetS was trained from an MSRA init in Caffe; PyTorch's default (uniform, gain
     for a=sqrt(5)) shrinks activations through 10 un-normalised layers.
@@ -303,7 +303,7 @@ def pretrain(flownet: FlowNet, root: str, cfg: Config, iters: int, *, batch_size
         dataset = FlowPairDataset(root, split, cfg, list(pairs) * reps, seed=seed, flip=flip)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, drop_last=True)
     named = trainable_parameters(flownet)
-    # weight decay only on weights, as MXNet's default (spec 5.3)
+    # weight decay only on weights, as MXNet's default (docs/design.md §5.3)
     groups = [{"params": [p for n, p in named if n.endswith(".weight")], "weight_decay": weight_decay},
               {"params": [p for n, p in named if not n.endswith(".weight")], "weight_decay": 0.0}]
     optimizer = torch.optim.Adam(groups, lr=lr, **_fused_if_possible(flownet))

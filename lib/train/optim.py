@@ -1,5 +1,5 @@
 """The reference's optimiser: MXNet SGD with momentum, its weight-decay scope, frozen parameters and the
-``WarmupMultiFactorScheduler`` learning-rate schedule (spec 5.3, 5.4).
+``WarmupMultiFactorScheduler`` learning-rate schedule (docs/design.md §5.3, 5.4).
 
 Update (MXNet ``sgd_mom_update``, ``rescale_grad`` 1, no clipping), per parameter w with gradient g::
 

@@ -1,4 +1,4 @@
-"""End-to-end training of R-FCN and DFF (spec 5), faithful to the reference's optimisation.
+"""End-to-end training of R-FCN and DFF (docs/design.md §5), faithful to the reference's optimisation.
 
 One step = one *global batch*: ``world_size`` processes x ``accumulate`` images each (the reference: 4
 GPUs x 1 image). Each image's loss is back-propagated on its own (images have different sizes); the

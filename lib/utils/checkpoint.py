@@ -1,7 +1,7 @@
 """Checkpoints: MXNet ``.params`` <-> PyTorch state_dict, and this port's native checkpoint files.
 
 MXNet names map to PyTorch state_dict keys by a pure string rule, because the PyTorch modules are
-named after the MXNet layers (spec section 4.3-4.6):
+named after the MXNet layers (docs/design.md §4.3-4.6):
 
 =================================  ===========================================
 MXNet layer                        PyTorch module
@@ -12,7 +12,7 @@ MXNet layer                        PyTorch module
 ``feat_conv_3x3``                  ``feat_conv_3x3``
 ``rpn_cls_score``/``rpn_bbox_pred`` ``rpn_head.<layer>``
 ``rfcn_cls``/``rfcn_bbox``         ``rfcn_head.<layer>``
-FlowNet layers (spec 4.5)          ``flownet.<layer>``
+FlowNet layers (docs/design.md §4.5)          ``flownet.<layer>``
 =================================  ===========================================
 
 with B a block id (``2a``, ``3b1``, ``4b22``, ``5c``) and K in ``1, 2a, 2b, 2c``. Parameter

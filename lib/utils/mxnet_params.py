@@ -1,6 +1,6 @@
 """Read and write MXNet ``.params`` files (``mx.nd.save`` / ``mx.nd.load``) with numpy alone.
 
-A ``.params`` file is an MXNet NDArray list (fixtures README section 5, spec section 4.1), all
+A ``.params`` file is an MXNet NDArray list (fixtures README section 5, docs/design.md §4.1), all
 little-endian::
 
     uint64 0x112 (kMXAPINDArrayListMagic) | uint64 0 (reserved)

@@ -1,7 +1,7 @@
 """RPN anchors, exactly as MXNet's ``contrib.Proposal`` / the repo's ``MultiProposal`` build them.
 
 Base anchors are enumerated **ratio-major, scale-minor** (anchor index ``a = ratio_idx * len(scales) +
-scale_idx``), which is also the channel order of the RPN heads (spec 1.4-1.5). Shifted anchors are
+scale_idx``), which is also the channel order of the RPN heads (docs/design.md §1.4-1.5). Shifted anchors are
 flattened in the order (y, x, a), ``a`` fastest: index ``h * W * A + w * A + a``.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ def generate_anchors(base_size: int = 16, ratios: Sequence[float] = (0.5, 1, 2),
     ``size_ratio = floor(w*h / r)``, ``new_w = floor(sqrt(size_ratio) + 0.5) * s``,
     ``new_h = floor(new_w / s * r + 0.5) * s``, centred on the base box centre. MXNet rounds half up
     (``floor(v + 0.5)``) where py-faster-rcnn's ``generate_anchors`` uses ``np.round`` (half to even);
-    the two agree for the default ratios/scales (all anchors of spec 1.5), not for every choice.
+    the two agree for the default ratios/scales (all anchors of docs/design.md §1.5), not for every choice.
     """
     if base_size <= 0:
         raise ValueError(f"generate_anchors: base_size must be positive, got {base_size}")

@@ -1,7 +1,7 @@
 """RPN proposals: the ``rpn_inv_normalize`` custom op and MXNet's ``Proposal`` / ``MultiProposal``.
 
 ``proposal`` follows the CPU algorithm of MXNet 1.9.1 ``contrib.Proposal`` (batch 1) and
-``contrib.MultiProposal`` (per image of a batch) step by step (fixtures README section 4, spec 3.2):
+``contrib.MultiProposal`` (per image of a batch) step by step (fixtures README section 4, docs/design.md §3.2):
 decode with the +1 convention, clip, disable positions beyond ``int(im_size / stride)``, flag small
 boxes, **stable** descending sort, top-N, greedy NMS (+1 areas, suppress ``IoU > thr``) that stops after
 ``post`` keeps, and cyclic padding ``keep[i % n]``. Everything is device-agnostic torch code with no host
