@@ -19,8 +19,8 @@ SOURCE_DIRS = ("lib", "rfcn", "dff_rfcn", "experiments", "tools")
 # (file, imported module): the only imports allowed inside functions, each for a reason
 ALLOWED_LOCAL_IMPORTS = {
     ("lib/ops/build.py", "torch.utils"),  # cpp_extension reads CUDA_HOME at import; build() sets it first
-    ("tools/benchmark.py", "matplotlib"),  # optional: --plot only
-    ("tools/benchmark.py", "matplotlib.pyplot"),
+    ("lib/apps/benchmark.py", "matplotlib"),  # optional: --plot only
+    ("lib/apps/benchmark.py", "matplotlib.pyplot"),
     ("lib/train/trainer.py", "torch.utils.tensorboard"),  # optional: needs the tensorboard package
 }
 

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 import torch
@@ -49,32 +48,12 @@ from dff.train.flow_pretrain import (
     zero_flow_epe,
 )
 from dff.utils.checkpoint import CheckpointError, save_mxnet_checkpoint
+from dff.utils.io import atomic_write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CFG = os.path.join(REPO, "experiments", "dff_rfcn", "cfgs", "dff_rfcn_synthetic_tiny.yaml")
 DEMO_CFG = os.path.join(REPO, "experiments", "dff_rfcn", "cfgs", "dff_rfcn_vid_demo.yaml")
 DEMO_SCALES = [160, 256]
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is an ordinary file
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _parse_scale(text: str) -> list[int]:
@@ -212,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         report["mxnet_params"] = os.path.abspath(mx_path)
     save_flownet_checkpoint(args.out, flownet, extra={"flow_pretrain": report})
     json_path = args.json or os.path.splitext(args.out)[0] + ".json"
-    _atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     print(f"val EPE: before {before:.3f} px, after {after:.3f} px, zero flow {zero:.3f} px "
           f"({len(losses)} iterations, {train_s:.0f} s)")
     print(f"wrote {args.out}{' and ' + report['mxnet_params'] if args.mxnet_prefix else ''} and {json_path}")

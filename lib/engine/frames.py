@@ -64,7 +64,8 @@ class FrameSource:
     """Iterate the frames of a video file or a frame folder, in order, decoded ahead.
 
     Args:
-        path: a video file (anything OpenCV's ``VideoCapture`` opens) or a folder of images.
+        path: a video file (anything OpenCV's ``VideoCapture`` opens), a folder of images, or a list of
+            image files (read in the given order; e.g. a test list's frames).
         prepare: optional function ``image -> object`` run in the worker (e.g. preprocessing).
         max_frames: stop after this many frames (None: all).
         prefetch: how many frames may be decoded ahead.
@@ -73,19 +74,23 @@ class FrameSource:
             :attr:`skipped` and warned about).
     """
 
-    def __init__(self, path: str, prepare: Callable[[np.ndarray], object] | None = None,
+    def __init__(self, path: str | Sequence[str], prepare: Callable[[np.ndarray], object] | None = None,
                  max_frames: int | None = None, prefetch: int = 8, workers: int = 2,
                  on_error: str = "raise") -> None:
-        self.path = os.fspath(path)
+        if isinstance(path, (str, os.PathLike)):
+            self.path, files = os.fspath(path), None
+        else:
+            files = [os.fspath(p) for p in path]
+            self.path = os.path.dirname(files[0]) if files else ""
         self.prepare = prepare
         self.max_frames = max_frames
         self.prefetch = max(1, prefetch)
         self.workers = max(1, workers)
         self.on_error = on_error
         self.skipped: list[str] = []
-        self.is_folder = os.path.isdir(self.path)
+        self.is_folder = files is not None or os.path.isdir(self.path)
         if self.is_folder:
-            self._files = list_frames(self.path)
+            self._files = files if files is not None else list_frames(self.path)
             if max_frames is not None:
                 self._files = self._files[:max_frames]
         else:

@@ -30,7 +30,6 @@ Frames that cannot be read are reported (path), counted and get no detections; t
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
@@ -38,7 +37,7 @@ import logging
 import os
 import sys
 import zipfile
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -47,12 +46,11 @@ from tqdm import tqdm
 from dff.config import Config, config_stem
 from dff.dataset.imagenet_vid import ImageNetVID, missing_dataset_message
 from dff.engine.fastpath import FastPath
-from dff.engine.frames import Frame
+from dff.engine.frames import FrameSource
 from dff.engine.video import STAGES, VideoDetector
 from dff.eval.vid_eval import format_table, load_vid_annotations, save_json, vid_eval, write_vid_results
 from dff.models.builder import load_model
 from dff.utils.checkpoint import CheckpointError
-from dff.utils.image import ImageReadError, read_image
 from dff.utils.io import atomic_open, atomic_write_text
 from dff.utils.logging import progress_logging, setup_logging
 
@@ -173,36 +171,6 @@ def _load_video(path: str, signature: str, frame_ids: Sequence[int]) -> tuple[li
     return dets, bad, times
 
 
-def _prefetch_frames(paths: Sequence[str], prepare: Callable[[np.ndarray], Any], workers: int, prefetch: int,
-                     bad: list[str]) -> Iterator[Frame]:
-    """Frames of ``paths`` in order, read and preprocessed ahead in threads; unreadable ones are reported
-    in ``bad`` and skipped."""
-    def load(i: int, p: str) -> Frame | None:
-        try:
-            im = read_image(p)
-        except ImageReadError as e:
-            bad.append(p)
-            log.warning("warning: %s (frame skipped: no detections)", e)
-            return None
-        return Frame(i, os.path.basename(p), im, prepare(im))
-
-    with cf.ThreadPoolExecutor(max(1, workers), thread_name_prefix="dff-test-decode") as pool:
-        pending: list[cf.Future] = []
-        it = iter(enumerate(paths))
-        for _ in range(max(1, prefetch)):
-            nxt = next(it, None)
-            if nxt is None:
-                break
-            pending.append(pool.submit(load, *nxt))
-        while pending:
-            frame = pending.pop(0).result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(load, *nxt))
-            if frame is not None:
-                yield frame
-
-
 @dataclasses.dataclass
 class Detections:
     """What :func:`detect_videos` found: every test frame's detections, in test-list order."""
@@ -277,7 +245,8 @@ def _run_video(detector: VideoDetector, video: VideoFrames, num_classes: int, nu
     empty = [np.zeros((0, 5), np.float32) for _ in range(num_classes)]
     dets = [list(empty) for _ in video.paths]
     times = np.zeros((len(video.paths), len(STAGES) + 1))
-    frames = _prefetch_frames(video.paths, detector.prepare, num_workers, 2 * num_workers + 2, bad)
+    frames = FrameSource(video.paths, prepare=detector.prepare, prefetch=2 * num_workers + 2, workers=num_workers,
+                         on_error="skip")
     for r in detector.run(frames):
         dets[r.index] = [np.asarray(d, dtype=np.float32).reshape(-1, 5) for d in r.detections]
         times[r.index] = [r.times[s] for s in (*STAGES, "total")]
@@ -286,6 +255,7 @@ def _run_video(detector: VideoDetector, video: VideoFrames, num_classes: int, nu
             bar.update(1)
             if timing.frames % 20 == 0:
                 bar.set_postfix(ms_per_frame=f"{1000 * timing.sums['total'] / timing.frames:.0f}")
+    bad.extend(frames.skipped)
     if bad and bar is not None:
         bar.update(len(bad))
     return dets, bad, times

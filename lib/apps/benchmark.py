@@ -1,0 +1,468 @@
+"""DFF against the per-frame R-FCN, in one process, through the same video engine (``tools/benchmark.py``).
+
+The measurements, each a function: network-only time per frame (:func:`time_network`), end-to-end time from
+the file (:func:`time_end_to_end`), the two post-processing methods (:func:`time_post`), a torch.profiler op
+table (:func:`profile`), all of these per key interval (:func:`measure_intervals`), mAP per key interval
+(:func:`measure_maps`) and time and peak memory against the stream's length (:func:`measure_lengths`). The
+outputs: the table (:func:`format_table`), the JSON report (:func:`build_report`) and the plot
+(:func:`write_plot`). :func:`run_benchmark` composes them for the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from typing import Any, Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity
+from torch.profiler import profile as torch_profile
+
+from dff.apps.evaluate import evaluate_intervals
+from dff.config import MODEL_KEYS, Config, ConfigError, load_config, parse_overrides, update_config
+from dff.engine.fastpath import FastPath
+from dff.engine.frames import Frame, FrameSource, VideoReadError, frames_from_arrays
+from dff.engine.postprocess import im_detect_boxes, pred_eval_frame
+from dff.engine.video import VideoDetector
+from dff.models.builder import FIXTURE, load_model
+from dff.ops import compiled_available
+from dff.utils.checkpoint import CheckpointError
+from dff.utils.hardware import describe_hardware
+from dff.utils.io import atomic_write_text
+
+__all__ = ["NET_STAGES", "Bench", "load_bench", "synthetic_clip", "stream_frames", "time_network",
+           "time_end_to_end", "time_post", "profile", "measure_intervals", "measure_maps", "measure_lengths",
+           "format_header", "format_post", "format_length", "format_table", "format_maps", "build_report",
+           "plot_title", "write_plot", "PlotUnavailable", "run_benchmark"]
+
+NET_STAGES = ("feature", "flow", "warp", "head")
+
+Prepared = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class PlotUnavailable(RuntimeError):
+    """``--plot`` without matplotlib."""
+
+
+# peak memory ----------------------------------------------------------------------------------------------
+def _reset_peak_rss() -> None:
+    try:  # Linux: "5" resets the peak resident set size of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _reset_peaks(device: torch.device) -> None:
+    """Start a new peak: the resident set size and, on CUDA, the allocated device memory."""
+    _reset_peak_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak memory since :func:`_reset_peaks` in MB: ``rss`` and, on CUDA, ``gpu`` (allocated)."""
+    peak = {"rss": _peak_rss_mb()}
+    if device.type == "cuda":
+        peak["gpu"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# the input ------------------------------------------------------------------------------------------------
+def synthetic_clip(n: int, height: int = 576, width: int = 768) -> list[np.ndarray]:
+    """A moving textured scene (used when no --video is given)."""
+    return [f.image for f in stream_frames(n, height, width)]
+
+
+def stream_frames(n: int, height: int, width: int, prepare=None) -> Iterator[Frame]:
+    """``n`` frames of a panning textured scene, generated one at a time (nothing is kept)."""
+
+    rng = np.random.RandomState(1)
+    base = cv2_blur(rng.randint(0, 255, (height + 128, width + 128, 3)).astype(np.uint8))
+    for i in range(n):
+        t = i % 256
+        dy, dx = (t if t < 128 else 255 - t), (2 * i) % 128
+        im = np.ascontiguousarray(base[dy:dy + height, dx:dx + width])
+        yield Frame(i, f"frame_{i:06d}", im, prepare(im) if prepare else None)
+
+
+def cv2_blur(im: np.ndarray) -> np.ndarray:
+
+    return cv2.GaussianBlur(im, (0, 0), 3)
+
+
+@dataclasses.dataclass
+class Bench:
+    """What every measurement shares: the model and its config, the device and fast path, the clip (BGR
+    frames), the clip preprocessed and already on the device, and the per-frame (key interval 1) detector."""
+
+    model: torch.nn.Module
+    cfg: Config
+    device: torch.device
+    fast: FastPath
+    frames: list[np.ndarray]
+    prepared: Prepared
+    base: VideoDetector
+
+    def detector(self, key_interval: int) -> VideoDetector:
+        """A new DFF detector at ``key_interval`` with the benchmark's settings (no per-stage sync)."""
+        return VideoDetector(self.model, self.cfg, key_interval=key_interval, device=self.device, sync=False,
+                             fast=self.fast)
+
+    @property
+    def network_input(self) -> tuple[int, int]:
+        """(height, width) of the network's input."""
+        h, w = self.prepared[0][0].shape[-2:]
+        return int(h), int(w)
+
+
+def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, device: torch.device,
+               scale: str | None, fast_name: str | None, video: str | None, frames: int) -> Bench:
+    """The model (``model_path``, or the fixture weights, which keep activations O(1) like a trained net)
+    with ``cfg_path`` and then ``overrides`` (``--set``) and ``scale`` (``"short,max-long"``) applied, and
+    ``frames`` frames of ``video`` (default: a generated clip), preprocessed on ``device``.
+
+    Raises ``ConfigError``, ``CheckpointError``, ``VideoReadError``, ``OSError`` or ``ValueError``."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    model, cfg = load_model(model_path or FIXTURE, load_config(cfg_path, overrides), kind="dff", device=device)
+    if overrides:  # a native checkpoint's own config wins over --cfg: --set applies to it too
+        update_config(cfg, parse_overrides(overrides), "--set", fixed=MODEL_KEYS)
+    if scale:
+        short, long_ = (int(v) for v in scale.split(","))
+        update_config(cfg, {"SCALES": [short, long_]}, "--scale")
+    fast = FastPath.from_name(fast_name, device)
+    base = VideoDetector(model, cfg, key_interval=1, device=device, sync=False, fast=fast)
+    clip = [f.image for f in FrameSource(video, max_frames=frames)] if video else synthetic_clip(frames)
+    if len(clip) < frames:
+        print(f"note: the video has only {len(clip)} frames", file=sys.stderr)
+    prepared = [tuple(t.to(device) for t in base.prepare(im)) for im in clip]
+    return Bench(model, cfg, device, fast, clip, prepared, base)
+
+
+# the measurements -----------------------------------------------------------------------------------------
+def time_network(detector: VideoDetector, prepared: Prepared, warmup: int = 2) -> dict[str, Any]:
+    """Network-only time per frame over prepared inputs already on the device.
+
+    Feature network, FlowNet, warp and task network; no decoding, no post-processing. Returns ``fps``,
+    ``ms_per_frame``, ``key_frames`` and ``stages_ms`` (mean ms per frame of each of :data:`NET_STAGES`).
+    On CUDA the fps comes from an unsynchronised pass (the true pipelined speed) and the per-stage
+    split from a second pass that synchronises between stages.
+    """
+    cuda = detector.device.type == "cuda"
+
+    def one_pass(sync: bool) -> tuple[float, dict, int]:
+        detector.sync = sync
+        detector.reset()
+        per_stage = {s: [] for s in NET_STAGES}
+        keys = 0
+        _sync(detector.device)
+        t0 = time.perf_counter()
+        for data, im_info in prepared:
+            _, is_key, times = detector.step(data, im_info)
+            keys += is_key
+            for s in NET_STAGES:
+                per_stage[s].append(times[s])
+        _sync(detector.device)
+        return time.perf_counter() - t0, per_stage, keys
+
+    detector.reset()
+    for data, im_info in prepared[:warmup]:  # a key and a non-key frame: graphs, cuDNN autotuning
+        out, _, _ = detector.step(data, im_info)
+        detector.postprocess(out, im_info)  # its graph too, so the end-to-end pass captures nothing
+    wall, per_stage, keys = one_pass(sync=not cuda)
+    if cuda:
+        _, per_stage, _ = one_pass(sync=True)
+    detector.sync = False
+    n = len(prepared)
+    return {"fps": n / wall, "ms_per_frame": 1000 * wall / n, "key_frames": keys,
+            "stages_ms": {s: 1000 * float(np.sum(v)) / n for s, v in per_stage.items()}}
+
+
+def time_end_to_end(detector: VideoDetector, video: str | None, frames: list[np.ndarray], n: int,
+                    workers: int = 2) -> dict[str, float]:
+    """From the file (decoding in background workers) to post-processed detections: ``fps`` and
+    ``post_ms`` (mean ms per frame of post-processing). Without ``video``, from the decoded ``frames``."""
+    if video is not None:
+        source = FrameSource(video, prepare=detector.prepare, max_frames=n, workers=workers,
+                             prefetch=max(8, 2 * workers))
+    else:
+
+        source = frames_from_arrays(frames, detector.prepare)
+    t0 = time.perf_counter()
+    count = 0
+    post = 0.0
+    for r in detector.run(source):
+        count += 1
+        post += r.times["post"]
+    wall = time.perf_counter() - t0
+    return {"fps": count / wall, "post_ms": 1000 * post / max(count, 1)}
+
+
+def time_post(detector: VideoDetector, prepared: Prepared, frames: int = 10) -> dict[str, float]:
+    """Mean ms per frame of the engine's post-processing (``fixed``: one fixed-size NMS) and of the
+    reference's per-class loop (``reference``) on the same network outputs."""
+    detector.reset()
+    outs = [(detector.step(data, im_info)[0], im_info) for data, im_info in prepared[:frames]]
+    cfg = detector.cfg
+
+    def reference(out: dict, im_info: torch.Tensor) -> list:
+        scores, boxes = im_detect_boxes(out["rois"], out["cls_prob"], out["bbox_pred"], im_info.to(out["rois"].device))
+        return pred_eval_frame(scores, boxes, detector.thresh, float(cfg.TEST.NMS), int(cfg.TEST.max_per_image),
+                               class_agnostic=bool(cfg.CLASS_AGNOSTIC))
+
+    result = {}
+    for name, fn in (("fixed", detector.postprocess), ("reference", reference)):
+        fn(*outs[0])  # warm-up
+        _sync(detector.device)
+        t0 = time.perf_counter()
+        for out, im_info in outs:
+            fn(out, im_info)
+        _sync(detector.device)
+        result[name] = 1000 * (time.perf_counter() - t0) / len(outs)
+    return result
+
+
+def profile(detector: VideoDetector, prepared: Prepared, path: str) -> str:
+    """torch.profiler over one pass of the prepared frames (network and post-processing); op tables to
+    ``path`` (by self CPU time, and on CUDA by self CUDA time). Returns the top of the CPU table."""
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if detector.device.type == "cuda" else [])
+    detector.reset()
+    with torch_profile(activities=activities) as prof:
+        for data, im_info in prepared:
+            out, _, _ = detector.step(data, im_info)
+            detector.postprocess(out, im_info)
+        _sync(detector.device)
+    table = prof.key_averages()
+    text = [f"# {len(prepared)} frames, key interval {detector.key_interval}, {detector.runner.fast.describe()}",
+            table.table(sort_by="self_cpu_time_total", row_limit=40)]
+    if detector.device.type == "cuda":
+        text.append(table.table(sort_by="self_cuda_time_total", row_limit=25))
+    atomic_write_text(path, "\n\n".join(text))
+    return "\n".join(text[1].split("\n")[:16])
+
+
+def measure_intervals(bench: Bench, intervals: Sequence[int], video: str | None, n_frames: int, workers: int,
+                      end_to_end: bool = True) -> tuple[dict[str, dict[str, Any]], VideoDetector]:
+    """Per key interval (sorted ascending): network-only fps of DFF and of the per-frame R-FCN on the same
+    frames (measured once, before the intervals) and the speed-up, end-to-end fps (unless not
+    ``end_to_end``), key frames, the per-stage split and peak memory since the interval began.
+
+    Returns the rows by interval (as a string) and the detector of the last interval (for
+    :func:`time_post` and :func:`profile`)."""
+    _reset_peaks(bench.device)
+    per_frame = time_network(bench.base, bench.prepared)
+    results = {}
+    det = bench.base
+    for k in intervals:
+        det = bench.base if k == 1 else bench.detector(k)
+        _reset_peaks(bench.device)
+        net = per_frame if k == 1 else time_network(det, bench.prepared)
+        e2e = time_end_to_end(det, video, bench.frames, n_frames, workers) if end_to_end else {}
+        results[str(k)] = {
+            "per_frame_fps": per_frame["fps"],
+            "dff_fps": net["fps"],
+            "speedup": net["fps"] / per_frame["fps"],
+            "end_to_end_fps": e2e.get("fps"),
+            "key_frames": net["key_frames"],
+            "stages": {**{f"{s}_ms": v for s, v in net["stages_ms"].items()}, "post_ms": e2e.get("post_ms")},
+            "peak_memory_mb": _peak_memory_mb(bench.device),
+        }
+    return results, det
+
+
+def measure_maps(bench: Bench, intervals: Sequence[int], output_dir: str) -> dict[str, dict[str, float]]:
+    """mAP per key interval on the config's test set: ``mAP`` over the classes present in it (the mAP over
+    all 30 where it has no such entry) and ``mAP_all_30``; the test outputs go to ``output_dir``."""
+    maps = {}
+    for k, ev in evaluate_intervals(bench.model, bench.cfg, intervals, output_dir, kind="dff",
+                                    device=bench.device, fast=bench.fast):
+        maps[str(k)] = {"mAP": ev.get("mAP_present_classes", ev["mAP"]), "mAP_all_30": ev["mAP"]}
+    return maps
+
+
+def measure_lengths(bench: Bench, key_interval: int, lengths: Iterable[int]) -> Iterator[tuple[int, dict[str, float]]]:
+    """Streams of generated frames of each length (ascending), end to end through DFF at ``key_interval``:
+    yields ``(n, {"seconds", "ms_per_frame", "peak_rss_mb"})`` as each finishes (memory must stay flat)."""
+    det = bench.detector(key_interval)
+    h0, w0 = bench.frames[0].shape[:2]
+    for n in sorted(lengths):
+        _reset_peak_rss()
+        t0 = time.perf_counter()
+        count = sum(1 for _ in det.run(stream_frames(n, h0, w0, det.prepare)))
+        wall = time.perf_counter() - t0
+        yield n, {"seconds": wall, "ms_per_frame": 1000 * wall / count, "peak_rss_mb": _peak_rss_mb()}
+
+
+# the outputs ----------------------------------------------------------------------------------------------
+def format_header(bench: Bench) -> str:
+    """The first line: the clip, the network input, the backbone, the device and the fast path."""
+    h, w = bench.network_input
+    im = bench.frames[0]
+    return (f"{len(bench.frames)} frames {im.shape[1]}x{im.shape[0]} -> network input {w}x{h}, "
+            f"{bench.cfg.network.BACKBONE}, device {describe_hardware(bench.device)}, {bench.fast.describe()}")
+
+
+def format_post(post_methods: dict[str, float]) -> str:
+    """The line of :func:`time_post`'s times."""
+    return "post-processing per frame (ms): " + ", ".join(f"{m} {v:.2f}" for m, v in post_methods.items())
+
+
+def format_length(n: int, row: dict[str, float]) -> str:
+    """The line of one of :func:`measure_lengths`' streams."""
+    return (f"length {n:>6}: {row['seconds']:8.1f} s, {row['ms_per_frame']:7.1f} ms/frame, "
+            f"peak RSS {row['peak_rss_mb']:.0f} MB")
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """The table of :func:`measure_intervals`' rows: header, a line per interval and the footnote."""
+    lines = [f"{'interval':>8} {'per-frame fps':>14} {'DFF fps':>9} {'speed-up':>9} {'end-to-end fps':>15} "
+             f"{'feature':>8} {'flow':>7} {'warp':>7} {'head':>7} {'post':>7} {'RSS MB':>7}"]
+    for k, r in results.items():
+        s = r["stages"]
+        e2e = f"{r['end_to_end_fps']:.3f}" if r["end_to_end_fps"] is not None else "-"
+        post = f"{s['post_ms']:.1f}" if s["post_ms"] is not None else "-"
+        lines.append(f"{k:>8} {r['per_frame_fps']:>14.3f} {r['dff_fps']:>9.3f} {r['speedup']:>8.2f}x {e2e:>15} "
+                     f"{s['feature_ms']:>8.1f} {s['flow_ms']:>7.1f} {s['warp_ms']:>7.1f} {s['head_ms']:>7.1f} "
+                     f"{post:>7} {r['peak_memory_mb']['rss']:>7.0f}")
+    lines.append("(stage columns: mean ms per frame over all frames; network-only fps excludes decoding and "
+                 "post-processing)")
+    return "\n".join(lines)
+
+
+def format_maps(results: dict[str, dict[str, Any]]) -> str:
+    """The line of the mAP per key interval (rows with ``mAP``, see :func:`measure_maps`)."""
+    return ("mAP per key interval (classes present in the test set): " +
+            ", ".join(f"{k}: {r['mAP']:.4f}" for k, r in results.items()))
+
+
+def build_report(bench: Bench, results: dict[str, dict[str, Any]], post_methods: dict[str, float],
+                 lengths: dict[str, dict[str, float]] | None, argv: Sequence[str]) -> dict[str, Any]:
+    """The JSON report: the rows by interval, hardware, versions, the command line (``argv``: its
+    arguments), the input, the fast path, the post-processing times and, if measured, the lengths."""
+    report = {
+        "intervals": results,
+        "hardware": describe_hardware(bench.device),
+        "versions": {"torch": torch.__version__, "python": platform.python_version(),
+                     "compiled_ops": compiled_available()},
+        "command": " ".join(["python", "tools/benchmark.py", *argv]),
+        "input": {"frames": len(bench.frames), "network_input": list(bench.network_input),
+                  "backbone": bench.cfg.network.BACKBONE},
+        "fast_path": bench.fast.describe(),
+        "post_methods_ms": post_methods,
+    }
+    if lengths:
+        report["lengths"] = lengths
+    return report
+
+
+def plot_title(bench: Bench) -> str:
+    """The plot's title: backbone, network input, the device's first words."""
+    h, w = bench.network_input
+    return f"{bench.cfg.network.BACKBONE}, {w}x{h}, {describe_hardware(bench.device).split(',')[0]}"
+
+
+def write_plot(results: dict[str, dict[str, Any]], path: str, with_map: bool, title: str) -> None:
+    """A PNG at ``path``: with ``with_map`` the speed/accuracy curve (mAP against network-only fps, a point per
+    interval), else network-only DFF fps per key interval against the per-frame R-FCN's.
+
+    Raises :class:`PlotUnavailable` without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotUnavailable("--plot needs matplotlib: pip install matplotlib "
+                              "(or pip install -e '.[plot]')") from None
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [int(k) for k in results]
+    plt.figure(figsize=(5, 3.5))
+    if with_map:  # the speed/accuracy curve: each interval is a point, per-frame is interval 1
+        fps = [results[str(k)]["dff_fps"] for k in ks]
+        maps = [100 * results[str(k)]["mAP"] for k in ks]
+        plt.plot(fps, maps, "o-", label="DFF")
+        for k, x, y in zip(ks, fps, maps):
+            plt.annotate("per-frame" if k == 1 else f"k={k}", (x, y), textcoords="offset points", xytext=(4, 4))
+        plt.xlabel("frames per second (network only)")
+        plt.ylabel("mAP (%)")
+    else:
+        plt.plot(ks, [results[str(k)]["dff_fps"] for k in ks], "o-", label="DFF (network)")
+        plt.axhline(results[str(ks[0])]["per_frame_fps"], color="gray", ls="--", label="per-frame R-FCN")
+        plt.xlabel("key frame interval")
+        plt.ylabel("frames per second")
+    plt.title(title, fontsize=8)
+    plt.legend()
+    plt.tight_layout()
+    plt.savefig(path, dpi=120)
+
+
+def run_benchmark(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    """``tools/benchmark.py``: load, measure per interval, post-processing, the optional profile, mAP and
+    lengths, print the table, write the JSON report and the plot. ``argv``: the command's arguments, for the
+    report (default ``sys.argv[1:]``). Returns 0, or 2 after one ``error:`` line."""
+    try:
+        device = torch.device(args.device)
+        bench = load_bench(args.cfg, args.set, args.model, device, args.scale, args.fast, args.video, args.frames)
+        intervals = sorted({int(k) for k in args.key_intervals.split(",")})
+    except (ConfigError, CheckpointError, VideoReadError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    workers = args.workers or min(8, os.cpu_count() or 1)
+    print(format_header(bench))
+    results, det = measure_intervals(bench, intervals, args.video, args.frames, workers,
+                                     end_to_end=not args.no_end_to_end)
+    post_methods = time_post(det, bench.prepared)
+    print(format_post(post_methods))
+    if args.profile:
+        print(profile(det, bench.prepared, args.profile))
+    if args.eval:
+        out_dir = args.eval_dir or tempfile.mkdtemp(prefix="dff_bench_eval_")
+        for k, maps in measure_maps(bench, intervals, out_dir).items():
+            results[k].update(maps)
+    lengths = None
+    if args.lengths:
+        lengths = {}
+        for n, row in measure_lengths(bench, max(intervals), (int(v) for v in args.lengths.split(","))):
+            lengths[str(n)] = row
+            print(format_length(n, row))
+    print(format_table(results))
+    if args.eval:
+        print(format_maps(results))
+    report = build_report(bench, results, post_methods, lengths, sys.argv[1:] if argv is None else argv)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=1))
+    if args.plot:
+        try:
+            write_plot(results, args.plot, args.eval, plot_title(bench))
+        except PlotUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return 0
