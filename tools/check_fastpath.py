@@ -15,14 +15,11 @@ detections. One line per frame, then ``N passed, M failed``; exit status 1 on an
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import sys
 
 import torch
 
-from dff.engine.fastpath import AMP_DTYPES, FastPath
-from dff.parity import fastpath
+from dff.parity.fastpath import run_check_fastpath
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,31 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--amp", default="fp16,bf16", help="comma-separated: fp16, bf16, none")
     ap.add_argument("--no-graphs", action="store_true", help="leave CUDA graphs out of the fast path")
-    args = ap.parse_args(argv)
-    if not os.path.isdir(os.path.join(args.fixture_dir, "model")):
-        print(f"error: {args.fixture_dir}: no model/ fixture folder there", file=sys.stderr)
-        return 2
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: no CUDA device is available", file=sys.stderr)
-        return 2
-
-    fasts = []
-    for amp in (a.strip() for a in args.amp.split(",") if a.strip()):
-        if amp != "none" and amp not in AMP_DTYPES:
-            print(f"error: --amp {amp}: expected {', '.join(AMP_DTYPES)} or none", file=sys.stderr)
-            return 2
-        fast = FastPath.from_name("fp32" if amp == "none" else amp, device)  # as --fast of the benchmark
-        fasts.append(dataclasses.replace(fast, cuda_graphs=False) if args.no_graphs else fast)
-    passed = failed = 0
-    notes: list[str] = []
-    for r in fastpath.cases(args.fixture_dir, device, fasts, notes):
-        print(r.line(), flush=True)
-        passed, failed = passed + r.passed, failed + (not r.passed)
-    for n in notes:
-        print(f"# {n}")
-    print(f"{passed} passed, {failed} failed")
-    return 0 if failed == 0 and passed > 0 else 1
+    return run_check_fastpath(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dff.utils.checkpoint import RESERVED_KEYS, CheckpointError, load_checkpoint, save_checkpoint
+from dff.utils.checkpoint import CheckpointError, export_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,14 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--half", action="store_true", help="store floating-point tensors as float16")
     args = ap.parse_args(argv)
     try:
-        ckpt = load_checkpoint(args.src)
+        n = export_checkpoint(args.src, args.dst, args.half)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    state = {k: (v.half() if args.half and v.is_floating_point() else v) for k, v in ckpt["model"].items()}
-    keep = {k: v for k, v in ckpt.items() if k not in RESERVED_KEYS}
-    save_checkpoint(args.dst, model_state=state, config=ckpt.get("config"), extra=keep)
-    n = sum(v.numel() for v in state.values())
     print(f"wrote {args.dst}: {n:,} numbers{' in float16' if args.half else ''}")
     return 0
 

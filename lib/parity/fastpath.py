@@ -9,9 +9,11 @@ class, every box coordinate within ``box_tol`` original-image pixels and the sco
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
+import sys
 import tempfile
 from typing import Iterator
 
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from dff.apps.demo import synthetic_clip
-from dff.engine.fastpath import FastPath, tf32_mode
+from dff.engine.fastpath import AMP_DTYPES, FastPath, tf32_mode
 from dff.engine.frames import FrameSource
 from dff.engine.postprocess import dets_to_rows
 from dff.engine.video import VideoDetector
@@ -209,3 +211,42 @@ def cases(fixture_dir: str, device: str | torch.device = "cpu", fasts: list | No
     fasts = fasts if fasts is not None else [FastPath.full(device)]
     yield from fixture_cases(fixture_dir, device, fasts, notes)
     yield from embedded_cases(device, fasts)
+
+
+def fast_paths(amps: str, device: torch.device, cuda_graphs: bool = True) -> list[FastPath]:
+    """The fast paths of ``--amp`` (comma-separated fp16, bf16, none = float32), as ``--fast`` of the benchmark
+    builds them; ``ValueError`` naming an unknown value."""
+    fasts = []
+    for amp in (a.strip() for a in amps.split(",") if a.strip()):
+        if amp != "none" and amp not in AMP_DTYPES:
+            raise ValueError(f"--amp {amp}: expected {', '.join(AMP_DTYPES)} or none")
+        fast = FastPath.from_name("fp32" if amp == "none" else amp, device)
+        fasts.append(fast if cuda_graphs else dataclasses.replace(fast, cuda_graphs=False))
+    return fasts
+
+
+def run_check_fastpath(args: argparse.Namespace) -> int:
+    """``tools/check_fastpath.py``: :func:`cases` of ``args.fixture_dir`` on ``args.device`` for each fast path of
+    ``args.amp`` (without CUDA graphs with ``args.no_graphs``); one line per row, the notes, then the counts.
+    0 when everything passed (and something ran), 1 otherwise, 2 after one ``error:`` line."""
+    if not os.path.isdir(os.path.join(args.fixture_dir, "model")):
+        print(f"error: {args.fixture_dir}: no model/ fixture folder there", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: no CUDA device is available", file=sys.stderr)
+        return 2
+    try:
+        fasts = fast_paths(args.amp, device, cuda_graphs=not args.no_graphs)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    passed = failed = 0
+    notes: list[str] = []
+    for r in cases(args.fixture_dir, device, fasts, notes):
+        print(r.line(), flush=True)
+        passed, failed = passed + r.passed, failed + (not r.passed)
+    for n in notes:
+        print(f"# {n}")
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 and passed > 0 else 1

@@ -29,12 +29,20 @@ or, with the generic loader, ``dff.utils.checkpoint.load_model_weights(dff_model
 that every ``flownet.*`` key was filled, and copies nothing if one was not). The trainer's
 ``network.pretrained_flow`` reads MXNet ``.params`` files: ``tools/pretrain_flownet.py --mxnet-prefix``
 writes one as well.
+
+The command (``tools/pretrain_flownet.py``) is :func:`run_pretraining`, composed of :func:`resolve_config`
+(CFG, ``--set``, ``--scale``), :func:`check_data` (the train and held-out splits), :func:`build_flownet`,
+:func:`measure_and_pretrain` (EPE before, training, EPE after), :func:`pretrain_report` (the JSON report)
+and :func:`write_outputs` (the checkpoint, the MXNet copy, the report).
 """
 from __future__ import annotations
 
+import argparse
 import glob
+import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
@@ -46,16 +54,26 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from dff.config import Config
+from dff.config import Config, ConfigError, load_config, parse_overrides, update_config
 from dff.dataset.synthetic import GT_DIR, SyntheticVID
 from dff.models.flownet import FlowNet
-from dff.utils.checkpoint import CheckpointError, LoadReport, load_model_weights, save_checkpoint
+from dff.utils.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    load_model_weights,
+    save_checkpoint,
+    save_mxnet_checkpoint,
+)
 from dff.utils.image import preprocess, read_image
+from dff.utils.io import atomic_write_text
 
 __all__ = [
     "FLOW_STRIDE", "EVAL_SEED", "SPLITS", "FlowPair", "list_videos", "sample_pairs", "flow_target",
     "FlowPairDataset", "epe", "init_flownet", "trainable_parameters", "pretrain", "evaluate_epe",
     "zero_flow_epe", "flownet_state_for_dff", "save_flownet_checkpoint", "load_flownet_weights",
+    "TINY_CFG", "DEMO_CFG", "DEMO_SCALES", "PretrainArgumentError", "PretrainRun", "parse_scale_arg",
+    "resolve_config", "check_data", "build_flownet", "measure_and_pretrain", "pretrain_report", "write_outputs",
+    "run_pretraining",
 ]
 
 # FlowNet's output grid has stride 16 by construction (resize_data /2, the encoder down to /128, the
@@ -443,3 +461,182 @@ def load_flownet_weights(model: nn.Module, path: str, *, allow_missing_scale: bo
     if report.ignored_missing and any(k.startswith("flownet." + _SCALE_PREFIX) for k in report.ignored_missing):
         target.init_scale_identity()
     return report
+
+
+# ------------------------------------------------------------------------------------------------
+# the command (tools/pretrain_flownet.py)
+# ------------------------------------------------------------------------------------------------
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_CFG = os.path.join(_REPO, "experiments", "dff_rfcn", "cfgs", "dff_rfcn_synthetic_tiny.yaml")
+DEMO_CFG = os.path.join(_REPO, "experiments", "dff_rfcn", "cfgs", "dff_rfcn_vid_demo.yaml")
+DEMO_SCALES = [160, 256]
+
+
+class PretrainArgumentError(ValueError):
+    """A command-line value the pre-training cannot use; the message starts with the option's name."""
+
+
+class PretrainRun(NamedTuple):
+    """What :func:`measure_and_pretrain` measured: EPEs in image pixels, the per-iteration losses (grid EPE)."""
+    epe_zero: float
+    epe_before: float
+    epe_after: float
+    losses: list[float]
+    train_seconds: float
+    total_seconds: float
+
+
+def parse_scale_arg(text: str) -> list[int]:
+    """``--scale SHORT,MAX_LONG`` as ``[short, long]`` (an argparse ``type``)."""
+    try:
+        short, long = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scale must be SHORT,MAX_LONG (two integers), got {text!r}") from None
+    if short < 16 or long < short:
+        raise argparse.ArgumentTypeError(f"--scale {text}: need 16 <= SHORT <= MAX_LONG")
+    return [short, long]
+
+
+def resolve_config(cfg_arg: str | None, overrides: Sequence[str], scale: list[int] | None) -> tuple[str, Config]:
+    """The config file (``cfg_arg``, else the synthetic tiny config if present, else the DFF demo config)
+    loaded with ``overrides``; SCALES from ``scale``, or [160, 256] for the demo config chosen by default
+    unless ``overrides`` set SCALES. Raises :class:`~dff.config.ConfigError`."""
+    cfg_path = cfg_arg or (TINY_CFG if os.path.isfile(TINY_CFG) else DEMO_CFG)
+    cfg = load_config(cfg_path, overrides)
+    demo_default = cfg_arg is None and cfg_path == DEMO_CFG and "SCALES" not in parse_overrides(overrides)
+    scales = scale or (DEMO_SCALES if demo_default else None)
+    if scales:
+        update_config(cfg, {"SCALES": scales}, source="--scale")
+    return cfg_path, cfg
+
+
+def check_data(data: str, eval_data: str | None) -> tuple[int, int]:
+    """Videos in the train split of ``data`` and in the val split of ``eval_data`` (default ``data``);
+    :class:`PretrainArgumentError` naming the option when a split is missing or empty."""
+    try:
+        n_train = len(list_videos(data, "train"))
+    except (FileNotFoundError, ValueError) as e:
+        raise PretrainArgumentError(f"--data: {e}") from None
+    try:
+        n_val = len(list_videos(eval_data or data, "val"))
+    except (FileNotFoundError, ValueError) as e:
+        raise PretrainArgumentError(f"{'--eval-data' if eval_data else '--data'}: {e}") from None
+    return n_train, n_val
+
+
+def _torch_device(name: str) -> torch.device:
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise PretrainArgumentError(f"--device {name!r}: {e}") from None
+
+
+def build_flownet(cfg: Config, seed: int, init: str | None = None) -> tuple[FlowNet, LoadReport | None]:
+    """A FlowNet shaped by ``cfg`` (``DFF_FEAT_DIM`` scale channels, ``FLOW_AVG_POOL``, ``FLOWNET_WIDTH``)
+    with the MSRA init of ``seed``, then the weights of ``init`` if given (with their load report)."""
+    torch.manual_seed(seed)
+    flownet = FlowNet(feat_dim=int(cfg.network.DFF_FEAT_DIM), avg_pool=cfg.network.FLOW_AVG_POOL,
+                      width=float(cfg.network.FLOWNET_WIDTH))
+    init_flownet(flownet, seed)
+    report = None
+    if init:
+        try:
+            report = load_flownet_weights(flownet, init)
+        except (CheckpointError, OSError) as e:
+            raise PretrainArgumentError(f"--init: {e}") from None
+    return flownet, report
+
+
+def measure_and_pretrain(flownet: FlowNet, args: argparse.Namespace, cfg: Config, eval_data: str) -> PretrainRun:
+    """The held-out EPE of zero flow and of ``flownet``, :func:`pretrain` with the command's options, the
+    held-out EPE again; prints the EPE before training (stderr)."""
+    ev = {"seed": args.eval_seed, "min_offset": args.min_offset, "max_offset": args.max_offset}
+    t0 = time.time()
+    zero = zero_flow_epe(eval_data, "val", args.eval_pairs, cfg, **ev)
+    before = evaluate_epe(flownet, eval_data, "val", args.eval_pairs, cfg, **ev)
+    print(f"val EPE before: {before:.3f} px (zero flow: {zero:.3f} px) on {args.eval_pairs} pairs", file=sys.stderr)
+    t1 = time.time()
+    losses = pretrain(flownet, args.data, cfg, args.iters, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, seed=args.seed, min_offset=args.min_offset,
+                      max_offset=args.max_offset, flip=not args.no_flip, progress=not args.no_progress,
+                      time_limit_s=args.time_limit)
+    train_s = time.time() - t1
+    after = evaluate_epe(flownet, eval_data, "val", args.eval_pairs, cfg, **ev)
+    return PretrainRun(zero, before, after, losses, train_s, time.time() - t0)
+
+
+def _mean_px(xs: list[float]) -> float | None:
+    return FLOW_STRIDE * sum(xs) / len(xs) if xs else None
+
+
+def pretrain_report(args: argparse.Namespace, cfg_path: str, cfg: Config, eval_data: str, device: torch.device,
+                    run: PretrainRun) -> dict[str, Any]:
+    """The JSON report (also stored in the checkpoint as ``flow_pretrain``): settings, EPEs, timings, paths."""
+    losses = run.losses
+    window = max(1, min(20, len(losses) // 5 or 1))
+    return {
+        "data": os.path.abspath(args.data), "config": os.path.abspath(cfg_path), "scales": list(cfg.SCALES[0]),
+        "pixel_means": list(cfg.network.PIXEL_MEANS), "init": args.init or f"msra(seed={args.seed})",
+        "iters": len(losses), "iters_requested": args.iters, "time_limit_s": args.time_limit,
+        "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+        "seed": args.seed, "flip": not args.no_flip,
+        "offsets": [cfg.TRAIN.MIN_OFFSET if args.min_offset is None else args.min_offset,
+                    cfg.TRAIN.MAX_OFFSET if args.max_offset is None else args.max_offset],
+        "eval": {"data": os.path.abspath(eval_data), "split": "val", "pairs": args.eval_pairs, "seed": args.eval_seed},
+        "units": "EPE in image pixels at the network input resolution (grid EPE x 16)",
+        "epe_before": run.epe_before, "epe_after": run.epe_after, "epe_zero_flow": run.epe_zero,
+        "train_epe_first": _mean_px(losses[:window]), "train_epe_last": _mean_px(losses[-window:]),
+        "train_seconds": round(run.train_seconds, 1), "total_seconds": round(run.total_seconds, 1),
+        "device": str(device), "checkpoint": os.path.abspath(args.out),
+    }
+
+
+def write_outputs(flownet: FlowNet, report: dict[str, Any], out: str, json_path: str | None = None,
+                  mxnet_prefix: str | None = None) -> str:
+    """Move ``flownet`` to the CPU and write, each atomically: ``mxnet_prefix``-0000.params when given (its
+    path goes into ``report`` as ``mxnet_params``), the checkpoint ``out`` with ``report`` as
+    ``flow_pretrain``, and ``report`` as JSON to ``json_path`` (default: ``out`` with .json), returned."""
+    flownet.cpu()
+    if mxnet_prefix:
+        mx_path = f"{mxnet_prefix}-0000.params"
+        os.makedirs(os.path.dirname(os.path.abspath(mx_path)), exist_ok=True)
+        save_mxnet_checkpoint(flownet_state_for_dff(flownet), mx_path)  # atomic (write_params)
+        report["mxnet_params"] = os.path.abspath(mx_path)
+    save_flownet_checkpoint(out, flownet, extra={"flow_pretrain": report})
+    json_path = json_path or os.path.splitext(out)[0] + ".json"
+    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
+    return json_path
+
+
+def run_pretraining(args: argparse.Namespace) -> int:
+    """``tools/pretrain_flownet.py``: pre-train FlowNet with the command's options, report the held-out EPE
+    before and after, write the checkpoint, the MXNet copy and the JSON report; 0, or 2 after one ``error:``
+    line."""
+    if args.iters < 0 or args.batch_size < 1 or args.eval_pairs < 1:
+        print("error: --iters must be >= 0, --batch-size and --eval-pairs >= 1", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg_path, cfg = resolve_config(args.cfg, args.set, args.scale)
+        n_train, n_val = check_data(args.data, args.eval_data)
+        device = _torch_device(args.device)
+        flownet, init_report = build_flownet(cfg, args.seed, args.init)
+    except (ConfigError, PretrainArgumentError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if init_report is not None:
+        print(init_report.summary(), file=sys.stderr)
+    eval_data = args.eval_data or args.data
+    flownet.to(device)
+    print(f"config {cfg_path}, SCALES {list(cfg.SCALES[0])}; data {args.data}: {n_train} train videos; "
+          f"held-out EPE on {eval_data}: {n_val} val videos; "
+          f"device {device}", file=sys.stderr)
+
+    run = measure_and_pretrain(flownet, args, cfg, eval_data)
+    report = pretrain_report(args, cfg_path, cfg, eval_data, device, run)
+    json_path = write_outputs(flownet, report, args.out, args.json, args.mxnet_prefix)
+    print(f"val EPE: before {run.epe_before:.3f} px, after {run.epe_after:.3f} px, zero flow {run.epe_zero:.3f} px "
+          f"({len(run.losses)} iterations, {run.train_seconds:.0f} s)")
+    print(f"wrote {args.out}{' and ' + report['mxnet_params'] if args.mxnet_prefix else ''} and {json_path}")
+    return 0
