@@ -17,14 +17,13 @@ from dff.models.rfcn import RFCN
 from dff.utils.checkpoint import (
     CheckpointError,
     bbox_test_params,
-    checkpoint_config,
     detect_format,
     load_checkpoint,
     load_model_weights,
 )
 from dff.utils.fixture_weights import fixture_state_dict
 
-__all__ = ["MODEL_KINDS", "FIXTURE", "build_model", "load_model", "checkpoint_kind", "weights_tag", "tiled_bbox_stats", "fold_bbox_state",
+__all__ = ["MODEL_KINDS", "FIXTURE", "build_model", "load_model", "weights_tag", "tiled_bbox_stats", "fold_bbox_state",
            "unfold_bbox_state"]
 
 MODEL_KINDS: dict[str, type[RFCN]] = {"rfcn": RFCN, "dff": DFF}
@@ -38,14 +37,6 @@ def build_model(kind: str, cfg: Config) -> RFCN:
     except KeyError:
         raise ValueError(f"model kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}") from None
     return cls(cfg)
-
-
-def checkpoint_kind(path: str | os.PathLike) -> str | None:
-    """The ``model_kind`` a native checkpoint was saved with (None for MXNet files and untagged checkpoints)."""
-    if detect_format(path) != "native":
-        return None
-    kind = load_checkpoint(path).get("model_kind")
-    return kind if kind in MODEL_KINDS else None
 
 
 def weights_tag(path: str | os.PathLike) -> str | None:
@@ -82,21 +73,22 @@ def load_model(path: str | os.PathLike, cfg: Config | None = None, *, kind: str 
         return model.to(device).eval(), cfg
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: model file not found")
-    saved_kind = checkpoint_kind(path)
+    # a native file names its kind, config and weights form; read once (validated), before building
+    meta = load_checkpoint(path) if detect_format(path) == "native" else {}
+    saved_kind = meta.get("model_kind") if meta.get("model_kind") in MODEL_KINDS else None
     if saved_kind is not None and kind is not None and saved_kind != kind:
         raise CheckpointError(f"{path}: is a {saved_kind} checkpoint, not a {kind} one")
     kind = saved_kind or kind
     if kind is None:
         raise CheckpointError(f"{path}: the file does not say which model it holds; give the model kind "
                               f"({' or '.join(MODEL_KINDS)})")
-    saved_cfg = checkpoint_config(path)
-    if saved_cfg is not None:
-        cfg = Config(saved_cfg)
+    if isinstance(meta.get("config"), dict):
+        cfg = Config(meta["config"])
     if cfg is None:
         raise CheckpointError(f"{path}: carries no config; pass one (--cfg)")
     model = build_model(kind, cfg)
     load_model_weights(model, path)
-    if weights_tag(path) == "train":
+    if meta.get("weights") == "train":
         model.load_state_dict(fold_bbox_state(model.state_dict(), cfg))
     return model.to(device).eval(), cfg
 
