@@ -27,7 +27,7 @@ from torch.profiler import ProfilerActivity
 from torch.profiler import profile as torch_profile
 
 from dff.apps.evaluate import evaluate_intervals
-from dff.config import MODEL_KEYS, Config, ConfigError, load_config, parse_overrides, update_config
+from dff.config import Config, ConfigError, load_config, update_config
 from dff.engine.fastpath import FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError, frames_from_arrays
 from dff.engine.postprocess import im_detect_boxes, pred_eval_frame
@@ -150,9 +150,8 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
     Raises ``ConfigError``, ``CheckpointError``, ``VideoReadError``, ``OSError`` or ``ValueError``."""
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
-    model, cfg = load_model(model_path or FIXTURE, load_config(cfg_path, overrides), kind="dff", device=device)
-    if overrides:  # a native checkpoint's own config wins over --cfg: --set applies to it too
-        update_config(cfg, parse_overrides(overrides), "--set", fixed=MODEL_KEYS)
+    model, cfg = load_model(model_path or FIXTURE, load_config(cfg_path, overrides), kind="dff", device=device,
+                            overrides=overrides)
     if scale:
         short, long_ = (int(v) for v in scale.split(","))
         update_config(cfg, {"SCALES": [short, long_]}, "--scale")

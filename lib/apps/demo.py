@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dff.config import MODEL_KEYS, Config, ConfigError, load_config, parse_overrides, update_config
+from dff.config import Config, ConfigError, load_config
 from dff.dataset.classes import VID_CLASSES
 from dff.dataset.synthetic import SynthConfig, generate
 from dff.engine.fastpath import FAST_NAMES, FastPath
@@ -73,22 +73,16 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
 def load_demo_model(kind: str, cfg_path: str, model_path: str | None, device: str,
                     what: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[torch.nn.Module, Config]:
     """The demo's model (:func:`dff.models.builder.load_model`); ``what`` names the released file to suggest.
-    ``overrides`` (``KEY=VALUE``) go on ``cfg_path``, and again on the config a native checkpoint brings."""
+    ``overrides`` (``KEY=VALUE``) go on ``cfg_path``, or on the config a native checkpoint brings."""
     if model_path is None:
         raise DemoError(
             f"no model given. Pass --model with {what} (the reference's released MXNet checkpoint, "
             "see README 'Models'), a native checkpoint written by the training script (output/.../*.pth), "
             "or 'fixture' (the parity fixtures' deterministic weights: the real pipeline, meaningless detections).")
     try:
-        model, cfg = load_model(model_path, load_config(cfg_path, overrides), kind=kind, device=device)
+        return load_model(model_path, load_config(cfg_path, overrides), kind=kind, device=device, overrides=overrides)
     except CheckpointError as e:
         raise DemoError(str(e)) from None
-    # A native checkpoint's own config wins over --cfg (its weights were trained with it), so --set is
-    # applied to it as well. The model reads TEST.*, SCALES and PIXEL_MEANS from this same object (model.cfg)
-    # on every frame, so those overrides take effect; keys the built network fixed are refused.
-    if overrides:
-        update_config(cfg, parse_overrides(overrides), "--set", fixed=MODEL_KEYS)
-    return model, cfg
 
 
 def _summary(label: str, results: list[FrameResult], wall: float, drawn: int = 0) -> dict:

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from dff.config import MODEL_KEYS, Config, parse_overrides, update_config
+from dff.config import Config, update_config
 from dff.engine.fastpath import FastPath
 from dff.eval.tester import TesterError, run_test_set
 from dff.models.builder import load_model
@@ -52,9 +52,7 @@ def format_interval_row(kind: str, k: int, row: dict[str, Any]) -> str:
 
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Config]:
     """The checkpoint with its own config, ``--set`` and ``--dataset-path`` applied to that config."""
-    model, cfg = load_model(args.model)
-    if args.set:
-        update_config(cfg, parse_overrides(args.set), "--set", fixed=MODEL_KEYS)
+    model, cfg = load_model(args.model, overrides=args.set)
     if args.dataset_path:
         if not os.path.isdir(args.dataset_path):
             raise OSError(f"--dataset-path {args.dataset_path}: no such directory")

@@ -7,11 +7,12 @@ the fixture weights need it from the caller, and a model tells its own kind by `
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from dff.config import Config
+from dff.config import MODEL_KEYS, Config, parse_overrides, update_config
 from dff.models.dff import DFF
 from dff.models.rfcn import RFCN
 from dff.utils.checkpoint import (
@@ -48,7 +49,7 @@ def weights_tag(path: str | os.PathLike) -> str | None:
 
 
 def load_model(path: str | os.PathLike, cfg: Config | None = None, *, kind: str | None = None,
-               device: str | torch.device = "cpu") -> tuple[RFCN, Config]:
+               device: str | torch.device = "cpu", overrides: Sequence[str] = ()) -> tuple[RFCN, Config]:
     """A detector with the test weights of ``path``, in eval mode on ``device``, and its config.
 
     Args:
@@ -59,6 +60,9 @@ def load_model(path: str | os.PathLike, cfg: Config | None = None, *, kind: str 
             are only meaningful with the config they were trained with.
         kind: ``"rfcn"`` or ``"dff"``; required for MXNet files and the fixture weights, checked
             against a native checkpoint's ``model_kind``.
+        overrides: ``--set KEY=VALUE`` items. ``cfg`` is expected to carry them already; they are applied
+            to a native checkpoint's own config when it replaces ``cfg``, where keys the weights depend
+            on (:data:`dff.config.MODEL_KEYS`) are refused.
 
     A training state (``*.state.pth``, ``weights: train``) gets the box de-normalisation folded in,
     as the reference's ``do_checkpoint``; MXNet files bring their own ``*_test`` keys. Raises
@@ -84,6 +88,8 @@ def load_model(path: str | os.PathLike, cfg: Config | None = None, *, kind: str 
                               f"({' or '.join(MODEL_KINDS)})")
     if isinstance(meta.get("config"), dict):
         cfg = Config(meta["config"])
+        if overrides:
+            update_config(cfg, parse_overrides(overrides), "--set", fixed=MODEL_KEYS)
     if cfg is None:
         raise CheckpointError(f"{path}: carries no config; pass one (--cfg)")
     model = build_model(kind, cfg)
