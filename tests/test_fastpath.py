@@ -47,7 +47,6 @@ def test_fast_path_settings():
 
 
 def test_cuda_graphs_need_a_cuda_model():
-
     with pytest.raises(ValueError, match="CUDA graphs need the model on a CUDA device"):
         StageRunner(RFCN(load_config(RFCN_CFG)).eval(), FastPath(cuda_graphs=True))
 
@@ -231,7 +230,6 @@ def test_cuda_pipelined_run_gives_the_synchronous_detections(reference_dir):
 
 
 def _pipelined_vs_one_by_one(reference_dir, device, images):
-
     with tf32_mode(False):
         model = _build("dff", str(reference_dir)).to(device).eval()
         piped = VideoDetector(model, model.cfg, key_interval=3, device=device)

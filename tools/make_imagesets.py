@@ -17,7 +17,6 @@ from dff.dataset.imagesets import ALL_LISTS, make_imagesets
 
 
 def main(argv: list[str] | None = None) -> int:
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="the ILSVRC2015 directory (with Data/ and Annotations/)")
     ap.add_argument("--lists", default=",".join(ALL_LISTS), help="comma-separated lists to write (default: all)")

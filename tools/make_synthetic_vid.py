@@ -19,7 +19,6 @@ from dff.dataset.synthetic import SynthConfig, generate
 
 
 def main(argv: list[str] | None = None) -> int:
-
     d = SynthConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output ILSVRC2015-style directory")

@@ -112,7 +112,6 @@ def stream_frames(n: int, height: int, width: int, prepare=None) -> Iterator[Fra
 
 
 def cv2_blur(im: np.ndarray) -> np.ndarray:
-
     return cv2.GaussianBlur(im, (0, 0), 3)
 
 
@@ -211,7 +210,6 @@ def time_end_to_end(detector: VideoDetector, video: str | None, frames: list[np.
         source = FrameSource(video, prepare=detector.prepare, max_frames=n, workers=workers,
                              prefetch=max(8, 2 * workers))
     else:
-
         source = frames_from_arrays(frames, detector.prepare)
     t0 = time.perf_counter()
     count = 0

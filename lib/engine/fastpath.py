@@ -113,7 +113,8 @@ class FastPath:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.amp or self.channels_last or self.cuda_graphs or self.cudnn_benchmark or self.prepack)
+        return bool(self.amp or self.tf32 or self.channels_last or self.cuda_graphs or self.cudnn_benchmark
+                    or self.prepack)
 
     def describe(self) -> str:
         parts = [f"amp {self.amp}" if self.amp else ("float32 (TF32 allowed)" if self.tf32 else "float32")]

@@ -71,7 +71,6 @@ def op_fixture_files(fixture_dir: str, pattern: str, backend: str) -> tuple[list
     """The ``ops/<pattern>`` fixture files, or the rows that explain why they cannot be checked
     (none present; the compiled backend asked for but not built)."""
 
-
     files = sorted(glob.glob(os.path.join(fixture_dir, "ops", pattern)))
     if not files:
         return [], [Result(f"ops/{pattern.split('*')[0].rstrip('_')}", "", note=f"MISSING: no ops/{pattern}")]

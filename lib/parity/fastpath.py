@@ -171,7 +171,6 @@ def embedded_cases(device: torch.device, fasts: list, frames: int = 20, work_dir
     roi has another score: the rows pass at :data:`AMP_MIN_SHARED` of the detections shared; the
     effect on accuracy is measured by ``tools/benchmark.py --eval --fast`` (mAP with and without)."""
 
-
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         clip = synthetic_clip(tmp, frames=frames)
         images = [f.image for f in FrameSource(clip)]

@@ -43,7 +43,6 @@ def _frame_inputs(fixture_dir: str, k: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _compare_outputs(case: str, out: dict, exp, im_info: torch.Tensor) -> Iterator[Result]:
-
     pairs = [
         ("feat_conv_3x3_relu_output", "feat", TOL_FEATURE),
         ("rpn_cls_prob_reshape_output", "rpn_cls_prob", TOL_PROB),
@@ -82,7 +81,6 @@ def _build(kind: str, fixture_dir: str):
 
 
 def cases(fixture_dir: str, backend: str) -> Iterator[Result]:
-
     mdir = os.path.join(fixture_dir, "model")
     files = sorted(os.listdir(mdir)) if os.path.isdir(mdir) else []
     rfcn_frames = [f for f in files if re.fullmatch(r"rfcn_frame\d+\.npz", f)]

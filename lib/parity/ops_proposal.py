@@ -53,7 +53,6 @@ def _proposal_params(summary: dict, stem: str) -> dict:
 
 
 def _ops_proposal_case(path: str, summary: dict) -> Iterator[Result]:
-
     stem = os.path.splitext(os.path.basename(path))[0]
     d = np.load(path)
     params = _proposal_params(summary, stem)
@@ -72,14 +71,12 @@ def _ops_proposal_case(path: str, summary: dict) -> Iterator[Result]:
 
 
 def _ops_inv_normalize_case(path: str) -> Iterator[Result]:
-
     d = np.load(path)
     out = rpn_inv_normalize(torch.from_numpy(d["bbox_pred"]), d["bbox_mean"].tolist(), d["bbox_std"].tolist())
     yield compare("ops/rpn_inv_normalize", "out", out, d["out"], **TOL_EXACT)
 
 
 def _model_cases(fixture_dir: str, run: str, frame: int) -> Iterator[Result]:
-
     d = np.load(os.path.join(fixture_dir, "model", f"{run}.npz"))
     im_info = torch.from_numpy(np.load(os.path.join(fixture_dir, "model", f"inputs_frame{frame}.npz"))["im_info"])
     base = f"model/{run}"

@@ -42,7 +42,6 @@ def _params(summary: dict, stem: str) -> dict:
 
 
 def _case(path: str, summary: dict, backend: str) -> Iterator[Result]:
-
     stem = os.path.splitext(os.path.basename(path))[0]
     case = f"ops/{stem}"
     d = np.load(path)

@@ -48,7 +48,6 @@ def reference_cell_moved(flow: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 
 def _case(path: str, backend: str) -> Iterator[Result]:
-
     case = f"ops/{os.path.splitext(os.path.basename(path))[0]}"
     d = np.load(path)
     feat = torch.from_numpy(d["feat"]).requires_grad_(True)

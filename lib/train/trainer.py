@@ -229,10 +229,7 @@ def initialize(model: nn.Module, cfg: Config, opts: TrainOptions) -> list[str]:
     """
     lines: list[str] = []
     if opts.init:
-        lines.append(_load_init(model, opts.init, cfg))
-        if model.kind == "dff":
-            for n in model.flownet.frozen_parameter_names():
-                getattr(model.flownet, n.split(".")[0]).bias.requires_grad_(False)
+        lines.append(_load_init(model, opts.init, cfg))  # frozen parameters: build_param_groups, after this
         return lines
     gen = torch.Generator().manual_seed(derive_seed(opts.seed, 0, 0, 3))
     where = f" in {opts.cfg_path}" if opts.cfg_path else ""
@@ -492,7 +489,7 @@ def _set_up(cfg: Config, opts: TrainOptions, device: torch.device, dctx: _Dist, 
     model.to(device)
     model.train()
 
-    groups_info = build_param_groups(model, list(cfg.network.FIXED_PARAMS))
+    groups_info = build_param_groups(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if dctx.world > 1 and ckpt is None:
         # the same start on every rank, whatever each process drew (rank 0's weights win)

@@ -72,7 +72,6 @@ def fixture_state_dict(model) -> dict:
     checks the pipeline): the values depend only on the MXNet name and the shape.
     """
 
-
     out = {}
     for key, value in model.state_dict().items():
         name = torch_to_mxnet_name(key)
