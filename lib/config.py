@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import yaml
 
+from dff.classes import BACKGROUND, VID_CLASSES
+
 
 class ConfigError(ValueError):
     """A configuration file or key is invalid; the message names the file and the key."""
@@ -125,6 +127,12 @@ def default_config() -> Config:
         "dataset_path": "./data/ILSVRC2015",
         "NUM_CLASSES": 31,
         "proposal": "rpn",  # no effect: validated (NO_EFFECT)
+        # port: the layout of dataset_path: "vid" (ILSVRC2015 folders, the reference's) or "cocovid" (a
+        # COCO-video JSON per image set, mmtracking's CocoVideoDataset convention); docs/custom_data.md
+        "format": "vid",
+        # port: the class names by index, background excluded; empty = the 30 ImageNet VID classes. Read
+        # from the training data (with NUM_CLASSES) and stored with every checkpoint's config.
+        "CLASSES": [],
     }
 
     c.TRAIN = {
@@ -185,6 +193,9 @@ def default_config() -> Config:
         "max_per_image": 300,
         "test_epoch": 0,
         "KEY_FRAME_INTERVAL": 10,
+        # port: also evaluate COCO AP@[.5:.95] / AP50 / AP75 (pycocotools) beside the VID mAP. Its pure-Python
+        # matching is slow on the full VID val set (docs/custom_data.md): set false to skip it there.
+        "COCO_AP": True,
     }
     return c
 
@@ -254,7 +265,7 @@ NO_EFFECT: dict[str, Callable[[Config, Any], str | None]] = {
 # Keys read once, when a model is built or its weights are loaded (parameter shapes, the class list,
 # the box statistics folded into the last layer, FlowNet's pooling): on a built model's config a new
 # value would be ignored or contradict the weights, so update_config(..., fixed=MODEL_KEYS) refuses it.
-MODEL_KEYS = ("CLASS_AGNOSTIC", "dataset.NUM_CLASSES", "network.BACKBONE", "network.DFF_FEAT_DIM",
+MODEL_KEYS = ("CLASS_AGNOSTIC", "dataset.NUM_CLASSES", "dataset.CLASSES", "network.BACKBONE", "network.DFF_FEAT_DIM",
               "network.FLOWNET_WIDTH", "network.FLOW_AVG_POOL", "network.ANCHOR_SCALES", "network.ANCHOR_RATIOS",
               "TRAIN.BBOX_MEANS", "TRAIN.BBOX_STDS")
 
@@ -288,7 +299,9 @@ def _merge(dst: Config, src: Mapping[str, Any], path: str, file: str, given: dic
             _merge(dst[key], value, where, file, given)
             continue
         if key == "SCALES" and not path:
-            # the reference turns SCALES: [600, 1000] into [(600, 1000)]
+            # the reference turns SCALES: [600, 1000] into [(600, 1000)]; a saved config has that form already
+            if (isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], (list, tuple))):
+                value = value[0]
             if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)):
                 raise ConfigError(f"{file}: SCALES must be [short_side, max_long_side], got {value!r}")
             dst[key] = [(int(value[0]), int(value[1]))]
@@ -372,6 +385,16 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     return cfg
 
 
+def config_from_dict(data: Mapping[str, Any], source: str) -> Config:
+    """A saved config (a checkpoint's) over the defaults: keys added since it was saved get their defaults."""
+    cfg = default_config()
+    try:
+        _merge(cfg, data, "", source)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (a config saved by another version of this project?)") from None
+    return cfg
+
+
 def update_config(cfg: Config, overrides: Mapping[str, Any], source: str = "overrides", *,
                   fixed: Sequence[str] = ()) -> Config:
     """Overlay a mapping (same strict rules as a YAML file) on ``cfg`` in place and return it.
@@ -389,6 +412,39 @@ def update_config(cfg: Config, overrides: Mapping[str, Any], source: str = "over
                               f"checkpoint's config); a new value cannot change it")
     _merge(cfg, overrides, "", source)
     return cfg
+
+
+DATASET_FORMATS = ("vid", "cocovid")
+
+
+def class_names(cfg: Config) -> tuple[str, ...]:
+    """The config's class list with the background first: ``dataset.CLASSES`` (default the 30 VID
+    classes). Raises :class:`ConfigError` when ``dataset.NUM_CLASSES`` does not count them."""
+    names = tuple(str(c) for c in (cfg.dataset.CLASSES or VID_CLASSES[1:]))
+    if len(set(names)) != len(names) or BACKGROUND in names:
+        raise ConfigError(f"dataset.CLASSES: names must be distinct and not {BACKGROUND!r}: {list(names)}")
+    if int(cfg.dataset.NUM_CLASSES) != len(names) + 1:
+        raise ConfigError(f"dataset.NUM_CLASSES = {cfg.dataset.NUM_CLASSES} but dataset.CLASSES names "
+                          f"{len(names)} classes (NUM_CLASSES counts the background too: {len(names) + 1})")
+    return (BACKGROUND, *names)
+
+
+def set_class_names(cfg: Config, names: Sequence[str]) -> list[str]:
+    """Give ``cfg`` the class list of a dataset (``names`` with or without the background first) in place:
+    ``dataset.CLASSES`` and ``dataset.NUM_CLASSES``. Returns log lines saying what changed (the YAML's
+    ``NUM_CLASSES`` 31 of the reference's configs gives way to the data's count)."""
+    names = [str(n) for n in names if str(n) != BACKGROUND]
+    vid = list(VID_CLASSES[1:])
+    old = list(cfg.dataset.CLASSES or vid)
+    lines = []
+    if int(cfg.dataset.NUM_CLASSES) != len(names) + 1:
+        lines.append(f"dataset.NUM_CLASSES {cfg.dataset.NUM_CLASSES} -> {len(names) + 1} (the data's {len(names)} "
+                     "classes and the background)")
+    if old != names and cfg.dataset.CLASSES:
+        lines.append(f"dataset.CLASSES {old} -> {names} (the data's)")
+    cfg.dataset.CLASSES = [] if names == vid else names
+    cfg.dataset.NUM_CLASSES = len(names) + 1
+    return lines
 
 
 def config_stem(cfg_path: str | os.PathLike | None) -> str:

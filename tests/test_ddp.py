@@ -39,7 +39,7 @@ def _free_port() -> int:
 def test_two_processes_equal_one_process_accumulating(tmp_path):
     root = tmp_path / "vid"
     generate(str(root), SynthConfig(seed=4, train_videos=1, val_videos=0, frames=6, height=64, width=96,
-                                    det_images=0, classes=("car", "dog"), max_objects=2))
+                                    det_images=0, classes=("ellipse", "box"), max_objects=2))
     # 12 entries with flips: 6 updates per epoch at 2 images; stop at 8, inside the second epoch
     flags = ["--num-workers", "0", "--no-progress", "--no-test", "--no-mxnet", "--device", "cpu",
              "--max-iters", "8", "--save-every", "0"]

@@ -108,7 +108,7 @@ def test_sampler_determinism_resume_and_ranks():
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("loader") / "vid"
     generate(str(root), SynthConfig(seed=2, train_videos=2, val_videos=0, frames=12, height=64, width=96,
-                                    det_images=3, classes=("car", "dog")))
+                                    det_images=3, classes=("ellipse", "box")))
     return root
 
 

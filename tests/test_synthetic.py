@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dff.dataset import imagesets
-from dff.dataset.imagenet_vid import CLASSES, WNIDS, ImageNetVID
+from dff.dataset.imagenet_vid import ImageNetVID
 from dff.dataset.synthetic import (
     GT_DIR,
     SynthConfig,
@@ -27,7 +27,7 @@ from dff.dataset.synthetic import (
 
 # small: 64x96 frames, videos of 10..16 frames (some shorter than 15: every frame is listed)
 CFG = dict(seed=7, train_videos=3, val_videos=2, frames=16, min_frames=10, height=64, width=96,
-           det_images=10, max_objects=3, classes=("car", "dog", "zebra"))
+           det_images=10, max_objects=3, classes=("ellipse", "box", "triangle"))
 
 
 def _digest_tree(root) -> dict[str, str]:
@@ -125,8 +125,9 @@ def test_imagenet_vid_reads_it(synth, tmp_path):
         p = gt.params(video)
         anns = frame_annotations(p, e["frame_seg_id"])
         np.testing.assert_array_equal(e["boxes"], np.array([a["box"] for a in anns], np.uint16).reshape(-1, 4))
-        assert e["gt_classes"].tolist() == [WNIDS.index(a["wnid"]) for a in anns]
-        assert set(e["gt_classes"].tolist()) <= {CLASSES.index(c) for c in CFG["classes"]}
+        # classes.txt lists the shapes in SynthConfig.classes order; the XML names them
+        assert ds.classes == ("__background__", *CFG["classes"])
+        assert e["gt_classes"].tolist() == [ds.classes.index(a["wnid"]) for a in anns]
         assert (e["width"], e["height"], e["frame_seg_len"]) == (96.0, 64.0, p["n_frames"])
         n_empty += not anns
     det = ds.set_roidb("DET_train_30classes")
@@ -134,8 +135,8 @@ def test_imagenet_vid_reads_it(synth, tmp_path):
         with open(os.path.join(root, "Annotations", "DET", e["index"] + ".xml")) as f:
             x = ET.parse(f).getroot()
         names = [o.find("name").text for o in x.findall("object")]
-        # the non-VID ("person") objects are skipped, the others kept in order
-        assert e["gt_classes"].tolist() == [WNIDS.index(n) for n in names if n in WNIDS[1:]]
+        # the objects outside the class list ("person") are skipped, the others kept in order
+        assert e["gt_classes"].tolist() == [ds.classes.index(n) for n in names if n in ds.classes[1:]]
         assert e["width"] == float(x.find("size/width").text)
     assert any("n00007846" in (root / "Annotations" / "DET" / (e["index"] + ".xml")).read_text() for e in det)
     full = ds.gt_roidb(flip=True)
@@ -245,8 +246,8 @@ def test_regenerate_replaces_only_synthetic_data(tmp_path):
 
 
 def test_config_errors(tmp_path):
-    with pytest.raises(ValueError, match="not a VID class"):
-        generate(str(tmp_path), SynthConfig(classes=("car", "unicorn")))
+    with pytest.raises(ValueError, match="not a shape the generator draws"):
+        generate(str(tmp_path), SynthConfig(classes=("box", "unicorn")))
     with pytest.raises(ValueError, match="min_frames"):
         generate(str(tmp_path), SynthConfig(frames=5, min_frames=9))
 

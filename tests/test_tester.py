@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from dff.config import load_config
+from dff.config import load_config, set_class_names
+from dff.dataset.classlist import class_list_of_root
 from dff.dataset.imagenet_vid import ImageNetVID
 from dff.dataset.synthetic import SynthConfig, generate
 from dff.engine.frames import FrameSource
 from dff.engine.video import VideoDetector
-from dff.eval.tester import TesterError, default_model_path, list_videos
+from dff.eval.tester import TesterError, default_model_path
 from dff.eval.tester import run_test_set as run_tester
 from dff.train.trainer import build_model, init_new_layers
 
@@ -45,7 +46,7 @@ def _one_thread():
 def val_vid(tmp_path_factory):
     root = tmp_path_factory.mktemp("tester") / "vid"
     generate(str(root), SynthConfig(seed=5, train_videos=0, val_videos=2, frames=7, height=64, width=96,
-                                    det_images=0, classes=("car", "dog")))
+                                    det_images=0, classes=("ellipse", "box")))
     return root
 
 
@@ -55,6 +56,7 @@ def _cfg(kind, root, tmp_path):
     cfg.dataset.root_path = str(tmp_path / "data")
     cfg.SCALES = [(64, 96)]
     cfg.TEST.RPN_POST_NMS_TOP_N = 50  # fewer boxes: faster, still many detections with random weights
+    set_class_names(cfg, class_list_of_root(str(root)).names)  # the data's classes, as training sets them
     return cfg
 
 
@@ -69,8 +71,8 @@ def _model(kind, cfg, seed=0):
 
 
 def test_frame_list_and_video_list_give_the_same_videos(val_vid):
-    a = list_videos(ImageNetVID("VID_val_videos", str(val_vid), None, verbose=False))
-    b = list_videos(ImageNetVID("VID_val_frames", str(val_vid), None, verbose=False))
+    a = ImageNetVID("VID_val_videos", str(val_vid), None, verbose=False).test_videos()
+    b = ImageNetVID("VID_val_frames", str(val_vid), None, verbose=False).test_videos()
     assert a == b and len(a) == 2
     assert a[1].frame_ids == list(range(8, 15)) and a[1].indices[0] == "val/ILSVRC2015_val_00000001/000000"
     assert all(os.path.isfile(p) for v in a for p in v.paths)

@@ -161,7 +161,7 @@ def tiny_vid(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer") / "vid"
     # one 6-frame training video: 12 entries with flips, 3 updates per epoch at 4 images per update
     generate(str(root), SynthConfig(seed=4, train_videos=1, val_videos=1, frames=6, height=64, width=96,
-                                    det_images=0, classes=("car", "dog"), max_objects=2))
+                                    det_images=0, classes=("ellipse", "box"), max_objects=2))
     return root
 
 

@@ -106,7 +106,9 @@ def run_train_test(args: argparse.Namespace, kind: str) -> int:
         result = train(cfg, train_options(args, kind))
         if args.no_test or int(os.environ.get("RANK", "0")) != 0:
             return 0
-        run_test_from_args(args, kind, cfg, args.cfg, result.weights_path or default_model_path(cfg, args.cfg))
+        # the training's processes are done: rank 0 tests alone, not sharded
+        run_test_from_args(args, kind, cfg, args.cfg, result.weights_path or default_model_path(cfg, args.cfg),
+                           shard=False)
     except TrainingDiverged as e:
         _error(e, "training diverged: ")
         return 1

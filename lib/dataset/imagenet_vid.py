@@ -19,14 +19,15 @@ A roidb entry is a plain dict, with the reference's keys and dtypes:
 ``index``          the list's image index (``train/.../000010``), port addition used for eval files
 ``height/width``   float (the reference stores ``float(size.text)``)
 ``boxes``          (G, 4) uint16 ``x1 y1 x2 y2``: XML box clamped to [0, w-1] / [0, h-1], then truncated
-``gt_classes``     (G,) int32 in 1..30
-``gt_overlaps``    (G, 31) float32 one-hot; ``max_classes`` (G,) int64; ``max_overlaps`` (G,) float32
+``gt_classes``     (G,) int32 in 1..K (K = 30 for VID)
+``gt_overlaps``    (G, K+1) float32 one-hot; ``max_classes`` (G,) int64; ``max_overlaps`` (G,) float32
 ``flipped``        bool
 ``frame_id``       int (column 2)
 ``pattern``, ``frame_seg_id``, ``frame_seg_len``   4-column lists only
 =================  =======================================================================================
 
-Objects whose ``name`` is not one of the 30 VID wnids are skipped (DET has 200 classes).
+Objects whose ``name`` is not in the root's class list are skipped (DET has 200 classes). The class list is
+the 30 VID wnids, or the root's ``classes.txt`` (:mod:`dff.dataset.classlist`, docs/custom_data.md).
 
 Training roidb (reference ``train_end2end.py``): each list of ``image_set.split('+')`` is loaded, gets its
 flipped copies appended (x1' = W - x2 - 1, x2' = W - x1 - 1), the lists are concatenated in order
@@ -54,7 +55,9 @@ import numpy as np
 from tqdm import tqdm
 
 from dff.dataset.classes import VID_CLASSES, VID_WNIDS
+from dff.dataset.classlist import ClassList, class_list_of_root
 from dff.dataset.imagesets import write_lines
+from dff.dataset.videos import TestVideo
 from dff.utils.io import atomic_open
 
 __all__ = [
@@ -70,7 +73,7 @@ WNID_TO_CLASS: dict[str, int] = {w: i for i, w in enumerate(WNIDS) if i > 0}
 NUM_CLASSES = len(CLASSES)
 
 # Bump when the parsing rules or the cache layout change: old caches are then rebuilt.
-CACHE_VERSION = "imagenet_vid-2"
+CACHE_VERSION = "imagenet_vid-3"
 
 _PROGRESS_MIN = 2000  # lists shorter than this parse without a progress bar
 
@@ -157,16 +160,18 @@ def read_image_set_file(path: str) -> tuple[list[list[str]], int]:
     return rows, ncols
 
 
-def parse_annotation(xml_path: str, problems: DataProblems | None = None
-                     ) -> tuple[int, int, np.ndarray, np.ndarray] | None:
+def parse_annotation(xml_path: str, problems: DataProblems | None = None,
+                     id_to_class: dict[str, int] | None = None) -> tuple[int, int, np.ndarray, np.ndarray] | None:
     """Parse one ILSVRC XML the way the reference does.
 
-    Returns ``(width, height, boxes (G,4) uint16, gt_classes (G,) int32)`` with only the 30 VID classes,
+    Returns ``(width, height, boxes (G,4) uint16, gt_classes (G,) int32)`` with only the classes of
+    ``id_to_class`` (XML ``<name>`` -> class index; default the 30 VID wnids),
     boxes clamped to the image and truncated to integers; ``None`` when the file cannot be used (the
     problem is reported to ``problems``). A box entirely outside the image or degenerate after clamping
     is reported and dropped (the reference would assert).
     """
     problems = problems if problems is not None else DataProblems(verbose=False)
+    id_to_class = WNID_TO_CLASS if id_to_class is None else id_to_class
     try:
         tree = ET.parse(xml_path)
     except FileNotFoundError:
@@ -189,7 +194,7 @@ def parse_annotation(xml_path: str, problems: DataProblems | None = None
     classes: list[int] = []
     for k, obj in enumerate(tree.findall("object")):
         name_el = obj.find("name")
-        cls = WNID_TO_CLASS.get(name_el.text if name_el is not None and name_el.text else "")
+        cls = id_to_class.get(name_el.text.strip() if name_el is not None and name_el.text else "")
         if cls is None:
             continue  # one of the other DET classes: not a VID class
         try:
@@ -218,9 +223,9 @@ def parse_annotation(xml_path: str, problems: DataProblems | None = None
 # ------------------------------------------------------------------------------------------------
 # roidb operations (reference: lib/dataset/imdb.py, lib/utils/load_data.py)
 # ------------------------------------------------------------------------------------------------
-def _with_overlaps(rec: dict[str, Any]) -> dict[str, Any]:
+def _with_overlaps(rec: dict[str, Any], num_classes: int) -> dict[str, Any]:
     g = rec["gt_classes"]
-    ov = np.zeros((len(g), NUM_CLASSES), dtype=np.float32)
+    ov = np.zeros((len(g), num_classes), dtype=np.float32)
     ov[np.arange(len(g)), g] = 1.0
     rec["gt_overlaps"] = ov
     rec["max_classes"] = ov.argmax(axis=1) if len(g) else np.zeros(0, dtype=np.int64)
@@ -271,9 +276,9 @@ def sample_key_frame(entry: dict[str, Any], rng: np.random.Generator | np.random
 
     r = clamp(t + o, 0, L - 1) with o uniform in the integers [min_offset, max_offset];
     ``eq_flag`` = 1 when r == t (features come from t itself, FlowNet unused), else 0.
-    DET entries (no ``pattern``) have no video: returns ``(None, 1)``; the key image is the image itself.
+    DET entries (no ``frame_seg_len``) have no video: returns ``(None, 1)``; the key image is the image itself.
     """
-    if "pattern" not in entry:
+    if "frame_seg_len" not in entry:
         return None, 1
     if max_offset < min_offset:
         raise ValueError(f"sample_key_frame: max_offset {max_offset} < min_offset {min_offset}")
@@ -285,8 +290,11 @@ def sample_key_frame(entry: dict[str, Any], rng: np.random.Generator | np.random
 
 
 def ref_image_path(entry: dict[str, Any], ref_frame: int | None) -> str:
-    """Path of the key frame chosen by :func:`sample_key_frame` (the image itself for DET)."""
-    return entry["image"] if ref_frame is None else entry["pattern"] % ref_frame
+    """Path of the key frame chosen by :func:`sample_key_frame` (the image itself for DET): a VID entry's
+    ``pattern``, or the ``frames`` list of a COCO-video entry (whose file names follow no pattern)."""
+    if ref_frame is None:
+        return entry["image"]
+    return entry["frames"][ref_frame] if "frames" in entry else entry["pattern"] % ref_frame
 
 
 class ValVideo(NamedTuple):
@@ -337,9 +345,10 @@ class ImageNetVID:
         self.cache_dir = cache_dir
         self.check_images = check_images
         self.verbose = verbose
-        self.classes = CLASSES
-        self.classes_map = WNIDS
-        self.num_classes = NUM_CLASSES
+        self.class_list: ClassList = class_list_of_root(self.dataset_path)
+        self.classes = self.class_list.names
+        self.classes_map = self.class_list.ids
+        self.num_classes = len(self.classes)
         self.problems = DataProblems(verbose=verbose)
         self._set_cache: dict[str, list[dict[str, Any]]] = {}
 
@@ -369,6 +378,7 @@ class ImageNetVID:
         h = hashlib.sha256()
         h.update(CACHE_VERSION.encode())
         h.update(b"\0" + self.dataset_path.encode() + b"\0" + str(self.check_images).encode() + b"\0")
+        h.update("\n".join(self.classes_map).encode() + b"\0")  # the class indices depend on the class list
         path = self.list_path(name)
         if not os.path.isfile(path):
             raise FileNotFoundError(_missing_list_message(path))
@@ -462,7 +472,7 @@ class ImageNetVID:
                 if not os.path.isfile(last):
                     problems.add("short video", last, f"{lpath}:{lineno} says {slen} frames, the last one is missing")
                     continue
-            ann = parse_annotation(self.annotation_path(name, index), problems)
+            ann = parse_annotation(self.annotation_path(name, index), problems, self.class_list.id_to_index)
             if ann is None:
                 continue
             w, h, b, c = ann
@@ -520,7 +530,7 @@ class ImageNetVID:
                 rec["pattern"] = os.path.join(data_dir, index.rsplit("/", 1)[0] + "/%06d.JPEG")
                 rec["frame_seg_id"] = int(a["frame_seg_id"][k])
                 rec["frame_seg_len"] = int(a["frame_seg_len"][k])
-            out.append(_with_overlaps(rec))
+            out.append(_with_overlaps(rec, self.num_classes))
         return out
 
     # public roidbs ----------------------------------------------------------------------------
@@ -550,6 +560,32 @@ class ImageNetVID:
             for rec in r:
                 yield ValVideo(rec["index"].rsplit("/", 1)[0], rec["frame_id"], rec["frame_seg_id"],
                                rec["frame_seg_len"], rec["pattern"])
+
+    def test_videos(self) -> list[TestVideo]:
+        """The videos of the test list(s), in file order: a 4-column video list (``VID_val_videos``, DFF's)
+        gives the videos directly; a 2-column frame list (``VID_val_frames``, the baseline's) is grouped into
+        videos by the frame's folder, consecutive lines of one folder forming one video (the per-frame model
+        does not care; the grouping only gives the per-video cache and progress)."""
+        kinds = {name: "pattern" in (self.set_roidb(name) or [{}])[0] for name in self.image_sets}
+        if all(kinds.values()):
+            return [TestVideo(v.video, [v.frame_path(k) for k in range(v.n_frames)],
+                              [v.first_frame_id + k for k in range(v.n_frames)],
+                              [f"{v.video}/{k:06d}" for k in range(v.n_frames)]) for v in self.val_videos()]
+        if any(kinds.values()):
+            raise ValueError(f"{self.image_set}: mixes 4-column video lists and 2-column frame lists; "
+                             "test them separately")
+        out: list[TestVideo] = []
+        for name in self.image_sets:
+            cur: TestVideo | None = None
+            for rec in self.set_roidb(name):
+                video = rec["index"].rsplit("/", 1)[0]
+                if cur is None or cur.name != video:
+                    cur = TestVideo(video, [], [], [])
+                    out.append(cur)
+                cur.paths.append(rec["image"])
+                cur.frame_ids.append(int(rec["frame_id"]))
+                cur.indices.append(rec["index"])
+        return out
 
     def eval_image_set_lines(self) -> Iterator[str]:
         """``<video>/<frame:06d> <frame_id>`` for every frame of every video (``VID_val_videos_eval.txt``).

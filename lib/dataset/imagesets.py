@@ -37,7 +37,7 @@ from typing import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from dff.dataset.classes import WNID_TO_INDEX
+from dff.dataset.classlist import class_list_of_root
 from dff.utils.io import atomic_open
 
 __all__ = [
@@ -126,7 +126,8 @@ _NAME_RE = re.compile(rb"<name>\s*([^<\s]+)\s*</name>")
 
 
 def scan_det_train(root: str, progress: bool = True) -> dict[str, set[int]]:
-    """VID classes present in each DET train image: ``{index: {class indices}}`` (only images with one).
+    """Classes of the root's class list (:func:`dff.dataset.classlist.class_list_of_root`, the 30 VID classes
+    without a ``classes.txt``) present in each DET train image: ``{index: {class indices}}`` (only images with one).
 
     Reads every XML under ``Annotations/DET/train`` (ILSVRC2013_train/<wnid>/ and ILSVRC2014_train_*/)
     with a regular expression on ``<name>`` (456k files: a full XML parse would take minutes). An XML
@@ -135,7 +136,7 @@ def scan_det_train(root: str, progress: bool = True) -> dict[str, set[int]]:
     ann = os.path.join(root, "Annotations", "DET", "train")
     if not os.path.isdir(ann):
         raise FileNotFoundError(f"{ann}: DET train annotations not found (expected the ILSVRC2015 layout)")
-    wnid_to_cls = {w: i for w, i in WNID_TO_INDEX.items() if i > 0}
+    wnid_to_cls = class_list_of_root(root).id_to_index
     paths: list[str] = []
     for dirpath, dirnames, filenames in os.walk(ann):
         dirnames.sort()
@@ -165,7 +166,7 @@ def scan_det_train(root: str, progress: bool = True) -> dict[str, set[int]]:
 
 
 def det_train_30classes_lines(image_classes: dict[str, set[int]], max_per_class: int | None = None,
-                              classes: Sequence[int] = tuple(range(1, 31))) -> Iterator[str]:
+                              classes: Sequence[int] | None = None) -> Iterator[str]:
     """``<index> 1`` lines of ``DET_train_30classes.txt`` from :func:`scan_det_train`'s mapping.
 
     Per class (class-table order): 2014-shard images then 2013 class-folder images, each sorted.
@@ -174,7 +175,7 @@ def det_train_30classes_lines(image_classes: dict[str, set[int]], max_per_class:
     for index, cls in image_classes.items():
         for c in cls:
             by_class[c].append(index)
-    for c in classes:
+    for c in classes if classes is not None else sorted(by_class):
         items = by_class.get(c, [])
         y2013 = sorted(i for i in items if i.split("/")[1] == "ILSVRC2013_train")
         other = sorted(i for i in items if i.split("/")[1] != "ILSVRC2013_train")

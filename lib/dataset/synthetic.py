@@ -12,6 +12,7 @@ with the same numpy/OpenCV builds)::
     Annotations/{VID,DET}/...xml            the real VID/DET XML formats (VID: trackid, occluded, generated)
     ImageSets/VID_train_15frames.txt, VID_val_videos.txt, VID_val_frames.txt, DET_train_30classes.txt
     SyntheticGT/VID/<split>/<video>.json    per-frame motion of the camera and of every object
+    classes.txt                             the class list (docs/custom_data.md): the shapes drawn
 
 The lists are made by :mod:`dff.dataset.imagesets` from the written files (the same code as for a
 real download). ``SyntheticGT`` is not part of ILSVRC: it holds everything needed to re-render any
@@ -23,7 +24,8 @@ Scene model (all coordinates in pixels of the frame, x = column, y = row, pixel 
   u to the frame as ``p = zoom_t * (u - e_t)`` (pan e_t, slow zoom).
 * Object o: a shape given by a signed distance function in its own coordinates q (about [-1, 1]^2),
   textured by a function of q, mapped to the frame as ``p = c_t + R(theta_t) diag(s_t rx, s_t ry) q``.
-  Each class has its own shape, texture and colours, so a detector can learn them. Objects translate
+  Each class is a shape with its own texture and colours, and is named after the shape (``star``,
+  ``box``, ...; :data:`SHAPES`), so a detector can learn them and its labels say what it sees. Objects translate
   (with slowly turning velocity), rotate, scale, occlude each other (fixed depth order), enter and
   leave the frame.
 * A pixel belongs to the front-most object whose anti-aliased coverage exceeds 0.5, else to the
@@ -49,17 +51,17 @@ import cv2
 import numpy as np
 
 from dff.dataset import imagesets
-from dff.dataset.imagenet_vid import CLASSES, WNIDS
+from dff.dataset.classlist import ClassList, write_class_file
 
 __all__ = [
-    "SynthConfig", "STYLES", "generate", "video_params", "det_params", "render_frame", "layer_map",
+    "SynthConfig", "STYLES", "SHAPES", "class_style", "class_list", "generate", "video_params", "det_params", "render_frame", "layer_map",
     "frame_annotations", "gt_flow", "load_video_params", "SyntheticVID", "vid_xml", "det_xml",
 ]
 
 GT_DIR = "SyntheticGT"
-NON_VID_WNID = "n00007846"  # "person": a DET class that is not one of the 30 VID classes
+NON_VID_WNID = "n00007846"  # "person": a DET class outside the class list, which the readers must skip
 
-# class style: (shape, texture, colour A, colour B) in RGB [0, 1]; cycled (with a hue shift) beyond 8
+# class style: (shape, texture, colour A, colour B) in RGB [0, 1]; a class is named after its shape
 STYLES: tuple[tuple[str, str, tuple[float, float, float], tuple[float, float, float]], ...] = (
     ("ellipse", "stripes", (0.85, 0.15, 0.10), (0.98, 0.85, 0.20)),
     ("box", "checker", (0.10, 0.25, 0.85), (0.95, 0.95, 0.95)),
@@ -70,13 +72,14 @@ STYLES: tuple[tuple[str, str, tuple[float, float, float], tuple[float, float, fl
     ("cross", "stripes_y", (0.97, 0.97, 0.97), (0.08, 0.08, 0.08)),
     ("hexagon", "checker_diag", (0.95, 0.90, 0.10), (0.15, 0.20, 0.60)),
 )
+SHAPES: tuple[str, ...] = tuple(s[0] for s in STYLES)
 _DISTRACTOR_STYLE = ("ellipse", "flat", (0.55, 0.55, 0.55), (0.50, 0.50, 0.50))
 _MIN_TEX_UNIT_PX = 15.0  # object half-size (px) below which its texture is stretched
 
 
 @dataclass
 class SynthConfig:
-    """What to generate. ``classes`` are VID class names (``dff.dataset.imagenet_vid.CLASSES``)."""
+    """What to generate. ``classes`` are shape names (:data:`SHAPES`), in class-index order."""
     seed: int = 0
     train_videos: int = 20
     val_videos: int = 4
@@ -84,7 +87,8 @@ class SynthConfig:
     min_frames: int | None = None
     height: int = 160
     width: int = 256
-    classes: Sequence[str] = ("airplane", "car", "dog", "horse", "watercraft")
+    # the first five shapes; the class index order (hence the random draws) of the earlier VID-named set
+    classes: Sequence[str] = SHAPES[:5]
     max_objects: int = 3
     det_images: int = 12
     jpeg_quality: int = 92
@@ -96,8 +100,9 @@ class SynthConfig:
 
     def validate(self) -> None:
         for c in self.classes:
-            if c not in CLASSES[1:]:
-                raise ValueError(f"SynthConfig.classes: {c!r} is not a VID class (one of {', '.join(CLASSES[1:])})")
+            if c not in SHAPES:
+                raise ValueError(f"SynthConfig.classes: {c!r} is not a shape the generator draws "
+                                 f"(one of {', '.join(SHAPES)})")
         if not self.classes:
             raise ValueError("SynthConfig.classes: need at least one class")
         if len(set(self.classes)) != len(self.classes):
@@ -175,14 +180,15 @@ def texture(name: str, qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown texture {name!r}")
 
 
-def class_style(classes: Sequence[str], cls_name: str) -> dict[str, Any]:
-    """Style of a class: its position in ``classes`` picks the entry of :data:`STYLES`."""
-    k = list(classes).index(cls_name)
-    shape, tex, ca, cb = STYLES[k % len(STYLES)]
-    if k >= len(STYLES):  # more classes than styles: rotate the colours so the pair stays distinct
-        shift = (k // len(STYLES)) % 3
-        ca, cb = tuple(np.roll(ca, shift).tolist()), tuple(np.roll(cb, shift).tolist())
+def class_style(cls_name: str) -> dict[str, Any]:
+    """Style of a class: the entry of :data:`STYLES` whose shape it is named after."""
+    shape, tex, ca, cb = STYLES[SHAPES.index(cls_name)]
     return {"shape": shape, "texture": tex, "color_a": list(ca), "color_b": list(cb)}
+
+
+def class_list(cfg: SynthConfig) -> ClassList:
+    """The generated set's class list (annotation id = display name = the shape)."""
+    return ClassList.from_lists(list(cfg.classes), source="SynthConfig.classes")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,8 +256,8 @@ def _object(rng: np.random.Generator, cfg: SynthConfig, n: int, trackid: int, cl
         ang += turn
         theta += omega
     return {
-        "trackid": trackid, "class": cls_name if wnid is None else None, "wnid": wnid or WNIDS[CLASSES.index(cls_name)],
-        "rx": rx, "ry": ry, "style": style or class_style(cfg.classes, cls_name), "frames": frames,
+        "trackid": trackid, "class": cls_name if wnid is None else None, "wnid": wnid or cls_name,
+        "rx": rx, "ry": ry, "style": style or class_style(cls_name), "frames": frames,
         # small objects get a coarser texture: periods stay >= ~8 px (textures have <= 1.85 cycles per
         # object unit), so frames are not aliased and bilinear warping by the flow stays accurate
         "tex_freq": float(min(1.0, min(rx, ry) / _MIN_TEX_UNIT_PX)),
@@ -566,6 +572,8 @@ def generate(root: str, cfg: SynthConfig | None = None) -> dict[str, int]:
         _write_det(root, cfg, k)
     lists = [x for x, n in (("VID_train_15frames", cfg.train_videos), ("VID_val_videos", cfg.val_videos),
                             ("VID_val_frames", cfg.val_videos), ("DET_train_30classes", cfg.det_images)) if n]
+    os.makedirs(root, exist_ok=True)
+    write_class_file(root, class_list(cfg))  # before the lists: the DET list keeps images of these classes
     counts = imagesets.make_imagesets(root, lists, progress=False)
     with open(os.path.join(root, GT_DIR, "config.json"), "w") as f:
         json.dump({**asdict(cfg), "classes": list(cfg.classes)}, f, sort_keys=True)

@@ -1,14 +1,18 @@
-"""Testing on ImageNet VID val (docs/design.md §6): run a detector over every video, write the results file, evaluate.
+"""Testing on ImageNet VID val (docs/design.md §6), or any test set in a format of ``dataset.format``: run a detector
+over every video, write the results file, evaluate (VID mAP, FGFA motion breakdown, COCO AP).
 
 Both models go through the same engine, :class:`dff.engine.video.VideoDetector`: DFF with key frames every
 ``TEST.KEY_FRAME_INTERVAL`` frames of each video (counted from the video's start), R-FCN on every frame.
 Frames are read from the dataset's frame folders (``Data/VID/<video>/%06d.JPEG``), decoded and
 preprocessed ahead in worker threads.
 
-Test lists: a 4-column video list (``VID_val_videos``, DFF's) gives the videos directly; a 2-column frame
-list (``VID_val_frames``, the baseline's) is grouped into videos by the frame's folder, consecutive lines
-of one folder forming one video (the per-frame model does not care; the grouping only gives the
-per-video cache and progress).
+The test set's videos come from the dataset reader (:func:`dff.dataset.factory.open_dataset`: a VID list, see
+:meth:`~dff.dataset.imagenet_vid.ImageNetVID.test_videos`, or a COCO-video file); the model must have the data's
+class list (an error shows both lists otherwise).
+
+Sharded testing: under ``torchrun --nproc_per_node N`` each process runs every N-th video (each keeps its own
+key-frame state) and caches it as below; after a barrier, rank 0 reads every video from the cache in test-list
+order, writes the results file and evaluates once: the same files and numbers as one process.
 
 Output folder (``<output_path>/<cfg stem>/<test_image_set>/``):
 
@@ -19,7 +23,7 @@ Output folder (``<output_path>/<cfg stem>/<test_image_set>/``):
   silent stale-result trap, see docs/design.md §6.3.)
 * ``<test_image_set>_eval.txt``: the evaluated frames ``<video>/<frame:06d> <frame_id>``;
 * ``results/det_<test_image_set>_all.txt``: the reference's results file (docs/design.md §6.5);
-* ``results/eval_<test_image_set>.json``: mAP, per-class APs, FGFA motion breakdown, timing.
+* ``results/eval_<test_image_set>.json``: mAP, per-class APs, FGFA motion breakdown, COCO AP (``coco``), timing.
 
 Frames that cannot be read are reported (path), counted and get no detections; the test goes on.
 
@@ -41,20 +45,26 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from dff.config import Config, config_stem
+from dff.dataset.classlist import ClassList
+from dff.dataset.cocovid import CocoVideo, CocoVideoError
+from dff.dataset.factory import ClassListMismatch, check_class_list, open_dataset
 from dff.dataset.imagenet_vid import ImageNetVID, missing_dataset_message
+from dff.dataset.videos import TestVideo
 from dff.engine.fastpath import FastPath
 from dff.engine.frames import FrameSource
 from dff.engine.video import STAGES, VideoDetector
+from dff.eval.coco_eval import coco_eval, format_coco_table
 from dff.eval.vid_eval import format_table, load_vid_annotations, save_json, vid_eval, write_vid_results
 from dff.models.builder import load_model
 from dff.utils.checkpoint import CheckpointError
 from dff.utils.io import atomic_open, atomic_write_text
 from dff.utils.logging import progress_logging, setup_logging
 
-__all__ = ["VideoFrames", "Detections", "TesterError", "DEFAULT_THRESH", "list_videos", "eval_output_dir", "model_digest",
+__all__ = ["Detections", "TesterError", "DEFAULT_THRESH", "eval_output_dir", "model_digest",
            "detect_videos", "evaluate_detections", "run_test_set", "default_model_path", "build_test_model",
            "resolve_device", "run_test_from_args"]
 
@@ -68,38 +78,6 @@ log = logging.getLogger("dff.test")
 class TesterError(RuntimeError):
     """A test cannot run (missing data/model); the message names the path and what to do."""
     __test__ = False  # not a pytest test class
-
-
-@dataclasses.dataclass
-class VideoFrames:
-    """One video of the test list: its frames in order."""
-    name: str               # "val/ILSVRC2015_val_00000000"
-    paths: list[str]        # absolute JPEG paths
-    frame_ids: list[int]    # global frame ids (results file, docs/design.md §6.1)
-    indices: list[str]      # "<name>/<frame:06d>" (annotation / image-set index)
-
-
-def list_videos(imdb: ImageNetVID) -> list[VideoFrames]:
-    """The videos of ``imdb``'s test list(s), in file order (see the module docstring)."""
-    kinds = {name: "pattern" in (imdb.set_roidb(name) or [{}])[0] for name in imdb.image_sets}
-    if all(kinds.values()):
-        return [VideoFrames(v.video, [v.frame_path(k) for k in range(v.n_frames)],
-                          [v.first_frame_id + k for k in range(v.n_frames)],
-                          [f"{v.video}/{k:06d}" for k in range(v.n_frames)]) for v in imdb.val_videos()]
-    if any(kinds.values()):
-        raise TesterError(f"{imdb.image_set}: mixes 4-column video lists and 2-column frame lists; test them separately")
-    out: list[VideoFrames] = []
-    for name in imdb.image_sets:
-        cur: VideoFrames | None = None
-        for rec in imdb.set_roidb(name):
-            video = rec["index"].rsplit("/", 1)[0]
-            if cur is None or cur.name != video:
-                cur = VideoFrames(video, [], [], [])
-                out.append(cur)
-            cur.paths.append(rec["image"])
-            cur.frame_ids.append(int(rec["frame_id"]))
-            cur.indices.append(rec["index"])
-    return out
 
 
 def eval_output_dir(cfg: Config, cfg_path: str | None) -> str:
@@ -174,7 +152,8 @@ def _load_video(path: str, signature: str, frame_ids: Sequence[int]) -> tuple[li
 @dataclasses.dataclass
 class Detections:
     """What :func:`detect_videos` found: every test frame's detections, in test-list order."""
-    videos: list[VideoFrames]
+    dataset: ImageNetVID | CocoVideo  # the test set's reader: class list and annotations
+    videos: list[TestVideo]
     boxes: list[list[np.ndarray]]      # per frame, per class (class 0 empty): (n, 5) x1 y1 x2 y2 score
     bad_frames: list[str]              # unreadable frames (no detections)
     videos_cached: int                 # videos reused from the output folder
@@ -208,22 +187,25 @@ class _Timing:
         return out
 
 
-def _test_videos(cfg: Config, verbose: bool, max_videos: int | None) -> list[VideoFrames]:
-    """The videos of ``dataset.test_image_set`` (the first ``max_videos``)."""
-    dataset_path = str(cfg.dataset.dataset_path)
-    if not os.path.isdir(dataset_path):
-        raise TesterError(missing_dataset_message(dataset_path))
-    imdb = ImageNetVID(str(cfg.dataset.test_image_set), dataset_path,
-                       cache_dir=os.path.join(str(cfg.dataset.root_path), "cache"), verbose=verbose)
+def _test_set(cfg: Config, verbose: bool, max_videos: int | None) -> tuple[ImageNetVID | CocoVideo, list[TestVideo]]:
+    """The reader and the videos of ``dataset.test_image_set`` (the first ``max_videos``)."""
     try:
-        videos = list_videos(imdb)
-    except FileNotFoundError as e:
+        imdb = open_dataset(cfg, str(cfg.dataset.test_image_set), verbose=verbose)
+        videos = imdb.test_videos()
+    except (FileNotFoundError, CocoVideoError, ValueError) as e:
         raise TesterError(str(e)) from None
     if max_videos is not None:
         videos = videos[:max_videos]
     if not videos:
         raise TesterError(f"{cfg.dataset.test_image_set}: the test list has no usable video")
-    return videos
+    return imdb, videos
+
+
+def _shard() -> tuple[int, int]:
+    """(rank, world size) of the process group torchrun set up, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _cache_signature(model: torch.nn.Module, cfg: Config, detector: VideoDetector, thresh: float) -> str:
@@ -237,7 +219,7 @@ def _cache_signature(model: torch.nn.Module, cfg: Config, detector: VideoDetecto
                       sort_keys=True)
 
 
-def _run_video(detector: VideoDetector, video: VideoFrames, num_classes: int, num_workers: int, timing: _Timing,
+def _run_video(detector: VideoDetector, video: TestVideo, num_classes: int, num_workers: int, timing: _Timing,
                bar: tqdm | None) -> tuple[list[list[np.ndarray]], list[str], np.ndarray]:
     """One video through the engine: per-frame detections (empty for unreadable frames), the unreadable
     frames, per-frame stage times."""
@@ -264,13 +246,19 @@ def _run_video(detector: VideoDetector, video: VideoFrames, num_classes: int, nu
 def detect_videos(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: str, thresh: float | None = None,
                   key_interval: int | None = None, device: str | torch.device = "cpu", ignore_cache: bool = False,
                   num_workers: int = 2, progress: bool = True, max_videos: int | None = None,
-                  fast: FastPath | None = None) -> Detections:
+                  fast: FastPath | None = None) -> Detections | None:
     """Run the engine over every test video, reusing the videos cached in ``output_dir/detections``
-    (arguments as :func:`run_test_set`); each video run now is cached when done."""
+    (arguments as :func:`run_test_set`); each video run now is cached when done. In a process group (the
+    module docstring) each rank runs its share; rank 0 returns every video's detections, the others None."""
     if kind not in DEFAULT_THRESH:
         raise ValueError(f"kind must be one of {sorted(DEFAULT_THRESH)}, got {kind!r}")
     thresh = DEFAULT_THRESH[kind] if thresh is None else float(thresh)
-    videos = _test_videos(cfg, progress, max_videos)
+    rank, world = _shard()
+    imdb, videos = _test_set(cfg, progress and rank == 0, max_videos)
+    try:
+        check_class_list(tuple(model.class_names), imdb.class_list, "the model", f"the test set ({imdb!r})")
+    except ClassListMismatch as e:
+        raise TesterError(str(e)) from None
     device = torch.device(device)
     model = model.to(device).eval()
     detector = VideoDetector(model, cfg, key_interval=key_interval, device=device, thresh=thresh, sync=False,
@@ -279,56 +267,78 @@ def detect_videos(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir:
     set_name = str(cfg.dataset.test_image_set).replace("+", "_")
     os.makedirs(output_dir, exist_ok=True)
     det_dir = os.path.join(output_dir, "detections")
-    num_classes = int(cfg.dataset.NUM_CLASSES)
+    mine = [i for i in range(len(videos)) if i % world == rank]
     bar = None
     if progress:
-        bar = tqdm(total=sum(len(v.paths) for v in videos), desc=f"test {set_name}", unit="frame", file=sys.stderr,
-                   dynamic_ncols=True)
-    boxes: list[list[np.ndarray]] = []
-    bad_all: list[str] = []
+        bar = tqdm(total=sum(len(videos[i].paths) for i in mine), desc=f"test {set_name}"
+                   + (f" [rank {rank}/{world}]" if world > 1 else ""), unit="frame", file=sys.stderr,
+                   dynamic_ncols=True, position=rank)
+    found: dict[int, tuple[list[list[np.ndarray]], list[str]]] = {}
     timing = _Timing()
     cached = 0
     try:
         with progress_logging(bar is not None):
-            for v in videos:
+            for i in mine:
+                v = videos[i]
                 cache_path = os.path.join(det_dir, _safe_name(v.name) + ".npz")
                 hit = None if ignore_cache else _load_video(cache_path, sig, v.frame_ids)
                 if hit is not None:
-                    dets, bad, _ = hit
+                    found[i] = hit[:2]
                     cached += 1
                     if bar is not None:
                         bar.update(len(v.paths))
                 else:
-                    dets, bad, times = _run_video(detector, v, num_classes, num_workers, timing, bar)
+                    dets, bad, times = _run_video(detector, v, imdb.num_classes, num_workers, timing, bar)
                     _save_video(cache_path, v.frame_ids, dets, sig, bad, times)
-                bad_all.extend(bad)
-                boxes.extend(dets)
+                    found[i] = (dets, bad)
     finally:
         if bar is not None:
             bar.close()
-    return Detections(videos, boxes, bad_all, cached, timing.summary(), thresh, detector.key_interval)
+    if world > 1:
+        dist.barrier()  # every rank has cached its videos
+        if rank != 0:
+            return None
+        for i in range(len(videos)):
+            if i not in found:
+                hit = _load_video(os.path.join(det_dir, _safe_name(videos[i].name) + ".npz"), sig, videos[i].frame_ids)
+                if hit is None:
+                    raise TesterError(f"{videos[i].name}: rank {i % world} left no detections in {det_dir}")
+                found[i] = hit[:2]
+    boxes = [d for i in range(len(videos)) for d in found[i][0]]
+    bad_all = [b for i in range(len(videos)) for b in found[i][1]]
+    return Detections(imdb, videos, boxes, bad_all, cached, timing.summary(), thresh, detector.key_interval)
+
+
+def _eval_annotations(dets: Detections, cfg: Config) -> dict[str, dict[str, Any]]:
+    """The test frames' annotations in :func:`dff.eval.vid_eval.parse_vid_xml`'s structure."""
+    if isinstance(dets.dataset, CocoVideo):
+        return dets.dataset.eval_annotations()
+    return load_vid_annotations(os.path.join(str(cfg.dataset.dataset_path), "Annotations", "VID"),
+                                [ix for v in dets.videos for ix in v.indices])
 
 
 def evaluate_detections(dets: Detections, cfg: Config, output_dir: str) -> dict[str, Any]:
-    """Write the results file and the evaluated-frames list, evaluate against the annotations, save the
-    JSON (``results/eval_<test_image_set>.json``); returns the evaluation dict (see :func:`run_test_set`)."""
+    """Write the results file and the evaluated-frames list, evaluate against the annotations (the VID protocol
+    with FGFA's motion breakdown and, with ``TEST.COCO_AP``, COCO AP), save the JSON
+    (``results/eval_<test_image_set>.json``); returns the evaluation dict (see :func:`run_test_set`)."""
     set_name = str(cfg.dataset.test_image_set).replace("+", "_")
-    num_classes = int(cfg.dataset.NUM_CLASSES)
+    classes: ClassList = dets.dataset.class_list
     videos = dets.videos
     # all_boxes[class][image], the reference's layout for the results file
-    all_boxes = [[d[c] for d in dets.boxes] for c in range(num_classes)]
+    all_boxes = [[d[c] for d in dets.boxes] for c in range(len(classes.ids))]
     results_file = os.path.join(output_dir, "results", f"det_{set_name}_all.txt")
     write_vid_results(results_file, all_boxes, dets.frame_ids)
     eval_lines = [f"{ix} {fid}" for v in videos for ix, fid in zip(v.indices, v.frame_ids)]
     eval_set = os.path.join(output_dir, f"{set_name}_eval.txt")
     atomic_write_text(eval_set, "\n".join(eval_lines) + "\n")
-    annotations = load_vid_annotations(os.path.join(str(cfg.dataset.dataset_path), "Annotations", "VID"),
-                                       [ix for v in videos for ix in v.indices])
-    result = vid_eval(results_file, eval_lines, annotations, motion=True)
+    annotations = _eval_annotations(dets, cfg)
+    result = vid_eval(results_file, eval_lines, annotations, classes.ids, class_names=classes.names, motion=True)
     # the reference's mAP averages all 30 classes (NaN when a class without objects has detections);
     # on a subset such as the synthetic mini-VID the mean over the classes present is the useful number
     present = [a for n, a in zip(result["classes"], result["ap"]) if result["num_gt_per_class"][n] > 0]
     result["mAP_present_classes"] = float(np.mean(present)) if present else float("nan")
+    if cfg.TEST.COCO_AP:
+        result["coco"] = coco_eval(results_file, eval_lines, annotations, classes.ids, classes.names)
     result["timing"] = dict(dets.timing)
     result.update(videos=len(videos), frames=sum(len(v.paths) for v in videos), videos_cached=dets.videos_cached,
                   bad_frames=dets.bad_frames, results_file=results_file, thresh=dets.thresh,
@@ -343,8 +353,9 @@ def evaluate_detections(dets: Detections, cfg: Config, output_dir: str) -> dict[
 def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: str, thresh: float | None = None,
                  key_interval: int | None = None, device: str | torch.device = "cpu", ignore_cache: bool = False,
                  num_workers: int = 2, progress: bool = True, max_videos: int | None = None,
-                 fast: FastPath | None = None) -> dict[str, Any]:
-    """Detect on every test video, write the results file, evaluate; returns the evaluation dict.
+                 fast: FastPath | None = None) -> dict[str, Any] | None:
+    """Detect on every test video, write the results file, evaluate; returns the evaluation dict (None on
+    the ranks other than 0 of a sharded test).
 
     Args:
         model: ``RFCN`` or ``DFF`` with *test* weights (bbox de-normalisation folded in), any device.
@@ -358,13 +369,14 @@ def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: 
         fast: the engine's GPU fast path (:class:`dff.engine.fastpath.FastPath`), None for plain float32.
 
     The returned dict is :func:`dff.eval.vid_eval.vid_eval`'s (with the motion breakdown) plus
-    ``timing`` (mean seconds per frame and stage over the frames run now), ``videos``, ``frames``,
-    ``videos_cached``, ``bad_frames`` and ``results_file``.
+    ``coco`` (:func:`dff.eval.coco_eval.coco_eval`, with ``TEST.COCO_AP``), ``timing`` (mean seconds per frame
+    and stage over the frames run now, by rank 0 in a sharded test), ``videos``, ``frames``, ``videos_cached``,
+    ``bad_frames`` and ``results_file``.
     """
     dets = detect_videos(model, cfg, kind=kind, output_dir=output_dir, thresh=thresh, key_interval=key_interval,
                          device=device, ignore_cache=ignore_cache, num_workers=num_workers, progress=progress,
                          max_videos=max_videos, fast=fast)
-    return evaluate_detections(dets, cfg, output_dir)
+    return None if dets is None else evaluate_detections(dets, cfg, output_dir)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -402,6 +414,8 @@ def resolve_device(device: str | None) -> torch.device:
 
 def _log_summary(result: dict[str, Any]) -> None:
     log.info("%s", format_table(result))
+    if "coco" in result:
+        log.info("%s", format_coco_table(result["coco"]))
     t = result["timing"]
     if t.get("total") is not None:
         log.info("mean time per frame: %.1f ms (%s); %d key frames of %d run",
@@ -412,23 +426,45 @@ def _log_summary(result: dict[str, Any]) -> None:
              result["mAP_present_classes"])
 
 
+def _init_test_group(device: torch.device) -> bool:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); True when this call made it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda" and device.index is None:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
 def run_test_from_args(args: argparse.Namespace, kind: str, cfg: Config, cfg_path: str,
-                       model_path: str | None) -> dict[str, Any]:
+                       model_path: str | None, *, shard: bool = True) -> dict[str, Any] | None:
     """Test the model at ``model_path`` (default :func:`default_model_path`) with the test options of
-    ``args`` (:func:`dff.apps.cli.add_test_options`), log the table (also to ``test.log``)."""
+    ``args`` (:func:`dff.apps.cli.add_test_options`), log the table (also to ``test.log``). Under torchrun (and
+    ``shard``) the videos are sharded over the processes; rank 0 evaluates and returns the result, the
+    others None."""
     if not os.path.isdir(str(cfg.dataset.dataset_path)):  # before any folder is made
         raise TesterError(missing_dataset_message(str(cfg.dataset.dataset_path)))
     path = model_path or default_model_path(cfg, cfg_path)
     model = build_test_model(cfg, path, kind)
     out_dir = eval_output_dir(cfg, cfg_path)
     os.makedirs(out_dir, exist_ok=True)
-    with setup_logging(os.path.join(out_dir, "test.log"), console=False):
-        log.info("testing %s on %s (%s)", path, cfg.dataset.test_image_set, out_dir)
-        device = resolve_device(args.device)
-        result = run_test_set(model, cfg, kind=kind, output_dir=out_dir, thresh=args.thresh,
-                              key_interval=getattr(args, "key_interval", None), device=device,
-                              ignore_cache=args.ignore_cache, num_workers=args.num_workers,
-                              progress=not args.no_progress, max_videos=args.max_videos,
-                              fast=FastPath.from_name(getattr(args, "fast", "none"), device))
-        _log_summary(result)
+    device = resolve_device(args.device)
+    made_group = _init_test_group(device) if shard else False
+    rank, world = _shard()
+    if device.type == "cuda" and device.index is None and world > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    try:
+        with setup_logging(os.path.join(out_dir, "test.log") if rank == 0 else None, console=False):
+            log.info("testing %s on %s (%s)%s", path, cfg.dataset.test_image_set, out_dir,
+                     f", {world} processes" if world > 1 else "")
+            result = run_test_set(model, cfg, kind=kind, output_dir=out_dir, thresh=args.thresh,
+                                  key_interval=getattr(args, "key_interval", None), device=device,
+                                  ignore_cache=args.ignore_cache, num_workers=args.num_workers,
+                                  progress=not args.no_progress, max_videos=args.max_videos,
+                                  fast=FastPath.from_name(getattr(args, "fast", "none"), device))
+            if result is not None:
+                _log_summary(result)
+    finally:
+        if made_group:
+            dist.destroy_process_group()
     return result

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dff.config import MODEL_KEYS, Config, parse_overrides, update_config
+from dff.config import MODEL_KEYS, Config, config_from_dict, parse_overrides, update_config
 from dff.models.dff import DFF
 from dff.models.rfcn import RFCN
 from dff.utils.checkpoint import (
@@ -87,7 +87,7 @@ def load_model(path: str | os.PathLike, cfg: Config | None = None, *, kind: str 
         raise CheckpointError(f"{path}: the file does not say which model it holds; give the model kind "
                               f"({' or '.join(MODEL_KINDS)})")
     if isinstance(meta.get("config"), dict):
-        cfg = Config(meta["config"])
+        cfg = config_from_dict(meta["config"], f"{path} (its config)")
         if overrides:
             update_config(cfg, parse_overrides(overrides), "--set", fixed=MODEL_KEYS)
     if cfg is None:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dff.config import Config
+from dff.config import Config, class_names
 from dff.models.loss import ohem_select, rcnn_losses, rpn_losses
 from dff.models.resnet import ResNetV1
 from dff.models.rpn import rpn_inv_normalize
@@ -86,7 +86,7 @@ class RFCN(nn.Module):
     """Per-frame R-FCN detector. ``cfg`` is the config object of :mod:`dff.config`.
 
     The protocol both detectors share (the engine, the trainer and the parity checks use only this):
-    ``kind``; :meth:`extract_feature` (the feature network); :meth:`head_maps`, :meth:`candidates` and
+    ``kind``, ``class_names`` (background first); :meth:`extract_feature` (the feature network); :meth:`head_maps`, :meth:`candidates` and
     :meth:`head_rois` (the task network, split where the fast path needs it), :meth:`detect` (both
     halves); :meth:`forward_train` (one batch dictionary -> the losses). DFF adds ``propagate``.
     """
@@ -97,7 +97,8 @@ class RFCN(nn.Module):
         super().__init__()
         net = cfg.network
         self.cfg = cfg
-        self.num_classes = int(cfg.dataset.NUM_CLASSES)
+        self.class_names = class_names(cfg)  # background first; the checkpoint's config carries it
+        self.num_classes = len(self.class_names)
         self.num_reg_classes = 2 if cfg.CLASS_AGNOSTIC else self.num_classes
         self.num_anchors = len(net.ANCHOR_SCALES) * len(net.ANCHOR_RATIOS)
         feat_dim = int(net.DFF_FEAT_DIM)

@@ -55,8 +55,11 @@ from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from tqdm import tqdm
 
-from dff.config import Config, config_stem
-from dff.dataset.imagenet_vid import ImageNetVID, missing_dataset_message
+from dff.classes import VID_CLASSES, format_class_diff
+from dff.config import Config, class_names, config_from_dict, config_stem
+from dff.dataset.cocovid import CocoVideoError
+from dff.dataset.factory import ClassListMismatch, adopt_class_list, open_dataset
+from dff.dataset.imagenet_vid import missing_dataset_message
 from dff.dataset.loader import (
     STREAM_TARGETS,
     AspectGroupedBatchSampler,
@@ -70,6 +73,7 @@ from dff.models.builder import build_model, fold_bbox_state, tiled_bbox_stats, u
 from dff.train.optim import MXNetSGD, ParamGroups, build_param_groups, lr_schedule
 from dff.utils.checkpoint import (
     CheckpointError,
+    checkpoint_config,
     detect_format,
     load_checkpoint,
     load_model_weights,
@@ -149,20 +153,20 @@ def train_output_dir(cfg: Config, cfg_path: str | None) -> str:
                         str(cfg.dataset.image_set).replace("+", "_"))
 
 
-def load_train_roidb(cfg: Config, verbose: bool = True) -> list[dict[str, Any]]:
-    """The reference's training roidb: lists of ``dataset.image_set`` with flipped copies, filtered."""
+def load_train_roidb(cfg: Config, verbose: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
+    """The reference's training roidb (lists of ``dataset.image_set`` with flipped copies, filtered) in the
+    ``dataset.format`` of the config, which takes the data's class list (``dataset.CLASSES`` / ``NUM_CLASSES``,
+    stored with every checkpoint). Returns the roidb and log lines saying what the class list changed."""
     path = str(cfg.dataset.dataset_path)
-    if not os.path.isdir(path):
-        raise TrainingError(missing_dataset_message(path))
-    imdb = ImageNetVID(str(cfg.dataset.image_set), path, cache_dir=os.path.join(str(cfg.dataset.root_path), "cache"),
-                       verbose=verbose)
     try:
+        imdb = open_dataset(cfg, str(cfg.dataset.image_set), verbose=verbose)
         roidb = imdb.train_roidb(flip=bool(cfg.TRAIN.FLIP))
-    except FileNotFoundError as e:
+        lines = adopt_class_list(cfg, imdb.class_list, f"the data ({imdb!r})")
+    except (FileNotFoundError, ClassListMismatch, CocoVideoError) as e:
         raise TrainingError(str(e)) from None
     if not roidb:
         raise TrainingError(f"{cfg.dataset.image_set}: no training image with a ground-truth box under {path}")
-    return roidb
+    return roidb, lines
 
 
 @torch.no_grad()
@@ -198,10 +202,45 @@ def _load_part(model: nn.Module, path: str, part: str, exempt: Sequence[str] = (
     return sum(1 for k in report.loaded if k.startswith(part))
 
 
-def _load_init(model: nn.Module, path: str, cfg: Config) -> str:
-    """``--init PATH``: every model weight from a native checkpoint or an MXNet file (training form)."""
+def _class_layers(model: nn.Module) -> list[str]:
+    """The parameters whose shape follows the class list (the R-FCN score maps; the box maps unless
+    class-agnostic)."""
+    prefixes = ["rfcn_head.rfcn_cls."] + ([] if model.num_reg_classes == 2 else ["rfcn_head.rfcn_bbox."])
+    return [k for k, _ in model.named_parameters() if any(k.startswith(p) for p in prefixes)]
+
+
+def _init_other_classes(model: nn.Module, path: str, saved: dict[str, Any], generator: torch.Generator) -> str:
+    """``--init`` from a checkpoint with another class list: every weight but the class-dependent layers,
+    which get the new layers' initialisation N(0, 0.01), bias 0."""
+    layers = _class_layers(model)
+    state = model.state_dict()
+    for k, v in load_checkpoint(path)["model"].items():
+        if k in state and k not in layers:
+            if tuple(v.shape) != tuple(state[k].shape):
+                raise TrainingError(f"--init {path}: {k} is {tuple(v.shape)} there, {tuple(state[k].shape)} here")
+            state[k] = v.to(state[k].dtype)
+    model.load_state_dict(state)
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for k in layers:
+            if k.endswith(".weight"):
+                nn.init.normal_(params[k], 0.0, 0.01, generator=generator)
+            else:
+                nn.init.zeros_(params[k])
+    names = list(saved.get("dataset", {}).get("CLASSES") or VID_CLASSES[1:])
+    return (f"weights from {path} except the class-dependent layers {sorted({k.rsplit('.', 1)[0] for k in layers})}, "
+            f"re-initialised: the checkpoint's {len(names)} classes are not the data's {model.num_classes - 1} "
+            f"({format_class_diff(names, model.class_names, path, 'the data')})")
+
+
+def _load_init(model: nn.Module, path: str, cfg: Config, generator: torch.Generator) -> str:
+    """``--init PATH``: every model weight from a native checkpoint or an MXNet file (training form). A native
+    checkpoint with another class list (fine-tuning to new classes) gives all but the class-dependent layers."""
     if not os.path.isfile(path):
         raise TrainingError(f"{path}: --init file not found")
+    saved = checkpoint_config(path) if detect_format(path) == "native" else None
+    if saved is not None and tuple(class_names(config_from_dict(saved, path))) != tuple(model.class_names):
+        return _init_other_classes(model, path, saved, generator)
     try:
         fmt = detect_format(path)
         if fmt == "mxnet":
@@ -228,10 +267,10 @@ def initialize(model: nn.Module, cfg: Config, opts: TrainOptions) -> list[str]:
     copied unwarped, a port choice: the reference always starts from Flying-Chairs FlowNet).
     """
     lines: list[str] = []
-    if opts.init:
-        lines.append(_load_init(model, opts.init, cfg))  # frozen parameters: build_param_groups, after this
-        return lines
     gen = torch.Generator().manual_seed(derive_seed(opts.seed, 0, 0, 3))
+    if opts.init:
+        lines.append(_load_init(model, opts.init, cfg, gen))  # frozen parameters: build_param_groups, after this
+        return lines
     where = f" in {opts.cfg_path}" if opts.cfg_path else ""
     net = cfg.network
     parts = [("pretrained", "ResNet", "backbone.", ())]
@@ -474,7 +513,7 @@ def _set_up(cfg: Config, opts: TrainOptions, device: torch.device, dctx: _Dist, 
     np.random.seed(opts.seed % (2 ** 32))
     torch.manual_seed(opts.seed)
 
-    roidb = load_train_roidb(cfg, verbose=dctx.main)
+    roidb, class_lines = load_train_roidb(cfg, verbose=dctx.main)
     model = build_model(opts.kind, cfg)
     prefix = str(cfg.TRAIN.model_prefix) or _DEFAULT_PREFIX[model.kind]
     resume = opts.resume or bool(cfg.TRAIN.RESUME)
@@ -484,8 +523,9 @@ def _set_up(cfg: Config, opts: TrainOptions, device: torch.device, dctx: _Dist, 
     ckpt = None
     if resume_from is not None:
         ckpt, init_lines = _load_resume_weights(model, resume_from, cfg)
+        init_lines = class_lines + init_lines
     else:
-        init_lines = initialize(model, cfg, opts)
+        init_lines = class_lines + initialize(model, cfg, opts)
     model.to(device)
     model.train()
 
