@@ -15,11 +15,16 @@ from dff.dataset.classlist import ClassList
 from dff.dataset.cocovid import CocoVideo
 from dff.dataset.imagenet_vid import ImageNetVID, missing_dataset_message
 
-__all__ = ["open_dataset", "adopt_class_list", "check_class_list", "ClassListMismatch"]
+__all__ = ["image_set_name", "open_dataset", "adopt_class_list", "check_class_list", "ClassListMismatch"]
 
 
 class ClassListMismatch(ValueError):
     """A model's class list is not the data's; the message shows both."""
+
+
+def image_set_name(image_set: str) -> str:
+    """An image set as a file or folder name: ``+`` -> ``_``, without the ``.json`` of COCO-video files."""
+    return "_".join(p[:-5] if p.endswith(".json") else p for p in str(image_set).split("+"))
 
 
 def open_dataset(cfg: Any, image_set: str, *, verbose: bool = True) -> ImageNetVID | CocoVideo:

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from dff.config import Config, config_stem
 from dff.dataset.classlist import ClassList
 from dff.dataset.cocovid import CocoVideo, CocoVideoError
-from dff.dataset.factory import ClassListMismatch, check_class_list, open_dataset
+from dff.dataset.factory import ClassListMismatch, check_class_list, image_set_name, open_dataset
 from dff.dataset.imagenet_vid import ImageNetVID, missing_dataset_message
 from dff.dataset.videos import TestVideo
 from dff.engine.fastpath import FastPath
@@ -83,7 +83,7 @@ class TesterError(RuntimeError):
 def eval_output_dir(cfg: Config, cfg_path: str | None) -> str:
     """``<output_path>/<cfg stem>/<test image sets joined by _>`` (the reference's layout)."""
     return os.path.join(cfg.output_path or "./output", config_stem(cfg_path),
-                        str(cfg.dataset.test_image_set).replace("+", "_"))
+                        image_set_name(cfg.dataset.test_image_set))
 
 
 def model_digest(model: torch.nn.Module) -> str:
@@ -264,7 +264,7 @@ def detect_videos(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir:
     detector = VideoDetector(model, cfg, key_interval=key_interval, device=device, thresh=thresh, sync=False,
                              fast=fast)
     sig = _cache_signature(model, cfg, detector, thresh)
-    set_name = str(cfg.dataset.test_image_set).replace("+", "_")
+    set_name = image_set_name(cfg.dataset.test_image_set)
     os.makedirs(output_dir, exist_ok=True)
     det_dir = os.path.join(output_dir, "detections")
     mine = [i for i in range(len(videos)) if i % world == rank]
@@ -295,7 +295,9 @@ def detect_videos(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir:
         if bar is not None:
             bar.close()
     if world > 1:
-        dist.barrier()  # every rank has cached its videos
+        count = torch.tensor([cached], dtype=torch.int64)
+        dist.all_reduce(count)  # also a barrier: every rank has cached its videos
+        cached = int(count.item())
         if rank != 0:
             return None
         for i in range(len(videos)):
@@ -321,7 +323,7 @@ def evaluate_detections(dets: Detections, cfg: Config, output_dir: str) -> dict[
     """Write the results file and the evaluated-frames list, evaluate against the annotations (the VID protocol
     with FGFA's motion breakdown and, with ``TEST.COCO_AP``, COCO AP), save the JSON
     (``results/eval_<test_image_set>.json``); returns the evaluation dict (see :func:`run_test_set`)."""
-    set_name = str(cfg.dataset.test_image_set).replace("+", "_")
+    set_name = image_set_name(cfg.dataset.test_image_set)
     classes: ClassList = dets.dataset.class_list
     videos = dets.videos
     # all_boxes[class][image], the reference's layout for the results file
@@ -385,7 +387,7 @@ def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: 
 def default_model_path(cfg: Config, cfg_path: str | None) -> str:
     """The checkpoint the test script loads: ``<train dir>/<prefix>-<test_epoch>.pth`` (else ``.params``)."""
     train_dir = os.path.join(cfg.output_path or "./output", config_stem(cfg_path),
-                             str(cfg.dataset.image_set).replace("+", "_"))
+                             image_set_name(cfg.dataset.image_set))
     base = os.path.join(train_dir, f"{cfg.TRAIN.model_prefix}-{int(cfg.TEST.test_epoch):04d}")
     for ext in (".pth", ".params"):
         if os.path.isfile(base + ext):

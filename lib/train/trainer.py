@@ -58,7 +58,7 @@ from tqdm import tqdm
 from dff.classes import VID_CLASSES, format_class_diff
 from dff.config import Config, class_names, config_from_dict, config_stem
 from dff.dataset.cocovid import CocoVideoError
-from dff.dataset.factory import ClassListMismatch, adopt_class_list, open_dataset
+from dff.dataset.factory import ClassListMismatch, adopt_class_list, image_set_name, open_dataset
 from dff.dataset.imagenet_vid import missing_dataset_message
 from dff.dataset.loader import (
     STREAM_TARGETS,
@@ -150,7 +150,7 @@ class TrainResult:
 def train_output_dir(cfg: Config, cfg_path: str | None) -> str:
     """``<output_path>/<cfg stem>/<image sets joined by _>`` (the reference's layout)."""
     return os.path.join(cfg.output_path or "./output", config_stem(cfg_path),
-                        str(cfg.dataset.image_set).replace("+", "_"))
+                        image_set_name(cfg.dataset.image_set))
 
 
 def load_train_roidb(cfg: Config, verbose: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
@@ -209,7 +209,8 @@ def _class_layers(model: nn.Module) -> list[str]:
     return [k for k, _ in model.named_parameters() if any(k.startswith(p) for p in prefixes)]
 
 
-def _init_other_classes(model: nn.Module, path: str, saved: dict[str, Any], generator: torch.Generator) -> str:
+def _init_other_classes(model: nn.Module, path: str, saved: dict[str, Any], cfg: Config,
+                        generator: torch.Generator) -> str:
     """``--init`` from a checkpoint with another class list: every weight but the class-dependent layers,
     which get the new layers' initialisation N(0, 0.01), bias 0."""
     layers = _class_layers(model)
@@ -220,6 +221,8 @@ def _init_other_classes(model: nn.Module, path: str, saved: dict[str, Any], gene
                 raise TrainingError(f"--init {path}: {k} is {tuple(v.shape)} there, {tuple(state[k].shape)} here")
             state[k] = v.to(state[k].dtype)
     model.load_state_dict(state)
+    if weights_tag(path) != "train":  # inference weights: the box de-normalisation is folded in, undo it
+        model.load_state_dict(unfold_bbox_state(model.state_dict(), cfg))
     with torch.no_grad():
         params = dict(model.named_parameters())
         for k in layers:
@@ -240,7 +243,7 @@ def _load_init(model: nn.Module, path: str, cfg: Config, generator: torch.Genera
         raise TrainingError(f"{path}: --init file not found")
     saved = checkpoint_config(path) if detect_format(path) == "native" else None
     if saved is not None and tuple(class_names(config_from_dict(saved, path))) != tuple(model.class_names):
-        return _init_other_classes(model, path, saved, generator)
+        return _init_other_classes(model, path, saved, cfg, generator)
     try:
         fmt = detect_format(path)
         if fmt == "mxnet":
