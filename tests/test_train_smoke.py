@@ -41,7 +41,7 @@ def _yaml(tmp_path, kind, data):
 def mini_vid(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke") / "synthetic_vid"
     _run("tools/make_synthetic_vid.py", "--out", str(out), "--train-videos", "1", "--val-videos", "2",
-         "--frames", "6", "--height", "64", "--width", "96", "--det-images", "2", "--classes", "car,dog",
+         "--frames", "6", "--height", "64", "--width", "96", "--det-images", "2", "--classes", "ellipse,box",
          "--seed", "4")
     return out
 

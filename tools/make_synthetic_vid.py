@@ -2,10 +2,12 @@
 
     python tools/make_synthetic_vid.py --out data/synthetic/ILSVRC2015 [--train-videos 20] [--val-videos 4]
         [--frames 30] [--min-frames N] [--height 160] [--width 256] [--seed 0]
-        [--classes airplane,car,dog,horse,watercraft] [--det-images 12] [--max-objects 3]
+        [--classes ellipse,box,triangle,star,ring] [--det-images 12] [--max-objects 3] [--format vid|cocovid]
 
-The result is read by ``dff.dataset.imagenet_vid.ImageNetVID`` like the real dataset (set
-``dataset.dataset_path`` to OUT); ``dff.dataset.synthetic.SyntheticVID(OUT).gt_flow(video, cur, key)``
+The classes are the shapes drawn (``classes.txt``; one of ellipse, box, triangle, star, ring, diamond, cross,
+hexagon each). The result is read by ``dff.dataset.imagenet_vid.ImageNetVID`` like the real dataset (set
+``dataset.dataset_path`` to OUT); ``--format cocovid`` also writes a COCO-video file per list (``OUT/<list>.json``,
+read with ``dataset.format: cocovid``); ``dff.dataset.synthetic.SyntheticVID(OUT).gt_flow(video, cur, key)``
 gives the exact backward flow between any two frames of a video. The same arguments give the same bytes;
 a previous synthetic dataset in OUT is replaced, any other data there is left alone (error).
 """
@@ -29,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=d.height)
     ap.add_argument("--width", type=int, default=d.width)
     ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--classes", default=",".join(d.classes), help="comma-separated VID class names")
+    ap.add_argument("--classes", default=",".join(d.classes),
+                    help="comma-separated shapes, each a class named after it (default %(default)s)")
+    ap.add_argument("--format", choices=("vid", "cocovid"), default="vid",
+                    help="vid: the ILSVRC2015 layout; cocovid: also a COCO-video JSON per list")
     ap.add_argument("--det-images", type=int, default=d.det_images, help="still DET images")
     ap.add_argument("--max-objects", type=int, default=d.max_objects, help="objects per video/image (1..N)")
     ap.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.time()
     try:
-        counts = generate(args.out, cfg)
+        counts = generate(args.out, cfg, args.format)
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

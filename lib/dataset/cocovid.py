@@ -35,7 +35,7 @@ from dff.dataset.classlist import ClassList
 from dff.dataset.imagenet_vid import DataProblems, append_flipped_images, filter_roidb, merge_roidb
 from dff.dataset.videos import TestVideo
 
-__all__ = ["CocoVideo", "CocoVideoError", "read_cocovid_json"]
+__all__ = ["CocoVideo", "CocoVideoError", "read_cocovid_json", "cocovid_class_list"]
 
 
 class CocoVideoError(ValueError):
@@ -83,6 +83,11 @@ def _require(path: str, what: str, rec: dict[str, Any], keys: Sequence[str], typ
     for key in keys:
         if not isinstance(rec.get(key), types) or isinstance(rec.get(key), bool):
             raise CocoVideoError(f"{path}: {what}: '{key}' missing or not {'/'.join(t.__name__ for t in types)}")
+
+
+def cocovid_class_list(path: str) -> ClassList:
+    """The class list of a COCO-video file (its categories in id order)."""
+    return _class_list(path, read_cocovid_json(path)["categories"])[0]
 
 
 class _Image:

@@ -11,11 +11,11 @@ from typing import Any
 
 from dff.classes import format_class_diff
 from dff.config import DATASET_FORMATS, set_class_names
-from dff.dataset.classlist import ClassList
-from dff.dataset.cocovid import CocoVideo
+from dff.dataset.classlist import ClassList, class_list_of_root
+from dff.dataset.cocovid import CocoVideo, cocovid_class_list
 from dff.dataset.imagenet_vid import ImageNetVID, missing_dataset_message
 
-__all__ = ["image_set_name", "open_dataset", "adopt_class_list", "check_class_list", "ClassListMismatch"]
+__all__ = ["image_set_name", "open_dataset", "data_class_list", "adopt_class_list", "check_class_list", "ClassListMismatch"]
 
 
 class ClassListMismatch(ValueError):
@@ -39,6 +39,18 @@ def open_dataset(cfg: Any, image_set: str, *, verbose: bool = True) -> ImageNetV
     if fmt == "cocovid":
         return CocoVideo(image_set, path, verbose=verbose)
     return ImageNetVID(image_set, path, cache_dir=os.path.join(str(cfg.dataset.root_path), "cache"), verbose=verbose)
+
+
+def data_class_list(cfg: Any, image_set: str) -> ClassList:
+    """The class list of ``image_set`` without reading its annotations: a root's ``classes.txt`` (else the 30
+    VID classes), or the categories of the first COCO-video file."""
+    path = str(cfg.dataset.dataset_path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(missing_dataset_message(path))
+    if str(cfg.dataset.format) == "cocovid":
+        first = str(image_set).split("+")[0]
+        return cocovid_class_list(os.path.join(path, first if first.endswith(".json") else first + ".json"))
+    return class_list_of_root(path)
 
 
 def adopt_class_list(cfg: Any, classes: ClassList, source: str) -> list[str]:

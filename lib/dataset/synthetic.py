@@ -52,6 +52,8 @@ import numpy as np
 
 from dff.dataset import imagesets
 from dff.dataset.classlist import ClassList, write_class_file
+from dff.dataset.convert import vid_to_cocovid
+from dff.dataset.imagenet_vid import DataProblems
 
 __all__ = [
     "SynthConfig", "STYLES", "SHAPES", "class_style", "class_list", "generate", "video_params", "det_params", "render_frame", "layer_map",
@@ -548,8 +550,9 @@ def _write_det(root: str, cfg: SynthConfig, k: int) -> None:
 _OWNED = ("Data", "Annotations", "ImageSets", GT_DIR)
 
 
-def generate(root: str, cfg: SynthConfig | None = None) -> dict[str, int]:
-    """Write the synthetic dataset under ``root``.
+def generate(root: str, cfg: SynthConfig | None = None, fmt: str = "vid") -> dict[str, int]:
+    """Write the synthetic dataset under ``root``; with ``fmt="cocovid"`` also a COCO-video JSON per list
+    (``root/<list>.json``, :func:`dff.dataset.convert.vid_to_cocovid`), so either ``dataset.format`` reads it.
 
     A previous synthetic dataset in ``root`` (recognised by ``SyntheticGT/config.json``) is replaced;
     any other existing ``Data``/``Annotations``/``ImageSets`` there is an error (never overwrite a real
@@ -575,6 +578,10 @@ def generate(root: str, cfg: SynthConfig | None = None) -> dict[str, int]:
     os.makedirs(root, exist_ok=True)
     write_class_file(root, class_list(cfg))  # before the lists: the DET list keeps images of these classes
     counts = imagesets.make_imagesets(root, lists, progress=False)
+    if fmt == "cocovid":
+        vid_to_cocovid(root, root, progress=False, problems=DataProblems(verbose=False))
+    elif fmt != "vid":
+        raise ValueError(f"format {fmt!r}: choose vid or cocovid")
     with open(os.path.join(root, GT_DIR, "config.json"), "w") as f:
         json.dump({**asdict(cfg), "classes": list(cfg.classes)}, f, sort_keys=True)
     return {"train_videos": cfg.train_videos, "val_videos": cfg.val_videos, "frames": frames,

@@ -51,7 +51,14 @@ from tqdm import tqdm
 from dff.config import Config, config_stem
 from dff.dataset.classlist import ClassList
 from dff.dataset.cocovid import CocoVideo, CocoVideoError
-from dff.dataset.factory import ClassListMismatch, check_class_list, image_set_name, open_dataset
+from dff.dataset.factory import (
+    ClassListMismatch,
+    adopt_class_list,
+    check_class_list,
+    data_class_list,
+    image_set_name,
+    open_dataset,
+)
 from dff.dataset.imagenet_vid import ImageNetVID, missing_dataset_message
 from dff.dataset.videos import TestVideo
 from dff.engine.fastpath import FastPath
@@ -447,6 +454,10 @@ def run_test_from_args(args: argparse.Namespace, kind: str, cfg: Config, cfg_pat
     if not os.path.isdir(str(cfg.dataset.dataset_path)):  # before any folder is made
         raise TesterError(missing_dataset_message(str(cfg.dataset.dataset_path)))
     path = model_path or default_model_path(cfg, cfg_path)
+    try:  # a model file without a class list (MXNet, fixture) is built with the test data's
+        adopt_class_list(cfg, data_class_list(cfg, str(cfg.dataset.test_image_set)), "the test set")
+    except (ClassListMismatch, CocoVideoError, ValueError) as e:
+        raise TesterError(str(e)) from None
     model = build_test_model(cfg, path, kind)
     out_dir = eval_output_dir(cfg, cfg_path)
     os.makedirs(out_dir, exist_ok=True)
