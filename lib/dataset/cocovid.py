@@ -25,17 +25,23 @@ annotations are left out of training and evaluation (no VID counterpart).
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections import defaultdict
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
 
-from dff.dataset.classlist import ClassList
+from dff.classes import VID_CLASSES, VID_WNIDS
+from dff.dataset.classlist import VID_CLASS_LIST, ClassList
 from dff.dataset.imagenet_vid import DataProblems, append_flipped_images, filter_roidb, merge_roidb
 from dff.dataset.videos import TestVideo
 
-__all__ = ["CocoVideo", "CocoVideoError", "read_cocovid_json", "cocovid_class_list"]
+__all__ = ["CocoVideo", "CocoVideoError", "read_cocovid_json", "cocovid_class_list", "categories_class_list",
+           "is_number", "bbox_to_vid_box", "vid_box_to_bbox", "box_problem"]
+
+Number = Union[int, float]
 
 
 class CocoVideoError(ValueError):
@@ -62,21 +68,62 @@ def read_cocovid_json(path: str) -> dict[str, Any]:
     return data
 
 
-def _class_list(path: str, categories: Sequence[Any]) -> tuple[ClassList, dict[int, int]]:
-    """Categories -> (class list in id order, category id -> class index)."""
-    ids: dict[int, str] = {}
+def categories_class_list(path: str, categories: Sequence[Any]) -> tuple[ClassList, dict[int, int]]:
+    """Categories -> (the class list, category id -> class index), classes in category-id order.
+
+    A class's annotation id is its ``encode_name`` (the VID wnid, as mmtracking's ILSVRC files carry it), else
+    its name with whitespace made ``_`` (an XML ``<name>`` is one token); the 30 VID classes in order give
+    the VID class list itself."""
+    by_id: dict[int, dict[str, Any]] = {}
     for k, c in enumerate(categories):
         if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
             raise CocoVideoError(f"{path}: categories[{k}]: needs an integer 'id' and a string 'name'")
-        if c["id"] in ids:
+        if c["id"] in by_id:
             raise CocoVideoError(f"{path}: categories[{k}]: category id {c['id']} is used twice")
-        ids[c["id"]] = c["name"]
-    order = sorted(ids)
+        by_id[c["id"]] = c
+    order = sorted(by_id)
+    index = {cid: k + 1 for k, cid in enumerate(order)}
+    names = [by_id[i]["name"] for i in order]
+    codes = [by_id[i].get("encode_name") for i in order]
+    if tuple(names) == VID_CLASSES[1:] and all(c in (None, w) for c, w in zip(codes, VID_WNIDS[1:])):
+        return VID_CLASS_LIST, index
+    ids = [re.sub(r"\s+", "_", c if isinstance(c, str) and c.strip() else n.strip()) for c, n in zip(codes, names)]
     try:
-        classes = ClassList.from_lists([ids[i] for i in order], source=f"{path}: categories")
+        return ClassList.from_lists(ids, names, source=f"{path}: categories"), index
     except ValueError as e:
         raise CocoVideoError(str(e)) from None
-    return classes, {cid: k + 1 for k, cid in enumerate(order)}
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def bbox_to_vid_box(bbox: Sequence[Number]) -> tuple[Number, Number, Number, Number]:
+    """COCO ``[x, y, w, h]`` -> VID ``(xmin, ymin, xmax, ymax)`` with ``xmax = x + w``."""
+    x, y, w, h = bbox
+    return x, y, x + w, y + h
+
+
+def vid_box_to_bbox(box: Sequence[Number]) -> list[Number]:
+    """VID ``(xmin, ymin, xmax, ymax)`` -> COCO ``[x, y, w, h]`` with ``w = xmax - xmin`` (mmtracking's convention)."""
+    x1, y1, x2, y2 = box
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def _fmt(v: Number) -> str:
+    return str(v) if isinstance(v, int) else repr(float(v))
+
+
+def box_problem(box: Sequence[Number], width: int, height: int) -> tuple[str, str] | None:
+    """``(kind, message)`` when a VID box cannot be kept: no area under ``w = xmax - xmin``, or entirely
+    outside the image (the VID reader's test); ``None`` when it is fine."""
+    x1, y1, x2, y2 = box
+    text = f"({_fmt(x1)},{_fmt(y1)},{_fmt(x2)},{_fmt(y2)})"
+    if not (x2 > x1 and y2 > y1):
+        return "box with no area", f"box {text} has no area"
+    if x1 > width - 1 or y1 > height - 1 or x2 < 0 or y2 < 0:
+        return "box outside image", f"box {text} is outside the {width}x{height} image"
+    return None
 
 
 def _require(path: str, what: str, rec: dict[str, Any], keys: Sequence[str], types: tuple[type, ...]) -> None:
@@ -87,7 +134,7 @@ def _require(path: str, what: str, rec: dict[str, Any], keys: Sequence[str], typ
 
 def cocovid_class_list(path: str) -> ClassList:
     """The class list of a COCO-video file (its categories in id order)."""
-    return _class_list(path, read_cocovid_json(path)["categories"])[0]
+    return categories_class_list(path, read_cocovid_json(path)["categories"])[0]
 
 
 class _Image:
@@ -146,7 +193,7 @@ class CocoVideo:
     def _load(self, name: str) -> list[_Image]:
         path = self.json_path(name)
         data = read_cocovid_json(path)
-        classes, cat_to_class = _class_list(path, data["categories"])
+        classes, cat_to_class = categories_class_list(path, data["categories"])
         if self.class_list is None:
             self.class_list = classes
         elif classes != self.class_list:
@@ -221,21 +268,17 @@ class CocoVideo:
                 problems.add("unknown category", im.path, f"{what} (id {a.get('id')}): category_id "
                              f"{a.get('category_id')} is not in 'categories'")
                 continue
-            box = a.get("bbox")
-            if (not isinstance(box, list) or len(box) != 4
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)):
-                problems.add("bad box", im.path, f"{what}: bbox {box!r} is not [x, y, w, h]")
+            bbox = a.get("bbox")
+            if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
+                problems.add("bad box", im.path, f"{what}: bbox {bbox!r} is not [x, y, w, h]")
                 continue
-            x, y, w, h = (float(v) for v in box)
-            if not (w > 0 and h > 0):
-                problems.add("box with no area", im.path, f"{what}: bbox {box} has no area")
-                continue
-            if x > im.width - 1 or y > im.height - 1 or x + w < 0 or y + h < 0:
-                problems.add("box outside image", im.path, f"{what}: bbox {box} is outside the "
-                             f"{im.width}x{im.height} image")
+            box = tuple(float(v) for v in bbox_to_vid_box(bbox))
+            bad = box_problem(box, im.width, im.height)
+            if bad is not None:
+                problems.add(bad[0], im.path, f"{what}: bbox {bbox}: {bad[1]}")
                 continue
             track = a.get("instance_id")
-            im.boxes.append((x, y, x + w, y + h))
+            im.boxes.append(box)
             im.classes.append(cls)
             im.tracks.append(int(track) if isinstance(track, int) else None)
             im.occluded.append(int(a["occluded"]) if isinstance(a.get("occluded"), int) else None)

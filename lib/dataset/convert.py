@@ -82,9 +82,16 @@ from xml.sax.saxutils import escape
 import cv2
 from tqdm import tqdm
 
-from dff.classes import VID_CLASSES, VID_WNIDS
-from dff.dataset.classlist import VID_CLASS_LIST, ClassList, class_list_of_root, write_class_file
-from dff.dataset.cocovid import CocoVideoError, read_cocovid_json
+from dff.dataset.classlist import ClassList, class_list_of_root, write_class_file
+from dff.dataset.cocovid import (
+    CocoVideoError,
+    bbox_to_vid_box,
+    box_problem,
+    categories_class_list,
+    is_number,
+    read_cocovid_json,
+    vid_box_to_bbox,
+)
 from dff.dataset.imagenet_vid import DataProblems, read_image_set_file
 from dff.dataset.imagesets import vid_val_videos_lines, write_lines
 from dff.utils.io import atomic_open, atomic_write_bytes, atomic_write_text
@@ -139,34 +146,6 @@ def _number(text: str) -> Number:
 
 def _fmt(v: Number) -> str:
     return str(v) if isinstance(v, int) else repr(float(v))
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def vid_box_to_bbox(box: Sequence[Number]) -> list[Number]:
-    """VID ``(xmin, ymin, xmax, ymax)`` -> COCO ``[x, y, w, h]`` with ``w = xmax - xmin`` (mmtracking's convention)."""
-    x1, y1, x2, y2 = box
-    return [x1, y1, x2 - x1, y2 - y1]
-
-
-def bbox_to_vid_box(bbox: Sequence[Number]) -> tuple[Number, Number, Number, Number]:
-    """COCO ``[x, y, w, h]`` -> VID ``(xmin, ymin, xmax, ymax)`` with ``xmax = x + w``."""
-    x, y, w, h = bbox
-    return x, y, x + w, y + h
-
-
-def _box_problem(box: Sequence[Number], width: int, height: int) -> tuple[str, str] | None:
-    """``(kind, message)`` when a VID box cannot be kept: no area under ``w = xmax - xmin``, or entirely
-    outside the image (the VID reader's test); ``None`` when it is fine."""
-    x1, y1, x2, y2 = box
-    if not (x2 > x1 and y2 > y1):
-        return "box with no area", f"box ({_fmt(x1)},{_fmt(y1)},{_fmt(x2)},{_fmt(y2)}) has no area"
-    if x1 > width - 1 or y1 > height - 1 or x2 < 0 or y2 < 0:
-        return "box outside image", (f"box ({_fmt(x1)},{_fmt(y1)},{_fmt(x2)},{_fmt(y2)}) is outside the "
-                                     f"{width}x{height} image")
-    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -472,7 +451,7 @@ def _add_list_frame(out: _CocoFile, root: str, kind: str, fr: ListFrame, id_to_i
         if cls is None:
             dropped[ob.name] += 1
             continue
-        bad = _box_problem(ob.box, width, height)
+        bad = box_problem(ob.box, width, height)
         if bad is not None:
             problems.add(bad[0], xml, f"object {k} ({ob.name}): {bad[1]}")
             continue
@@ -537,28 +516,11 @@ class _CocoImage:
 
 
 def classes_of_categories(path: str, categories: Sequence[Any]) -> tuple[ClassList, dict[int, int]]:
-    """The class list the categories give (by id order) and ``category id -> class index``.
-
-    The XML id of a class is its ``encode_name``, else its name (whitespace made ``_``: XML names are one
-    token); categories that are the 30 VID classes in order give the VID class list (wnids)."""
-    by_id: dict[int, dict[str, Any]] = {}
-    for k, c in enumerate(categories):
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
-            raise ConvertError(f"{path}: categories[{k}] needs an integer 'id' and a string 'name'")
-        if c["id"] in by_id:
-            raise ConvertError(f"{path}: categories[{k}]: category id {c['id']} is used twice")
-        by_id[c["id"]] = c
-    order = sorted(by_id)
-    names = [by_id[i]["name"] for i in order]
-    codes = [by_id[i].get("encode_name") for i in order]
-    if tuple(names) == VID_CLASSES[1:] and all(c in (None, w) for c, w in zip(codes, VID_WNIDS[1:])):
-        return VID_CLASS_LIST, {cid: k + 1 for k, cid in enumerate(order)}
-    ids = [re.sub(r"\s+", "_", str(c) if isinstance(c, str) and c.strip() else n.strip()) for c, n in zip(codes, names)]
+    """:func:`dff.dataset.cocovid.categories_class_list`, its error as a :class:`ConvertError`."""
     try:
-        classes = ClassList.from_lists(ids, names, source=f"{path}: categories")
-    except ValueError as e:
+        return categories_class_list(path, categories)
+    except CocoVideoError as e:
         raise ConvertError(str(e)) from None
-    return classes, {cid: k + 1 for k, cid in enumerate(order)}
 
 
 def _video_names(path: str, videos: Sequence[Any], problems: DataProblems, notes: list[str]) -> dict[int, str]:
@@ -646,11 +608,11 @@ def _cocovid_objects(path: str, annotations: Sequence[Any], images: dict[int, _C
                          f"{a.get('category_id')!r} is not in 'categories'")
             continue
         bbox = a.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
             problems.add("bad box", path, f"{what} (id {a.get('id')}): bbox {bbox!r} is not [x, y, w, h]")
             continue
         box = bbox_to_vid_box(bbox)
-        bad = _box_problem(box, im.width, im.height)
+        bad = box_problem(box, im.width, im.height)
         if bad is not None:
             problems.add(bad[0], path, f"{what} (id {a.get('id')}, image {im.path}): bbox {bbox}: {bad[1]}")
             continue
@@ -935,7 +897,7 @@ def _add_mot_sequence(out: _CocoFile, seq: MotSequence, frames_root: str, catego
         image_id = len(out.images) + 1
         out.add_image(image_id, path, width, height, video_id, k)
         for row in rows_by_frame.get(k + 1, []):
-            bad = _box_problem(bbox_to_vid_box(row.bbox), width, height)
+            bad = box_problem(bbox_to_vid_box(row.bbox), width, height)
             if bad is not None:
                 problems.add(bad[0], f"{seq.annotations}:{row.line}", f"track {row.track}: {bad[1]}")
                 continue
