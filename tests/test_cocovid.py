@@ -39,6 +39,7 @@ def _dataset(root, **changes):
         {"id": 3, "image_id": 11, "category_id": 9, "bbox": [20, 10, 5, 5], "instance_id": 1},
         {"id": 4, "image_id": 22, "category_id": 5, "bbox": [0, 0, 39, 29], "instance_id": 3},
         {"id": 5, "image_id": 30, "category_id": 9, "bbox": [5, 5, 10, 10]},
+        {"id": 6, "image_id": 12, "category_id": 5, "bbox": [4, 4, 0, 5], "instance_id": 2},
     ]
     data = {"categories": [{"id": 9, "name": "star"}, {"id": 5, "name": "box"}, {"id": 7, "name": "ring"}],
             "videos": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}], "images": images, "annotations": anns}
@@ -65,6 +66,7 @@ def test_reads_roidb_videos_and_annotations(tmp_path):
     # [x, y, w, h] -> x2 = x + w, clamped to the image as the VID reader
     assert r["boxes"].tolist() == [[3, 3, 13, 11], [20, 10, 25, 15]] and r["boxes"].dtype == np.uint16
     assert roidb[5]["boxes"].tolist() == [[0, 0, 39, 29]]
+    assert roidb[2]["boxes"].tolist() == [[4, 4, 4, 9]]  # w = 0: one pixel wide (x2 = x1), as a VID box may be
     assert r["gt_overlaps"].shape == (2, 4)
     # video frames know their video's frames (key frames follow no file-name pattern); frame ids need not be dense
     b = roidb[4]
@@ -74,7 +76,7 @@ def test_reads_roidb_videos_and_annotations(tmp_path):
     assert "frame_seg_len" not in still and sample_key_frame(still, np.random.default_rng(0)) == (None, 1)
     assert still["index"] == "stills/s0"
     train = ds.train_roidb(flip=True)
-    assert len(train) == 2 * 4  # the 4 images with a box, and their flipped copies
+    assert len(train) == 2 * 5  # the 5 images with a box, and their flipped copies
     videos = ds.test_videos()
     assert [v.name for v in videos] == ["a", "b", "stills/s0"]
     assert videos[1].frame_ids == [20, 21, 22] and videos[1].indices == ["b/000000", "b/000002", "b/000004"]
@@ -115,7 +117,7 @@ def test_bad_records_are_counted_skips(tmp_path, capsys):
     data = _dataset(tmp_path)
     data["annotations"] += [
         {"id": 10, "image_id": 10, "category_id": 42, "bbox": [1, 1, 5, 5]},      # unknown category
-        {"id": 11, "image_id": 10, "category_id": 7, "bbox": [1, 1, 0, 5]},       # no area
+        {"id": 11, "image_id": 10, "category_id": 7, "bbox": [1, 1, -2, 5]},      # no area
         {"id": 12, "image_id": 10, "category_id": 7, "bbox": [50, 1, 5, 5]},      # outside the 40x30 image
         {"id": 13, "image_id": 10, "category_id": 7, "bbox": [1, 1, 5]},          # malformed
         {"id": 14, "image_id": 777, "category_id": 7, "bbox": [1, 1, 5, 5]},      # unknown image
@@ -129,7 +131,7 @@ def test_bad_records_are_counted_skips(tmp_path, capsys):
     kinds = dict(ds.problems.counts)
     assert kinds == {"unknown category": 1, "box with no area": 1, "box outside image": 1, "bad box": 1,
                      "unknown image": 1, "missing image": 1}
-    assert "annotations[5]" in err and "category_id 42" in err and "frames/b/000002.jpg" in err
+    assert "annotations[6]" in err and "category_id 42" in err and "frames/b/000002.jpg" in err
     roidb = ds.set_roidb("set.json")
     assert roidb[0]["boxes"].tolist() == [[2, 3, 12, 11]]  # only the good box of image 10 is left
     b = [r for r in roidb if r["index"].startswith("b/")]

@@ -207,7 +207,7 @@ def test_bad_vid_data_reported_and_skipped(root_copy, tmp_path):
     first = re.search(r"<name>([^<]+)</name>", text)[1]
     extra = (f"\t<object>\n\t\t<trackid>7</trackid>\n\t\t<name>{first}</name>\n\t\t<bndbox>\n\t\t\t<xmax>{{}}</xmax>\n"
              "\t\t\t<xmin>{}</xmin>\n\t\t\t<ymax>10</ymax>\n\t\t\t<ymin>2</ymin>\n\t\t</bndbox>\n\t</object>\n")
-    bad = extra.format(500, 400) + extra.format(5, 5)  # outside the 64x48 frame; no area (xmax == xmin)
+    bad = extra.format(500, 400) + extra.format(4, 5)  # outside the 64x48 frame; no area (xmax < xmin)
     (val / "000003.xml").write_text(text.replace("</annotation>", bad + "</annotation>"))
     res = vid_to_cocovid(str(root), str(tmp_path / "c"), ["VID_val_videos"], progress=False)
     assert res.problems.counts == {"missing image": 1, "bad annotation": 1, "box outside image": 1,

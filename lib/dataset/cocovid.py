@@ -115,12 +115,14 @@ def _fmt(v: Number) -> str:
 
 
 def box_problem(box: Sequence[Number], width: int, height: int) -> tuple[str, str] | None:
-    """``(kind, message)`` when a VID box cannot be kept: no area under ``w = xmax - xmin``, or entirely
-    outside the image (the VID reader's test); ``None`` when it is fine."""
+    """``(kind, message)`` when a VID box cannot be kept: ``xmax < xmin`` or ``ymax < ymin`` (no area: in the
+    VID convention of inclusive pixel indices ``xmax == xmin`` is one pixel wide, and the VID reader keeps it,
+    so COCO-video ``w = 0`` is kept too and the two formats hold the same boxes), or entirely outside the
+    image (the VID reader's test); ``None`` when it is fine."""
     x1, y1, x2, y2 = box
     text = f"({_fmt(x1)},{_fmt(y1)},{_fmt(x2)},{_fmt(y2)})"
-    if not (x2 > x1 and y2 > y1):
-        return "box with no area", f"box {text} has no area"
+    if not (x2 >= x1 and y2 >= y1):
+        return "box with no area", f"box {text} has xmax < xmin or ymax < ymin"
     if x1 > width - 1 or y1 > height - 1 or x2 < 0 or y2 < 0:
         return "box outside image", f"box {text} is outside the {width}x{height} image"
     return None

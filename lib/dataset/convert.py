@@ -897,7 +897,10 @@ def _add_mot_sequence(out: _CocoFile, seq: MotSequence, frames_root: str, catego
         image_id = len(out.images) + 1
         out.add_image(image_id, path, width, height, video_id, k)
         for row in rows_by_frame.get(k + 1, []):
-            bad = box_problem(bbox_to_vid_box(row.bbox), width, height)
+            # MOT sizes are pixel extents: a width or height of 0 has no area (in the VID box convention
+            # below, w = 0 would be a one-pixel box)
+            bad = (("box with no area", f"bbox {row.bbox} has no area") if not (row.bbox[2] > 0 and row.bbox[3] > 0)
+                   else box_problem(bbox_to_vid_box(row.bbox), width, height))
             if bad is not None:
                 problems.add(bad[0], f"{seq.annotations}:{row.line}", f"track {row.track}: {bad[1]}")
                 continue
