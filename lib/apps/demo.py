@@ -1,46 +1,68 @@
 """The demo command shared by ``rfcn/demo.py`` (per-frame) and ``dff_rfcn/demo.py`` (DFF).
 
-Input: a video file or a folder of frames (ordered by frame number). Output: annotated frames and an
-``.mp4`` in ``--out``, a per-frame log line, and a summary with fps and the per-stage time split.
+Input: a video file, a folder of frames (ordered by frame number), a camera (``--camera N`` or ``cam:N``) or
+a stream URL (RTSP, HTTP(S) MJPEG, anything OpenCV's FFmpeg backend opens; read newest-frame-first, see
+``docs/live.md``). Output: annotated frames (files and folders) and an ``.mp4`` in ``--out``, a per-frame log
+line, optionally one JSON line per frame (``--json-out``) and the annotated stream over HTTP (``--serve``),
+and a summary with fps, the per-stage time split and, for a live source, dropped frames, latency and
+reconnects. SIGINT / SIGTERM stop the run cleanly: every output is finalised.
+
+Exit status: 0 when the run ends (the input ends, ``--max-frames``, a stop by signal); 1 when a live
+source dropped and did not come back (the outputs hold what came before); 2 when the run cannot start
+(bad input, a source that does not open, a missing model).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
-import resource
+import signal
 import sys
+import threading
 import time
+import types
 import warnings
+from typing import Callable, Iterable, Iterator, Sequence
 
 import cv2
-import numpy as np
 import torch
 from tqdm import tqdm
 
+from dff.apps.reporting import JsonLines, RunStats, boxes_above, current_rss_mb, frame_record, peak_rss_mb
+from dff.apps.serve import StreamServer
 from dff.config import Config, ConfigError, load_config
-from dff.dataset.classes import VID_CLASSES
 from dff.dataset.synthetic import SynthConfig, generate
 from dff.engine.fastpath import FAST_NAMES, FastPath
-from dff.engine.frames import FrameSource, VideoReadError
-from dff.engine.video import STAGES, FrameResult, VideoDetector
+from dff.engine.frames import Frame, FrameSource, VideoReadError
+from dff.engine.live import Backoff, LiveSource, SourceLost, is_live
+from dff.engine.video import FrameResult, VideoDetector
 from dff.models.builder import load_model
 from dff.utils.checkpoint import CheckpointError
 from dff.utils.vis import draw_detections
+
+__all__ = ["DemoError", "build_parser", "demo_class_names", "load_demo_model", "peak_rss_mb", "run_demo",
+           "synthetic_clip"]
+
+EXIT_OK, EXIT_SOURCE_LOST, EXIT_ERROR = 0, 1, 2
 
 
 class DemoError(RuntimeError):
     """A user-facing problem (missing model, bad input); printed as one line."""
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def demo_class_names(model: torch.nn.Module) -> Sequence[str]:
+    """The names drawn and written for each class index (background first): the model's own list (its
+    checkpoint's config, the 30 ImageNet VID classes for an MXNet file)."""
+    return tuple(model.class_names)
 
 
 def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=name, description=__doc__)
     ap.add_argument("input", nargs="?", default=None,
-                    help="video file or folder of frames (default: a synthetic clip generated on the spot, "
-                         "for the embedded model)")
+                    help="video file, folder of frames, camera (cam:N) or stream URL (rtsp://, http(s)://, anything "
+                         "OpenCV's FFmpeg backend opens); default: a synthetic clip generated on the spot, "
+                         "for the embedded model")
     ap.add_argument("--model", default=None,
                     help="weights: an original MXNet .params file, a native checkpoint (.pth), or 'fixture' "
                          "(the parity fixtures' deterministic weights: checks the pipeline, detects nothing real); "
@@ -67,7 +89,31 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
                         help="key frame every N frames (default: TEST.KEY_FRAME_INTERVAL of the config)")
         ap.add_argument("--compare", action="store_true",
                         help="also run per-frame R-FCN (same weights, every frame a key frame) and report the speed-up")
+    add_live_arguments(ap)
     return ap
+
+
+def add_live_arguments(ap: argparse.ArgumentParser) -> None:
+    """Cameras, streams and the outputs for integration (docs/live.md)."""
+    g = ap.add_argument_group("live sources and outputs (docs/live.md)")
+    g.add_argument("--camera", type=int, default=None, metavar="N", help="read camera N (the same as the input cam:N)")
+    g.add_argument("--reconnect", type=int, default=Backoff.tries, metavar="TRIES",
+                   help="a live source that drops is reopened up to TRIES times with exponential back-off, then the "
+                        "run ends with exit status 1; 0: the end of the stream ends the run cleanly (default: %(default)s)")
+    g.add_argument("--reconnect-delay", type=float, default=Backoff.first, metavar="SECONDS",
+                   help=f"wait before the first reconnect try, doubled after each failed one up to {Backoff.cap:g} s "
+                        "(default: %(default)s)")
+    g.add_argument("--stream-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="a stream that does not open, or sends no frame, for this long counts as dropped "
+                        "(default: %(default)s)")
+    g.add_argument("--json-out", default=None, metavar="FILE",
+                   help="one JSON line per processed frame (docs/frame_result.schema.json) to FILE, or to stdout "
+                        "with '-' (the other messages then go to stderr)")
+    g.add_argument("--serve", type=int, default=None, metavar="PORT",
+                   help="serve the annotated stream as MJPEG with a status page at http://HOST:PORT/ (0: any free port)")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address --serve listens on (default: %(default)s, this machine only; 0.0.0.0 for every "
+                        "interface)")
 
 
 def load_demo_model(kind: str, cfg_path: str, model_path: str | None, device: str,
@@ -85,65 +131,188 @@ def load_demo_model(kind: str, cfg_path: str, model_path: str | None, device: st
         raise DemoError(str(e)) from None
 
 
-def _summary(label: str, results: list[FrameResult], wall: float, drawn: int = 0) -> dict:
-    stage_ms = {s: 1000 * float(np.mean([r.times[s] for r in results])) for s in STAGES}
-    net = float(np.mean([r.times["total"] - r.times["post"] for r in results]))
-    return {
-        "label": label,
-        "frames": len(results),
-        "key_frames": sum(r.is_key for r in results),
-        "net_ms": 1000 * net,
-        "net_fps": 1.0 / net if net > 0 else float("inf"),
-        "stage_ms": stage_ms,
-        "end_to_end_fps": len(results) / wall if wall > 0 else float("inf"),
-        "drawn": drawn,
-    }
+def _warm_up(detector: VideoDetector, source: FrameSource | LiveSource) -> None:
+    """Run two frames first, as the reference does: a file's or folder's first two (read again), a live
+    source's first frame twice (it is not taken from the source: a camera cannot be opened twice)."""
+    if isinstance(source, LiveSource):
+        first = source.first_frame()
+        warm: Iterable[Frame] = [first, first] if first is not None else []
+    else:
+        warm = FrameSource(source.path, prepare=detector.prepare, max_frames=2, on_error="skip")
+    for _ in detector.run(warm):
+        pass
 
 
-def _print_summary(s: dict) -> None:
+def _print_summary(s: dict, say: Callable[[str], None] = print) -> None:
+    if s["frames"] == 0:
+        say(f"{s['label']}: no frames processed")
+        return
     split = ", ".join(f"{k} {v:.1f}" for k, v in s["stage_ms"].items())
-    print(f"{s['label']}: {s['frames']} frames ({s['key_frames']} key), network {s['net_ms']:.1f} ms/frame "
-          f"= {s['net_fps']:.2f} fps; end-to-end {s['end_to_end_fps']:.2f} fps (decode included)")
-    print(f"  per-stage mean ms: {split}")
+    say(f"{s['label']}: {s['frames']} frames ({s['key_frames']} key), network {s['net_ms']:.1f} ms/frame "
+        f"= {s['net_fps']:.2f} fps; end-to-end {s['end_to_end_fps']:.2f} fps (decode included)")
+    say(f"  per-stage mean ms: {split}")
     if s["drawn"]:
-        print(f"  {s['drawn']} boxes drawn (score above --vis-thresh)")
+        say(f"  {s['drawn']} boxes drawn (score above --vis-thresh)")
 
 
-def _run(detector: VideoDetector, source: FrameSource, label: str, out_dir: str | None, writer_path: str | None,
-         vis_thresh: float, quiet: bool, mark_keys: bool) -> tuple[list[FrameResult], float, int]:
-    results: list[FrameResult] = []
-    writer, size = None, None
-    drawn = 0
-    t0 = time.perf_counter()
-    total = len(source)
-    with tqdm(total=total or None, desc=label, unit="frame", file=sys.stderr, disable=None) as bar:
-        for r in detector.run(source):
-            if out_dir is not None or writer_path is not None:
-                im = draw_detections(r.image, r.detections, VID_CLASSES, vis_thresh,
-                                     key_frame=r.is_key if mark_keys else None)
-                if out_dir is not None:
-                    name = os.path.splitext(r.name)[0] + ".jpg"
-                    cv2.imwrite(os.path.join(out_dir, name), im)
-                if writer_path is not None:
-                    if writer is None:
-                        size = (im.shape[1], im.shape[0])
-                        writer = cv2.VideoWriter(writer_path + ".tmp.mp4", cv2.VideoWriter_fourcc(*"mp4v"),
-                                                 25.0, size)
-                    if (im.shape[1], im.shape[0]) == size:  # an .mp4 has one frame size; others go to frames only
-                        writer.write(im)
-            r.image = None  # drop the frame: memory must not grow with the video
-            results.append(r)
-            ndet = sum(int((np.asarray(d)[:, 4] > vis_thresh).sum()) for d in r.detections[1:] if len(d))
-            drawn += ndet
-            if not quiet:
-                tqdm.write(f"{label} {r.name} {'key' if r.is_key else '   '} {1000 * r.times['total']:.1f} ms "
-                           f"{ndet} boxes > {vis_thresh}", file=sys.stderr)
-            bar.update(1)
-    wall = time.perf_counter() - t0
-    if writer is not None:
-        writer.release()
-        os.replace(writer_path + ".tmp.mp4", writer_path)
-    return results, wall, drawn
+def _print_live_summary(s: dict, source: LiveSource, say: Callable[[str], None]) -> None:
+    ls = source.stats()
+    share = 100.0 * ls.dropped / ls.received if ls.received else 0.0
+    latency = (f"latency capture to result p50 {s['latency_p50_ms']:.0f} ms, p95 {s['latency_p95_ms']:.0f} ms"
+               if s["frames"] else "no latency")
+    say(f"live: {ls.received} frames received, {s['frames']} processed, {ls.dropped} dropped ({share:.0f} %); "
+        f"{latency}; reconnects: {ls.reconnects}")
+    if source.end == "ended":
+        say(f"stream ended after {ls.received} frames")
+
+
+class Outputs:
+    """Where a run's results go: annotated frames, the ``.mp4``, JSON lines, the MJPEG server.
+
+    The ``.mp4`` is written under a temporary name and renamed when :meth:`close` finalises it, so an
+    interrupted run leaves a playable file and never a truncated one under the final name. :meth:`close`
+    runs however the run ends (the input ends, a signal, a lost source, an error)."""
+
+    def __init__(self, class_names: Sequence[str], vis_thresh: float, mark_keys: bool, frames_dir: str | None = None,
+                 video_path: str | None = None, json_out: JsonLines | None = None,
+                 server: StreamServer | None = None) -> None:
+        self.class_names = class_names
+        self.vis_thresh = vis_thresh
+        self.mark_keys = mark_keys
+        self.frames_dir = frames_dir
+        self.video_path = video_path
+        self.json_out = json_out
+        self.server = server
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+
+    @property
+    def draws(self) -> bool:
+        return self.frames_dir is not None or self.video_path is not None or self.server is not None
+
+    def add(self, r: FrameResult, record: dict | None, status: dict | None) -> None:
+        """One processed frame: drawn (when an output shows it), written, served; ``record`` its JSON line."""
+        if self.draws:
+            im = draw_detections(r.image, r.detections, self.class_names, self.vis_thresh,
+                                 key_frame=r.is_key if self.mark_keys else None)
+            if self.frames_dir is not None:
+                cv2.imwrite(os.path.join(self.frames_dir, os.path.splitext(r.name)[0] + ".jpg"), im)
+            if self.video_path is not None:
+                if self._writer is None:
+                    self._size = (im.shape[1], im.shape[0])
+                    self._writer = cv2.VideoWriter(self.video_path + ".tmp.mp4", cv2.VideoWriter_fourcc(*"mp4v"),
+                                                   25.0, self._size)
+                if (im.shape[1], im.shape[0]) == self._size:  # an .mp4 has one frame size; others go to frames only
+                    self._writer.write(im)
+            if self.server is not None:
+                self.server.publish(im, status or {})
+        if self.json_out is not None and record is not None:
+            self.json_out.write(record)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+            os.replace(self.video_path + ".tmp.mp4", self.video_path)
+        if self.json_out is not None:
+            self.json_out.close()
+        if self.server is not None:
+            self.server.close()
+
+
+def _stamped(frames: Iterable[Frame], stamps: dict[int, float], stop: threading.Event | None) -> Iterator[Frame]:
+    """The frames, noting each one's capture time for the latency of its result (a file's or folder's frame:
+    the time the engine takes it); ends as soon as ``stop`` is set."""
+    for f in frames:
+        if stop is not None and stop.is_set():
+            return
+        stamps[f.index] = f.timestamp if f.timestamp is not None else time.time()
+        yield f
+
+
+def _status(stats: RunStats, source: FrameSource | LiveSource, key_interval: int, latency: float) -> dict:
+    """What the ``--serve`` page shows (``/status.json``)."""
+    s = stats.summary()
+    status = {"source": source.name if isinstance(source, LiveSource) else source.path, "state": "running",
+              "fps": round(stats.recent_fps(), 2), "latency_ms": round(1000 * latency, 1),
+              "latency_p50_ms": round(s["latency_p50_ms"], 1), "latency_p95_ms": round(s["latency_p95_ms"], 1),
+              "frames": stats.frames, "received": stats.frames, "dropped": 0, "reconnects": 0,
+              "key_interval": key_interval, "rss_mb": round(current_rss_mb(), 1), "last_event": ""}
+    if isinstance(source, LiveSource):
+        ls = source.stats()
+        status.update(state=ls.state, received=ls.received, dropped=ls.dropped, reconnects=ls.reconnects,
+                      last_event=ls.last_event)
+    return status
+
+
+def _run(detector: VideoDetector, source: FrameSource | LiveSource, label: str, stats: RunStats, outputs: Outputs,
+         quiet: bool, stop: threading.Event | None = None) -> None:
+    """Detect on the frames of ``source`` into ``stats`` and ``outputs`` until the source ends or ``stop`` is set
+    (``stats.finish()`` on the way out). Raises what the source raises (:class:`~dff.engine.live.SourceLost`);
+    the caller closes ``outputs``."""
+    live = isinstance(source, LiveSource)
+    stamps: dict[int, float] = {}  # frame index -> capture time; holds the one or two frames in the engine
+    vis_thresh = outputs.vis_thresh
+    frames = _stamped(source, stamps, stop)
+    try:
+        with contextlib.closing(frames), contextlib.closing(detector.run(frames)) as results, \
+                tqdm(total=None if live else len(source) or None, desc=label, unit="frame", file=sys.stderr,
+                     disable=None) as bar:
+            for r in results:
+                now = time.time()
+                stamp = stamps.pop(r.index, now)
+                latency = now - stamp
+                ndet = boxes_above(r.detections, vis_thresh)
+                stats.add(r, ndet, latency)
+                record = None
+                if outputs.json_out is not None:
+                    dropped = source.stats().dropped if live else 0
+                    record = frame_record(r, stats.frames - 1, stamp, latency, dropped, outputs.class_names, vis_thresh)
+                status = _status(stats, source, detector.key_interval, latency) if outputs.server is not None else None
+                outputs.add(r, record, status)
+                r.image = None  # drop the frame: memory must not grow with the video
+                if not quiet:
+                    tqdm.write(f"{label} {r.name} {'key' if r.is_key else '   '} {1000 * r.times['total']:.1f} ms "
+                               f"{ndet} boxes > {vis_thresh}" + (f" latency {1000 * latency:.0f} ms" if live else ""),
+                               file=sys.stderr)
+                bar.update(1)
+    finally:
+        stats.finish()
+        if live:
+            source.close()  # the reader stops now, not when the generators are collected
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM ask the run to stop: it stops reading, finalises its outputs and prints its
+    summary. A second signal stops at once (KeyboardInterrupt).
+
+    The handler only sets :attr:`event`, which the run reads with ``is_set`` (no lock is taken in the main
+    thread, so the handler cannot deadlock against it)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal: str | None = None
+
+    def __call__(self, signum: int, frame: types.FrameType | None) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        self.event.set()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        """Handle the signals while in the block (only the main thread can; elsewhere nothing changes)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self) for s in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def synthetic_clip(out_dir: str, frames: int = 60, seed: int = 2017) -> str:
@@ -155,52 +324,109 @@ def synthetic_clip(out_dir: str, frames: int = 60, seed: int = 2017) -> str:
     return os.path.join(videos, sorted(os.listdir(videos))[0])
 
 
+def _open_live(args: argparse.Namespace, stop: threading.Event) -> LiveSource:
+    return LiveSource(args.input, max_frames=args.max_frames,
+                      backoff=Backoff(tries=args.reconnect, first=args.reconnect_delay), timeout=args.stream_timeout,
+                      stop=stop, on_event=lambda message: print(f"warning: {message}", file=sys.stderr, flush=True))
+
+
+def _start_server(args: argparse.Namespace, title: str, source: str) -> StreamServer:
+    try:
+        return StreamServer(args.serve, host=args.host, title=title, source=source)
+    except OSError as e:
+        raise DemoError(f"--serve {args.serve}: cannot listen on {args.host}:{args.serve}: {e.strerror or e}") from None
+
+
 def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, default_out: str, what: str,
              default_model: str | None = None) -> int:
     dff = kind == "dff"
     args = build_parser(name, default_cfg, default_out, dff).parse_args(argv)
     # one line per warning (skipped frames, operator fallback), not the source line that raised it
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
-    try:
-        if args.model is None and default_model is not None and os.path.isfile(default_model):
-            args.model = default_model
-            print(f"model: {os.path.relpath(default_model)} (the embedded model, trained on the synthetic mini-VID)")
-        if args.input is None:
-            if args.model != default_model:
-                raise DemoError("no input given: pass a video file or a folder of frames, "
-                                "e.g. ../shared/data/ILSVRC2015_val_00007010")
+    # OpenCV's and FFmpeg's own logs would repeat, in several lines, what the one-line messages say (a refused
+    # connection, a stream that ends); the environment can still turn them back on
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    # with --json-out - stdout carries the JSON lines only
+    say = functools.partial(print, file=sys.stderr if args.json_out == "-" else sys.stdout, flush=True)
+    source: FrameSource | LiveSource | None = None
+    with StopRequest().installed() as stop:
+        try:
+            if args.camera is not None:
+                if args.input is not None:
+                    raise DemoError(f"give either an input ({args.input}) or --camera {args.camera}, not both")
+                args.input = f"cam:{args.camera}"
+            live = args.input is not None and is_live(args.input)
+            if live and dff and args.compare:
+                raise DemoError("--compare runs the input twice: it needs a video file or a folder of frames, "
+                                "not a camera or a stream")
+            if args.model is None and default_model is not None and os.path.isfile(default_model):
+                args.model = default_model
+                say(f"model: {os.path.relpath(default_model)} (the embedded model, trained on the synthetic mini-VID)")
+            if args.input is None:
+                if args.model != default_model:
+                    raise DemoError("no input given: pass a video file or a folder of frames, "
+                                    "e.g. ../shared/data/ILSVRC2015_val_00007010")
+                os.makedirs(args.out, exist_ok=True)
+                args.input = synthetic_clip(args.out)
+                say(f"input: {args.input} (a synthetic clip generated now, unseen in training)")
+            if live:  # opened before the model: a source that does not open is an error at once
+                source = _open_live(args, stop.event)
+                say(f"input: {source.name} (live: the newest frame each time, older ones dropped)")
+            model, cfg = load_demo_model(kind, args.cfg, args.model, args.device, what, args.set)
+            interval = args.key_interval if dff else 1
+            fast = FastPath.from_name(args.fast, args.device)
+            detector = VideoDetector(model, cfg, key_interval=interval, device=args.device, thresh=args.thresh,
+                                     keep_images=True, fast=fast)
+            if source is None:
+                source = FrameSource(args.input, prepare=detector.prepare, max_frames=args.max_frames, on_error="skip")
             os.makedirs(args.out, exist_ok=True)
-            args.input = synthetic_clip(args.out)
-            print(f"input: {args.input} (a synthetic clip generated now, unseen in training)")
-        model, cfg = load_demo_model(kind, args.cfg, args.model, args.device, what, args.set)
-        interval = args.key_interval if dff else 1
-        fast = FastPath.from_name(args.fast, args.device)
-        detector = VideoDetector(model, cfg, key_interval=interval, device=args.device, thresh=args.thresh,
-                                 keep_images=True, fast=fast)
-        source = FrameSource(args.input, prepare=detector.prepare, max_frames=args.max_frames, on_error="skip")
-        os.makedirs(args.out, exist_ok=True)
-        warm = FrameSource(args.input, prepare=detector.prepare, max_frames=2, on_error="skip")
-        for _ in detector.run(warm):  # warm-up (the reference runs two frames first)
-            pass
-        frames_dir = None if args.no_frames else args.out
-        video_path = None if args.no_video else os.path.join(args.out, "demo.mp4")
-        label = "dff" if dff else "rfcn"
-        results, wall, drawn = _run(detector, source, label, frames_dir, video_path, args.vis_thresh, args.quiet, dff)
-        summary = _summary(label + (f" (key interval {detector.key_interval})" if dff else ""), results, wall, drawn)
-        if source.skipped:
-            print(f"skipped {len(source.skipped)} unreadable frame(s): {', '.join(source.skipped[:5])}")
-        _print_summary(summary)
-        if dff and args.compare:
-            base = VideoDetector(model, cfg, key_interval=1, device=args.device, thresh=args.thresh, fast=fast)
-            for _ in base.run(FrameSource(args.input, prepare=base.prepare, max_frames=2, on_error="skip")):
-                pass
-            base_src = FrameSource(args.input, prepare=base.prepare, max_frames=args.max_frames, on_error="skip")
-            base_results, base_wall, _ = _run(base, base_src, "per-frame", None, None, args.vis_thresh, True, False)
-            b = _summary("per-frame R-FCN (same weights)", base_results, base_wall)
-            _print_summary(b)
-            print(f"speed-up of DFF over per-frame (network only): {b['net_ms'] / summary['net_ms']:.2f}x")
-        print(f"peak RSS {peak_rss_mb():.0f} MB; wrote {args.out}")
-        return 0
-    except (DemoError, ConfigError, VideoReadError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            _warm_up(detector, source)
+            label = "dff" if dff else "rfcn"
+            outputs = Outputs(demo_class_names(model), args.vis_thresh, dff,
+                              frames_dir=None if args.no_frames or live else args.out,
+                              video_path=None if args.no_video else os.path.join(args.out, "demo.mp4"))
+            lost: SourceLost | None = None
+            try:
+                if args.json_out is not None:
+                    outputs.json_out = JsonLines(args.json_out)
+                if args.serve is not None:
+                    outputs.server = _start_server(args, f"{name}: {label}", str(args.input))
+                    say(f"serving {outputs.server.url} (MJPEG at /stream.mjpg, status at /status.json)")
+                stats = RunStats(label + (f" (key interval {detector.key_interval})" if dff else ""))
+                _run(detector, source, label, stats, outputs, args.quiet, stop.event)
+            except SourceLost as e:
+                lost = e
+            finally:
+                outputs.close()
+            if isinstance(source, FrameSource) and source.skipped:
+                say(f"skipped {len(source.skipped)} unreadable frame(s): {', '.join(source.skipped[:5])}")
+            summary = stats.summary()
+            _print_summary(summary, say)
+            if isinstance(source, LiveSource):
+                _print_live_summary(summary, source, say)
+            if stop.signal is not None:
+                say(f"stopped by {stop.signal}; outputs finalised")
+            elif dff and args.compare:
+                base = VideoDetector(model, cfg, key_interval=1, device=args.device, thresh=args.thresh, fast=fast)
+                for _ in base.run(FrameSource(args.input, prepare=base.prepare, max_frames=2, on_error="skip")):
+                    pass
+                base_src = FrameSource(args.input, prepare=base.prepare, max_frames=args.max_frames, on_error="skip")
+                b = RunStats("per-frame R-FCN (same weights)")
+                _run(base, base_src, "per-frame", b, Outputs((), args.vis_thresh, False), True, stop.event)
+                _print_summary(b.summary(), say)
+                say(f"speed-up of DFF over per-frame (network only): {b.summary()['net_ms'] / summary['net_ms']:.2f}x")
+            say(f"peak RSS {peak_rss_mb():.0f} MB; wrote {args.out}")
+            if lost is not None:
+                print(f"error: {lost}", file=sys.stderr)
+                return EXIT_SOURCE_LOST
+            return EXIT_OK
+        except SourceLost as e:  # lost before the first frame
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_SOURCE_LOST
+        except (DemoError, ConfigError, VideoReadError, OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        finally:
+            if isinstance(source, LiveSource):
+                source.close()  # also when the run did not start (a model that does not load)

@@ -1,5 +1,8 @@
 """Frame sources: a video file (OpenCV) or a folder of frames, decoded ahead in background threads.
 
+(Cameras and network streams are :mod:`dff.engine.live`; ``dff.engine.live.open_source`` picks the
+source for an input string.)
+
 Decoding and preprocessing (resize, mean subtraction) happen in worker threads so they overlap with
 the network; OpenCV releases the GIL while it decodes and resizes. The queue is bounded, so memory
 stays constant over any video length.
@@ -33,6 +36,7 @@ class Frame:
     name: str  # file name (folder input) or "frame_%06d" (video input)
     image: np.ndarray  # (H, W, 3) BGR uint8, the original frame
     prepared: object = None  # whatever the `prepare` callable returned (e.g. network input tensors)
+    timestamp: float | None = None  # capture time (``time.time()``) for a live source; None for files and folders
 
 
 def frame_number_key(name: str) -> tuple:
