@@ -38,16 +38,20 @@ def evaluate_intervals(model: torch.nn.Module, cfg: Config, intervals: Sequence[
 
 
 def interval_row(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """One interval's JSON row: the mAP over the classes present and over all 30, and the mAP per motion
-    speed (slow, medium, fast)."""
+    """One interval's JSON row: the mAP over the classes present and over all the model's classes, the mAP per
+    motion speed (slow, medium, fast) and COCO AP@[.5:.95] / AP50 / AP75 (when evaluated)."""
     motion = {m: v.get("mAP") if isinstance(v, dict) else v for m, v in evaluation.get("motion", {}).items()}
-    return {"mAP_present_classes": evaluation["mAP_present_classes"], "mAP": evaluation["mAP"], "motion": motion}
+    row = {"mAP_present_classes": evaluation["mAP_present_classes"], "mAP": evaluation["mAP"], "motion": motion}
+    if "coco" in evaluation:
+        row["coco"] = {k: evaluation["coco"][k] for k in ("AP", "AP50", "AP75")}
+    return row
 
 
 def format_interval_row(kind: str, k: int, row: dict[str, Any]) -> str:
     """The printed line of one interval's row."""
+    coco = f", COCO AP {row['coco']['AP']:.4f}" if "coco" in row else ""
     return (f"{kind} interval {k:>2}: mAP {row['mAP_present_classes']:.4f} (classes present), "
-            f"motion {json.dumps(row['motion'])}")
+            f"motion {json.dumps(row['motion'])}{coco}")
 
 
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Config]:
