@@ -6,7 +6,18 @@ import cv2
 import numpy as np
 import pytest
 
-from dff.config import MODEL_KEYS, ConfigError, default_config, load_config, parse_overrides, update_config
+from dff.config import (
+    MODEL_KEYS,
+    ConfigError,
+    class_names,
+    config_from_dict,
+    default_config,
+    load_config,
+    parse_overrides,
+    set_class_names,
+    update_config,
+)
+from dff.dataset.factory import open_dataset
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CFGS = sorted(REPO.glob("experiments/*/cfgs/*.yaml"))
@@ -15,7 +26,7 @@ EXP = REPO / "experiments"
 
 
 def test_all_shipped_configs_load():
-    assert len(CFGS) >= 4 and len(ABLATIONS) == 7
+    assert len(CFGS) >= 4 and len(ABLATIONS) == 8
     for p in CFGS + ABLATIONS:
         cfg = load_config(p)
         assert cfg.SCALES[0][0] > 0 and cfg.dataset.NUM_CLASSES == 31, p
@@ -334,3 +345,31 @@ def test_pretrain_flownet_set(tmp_path, capsys):
     assert main(argv + ["--set", "TRAIN.MIN_OFFSET=-2", "SCALES=[64,96]"]) == 0
     report = json.loads((tmp_path / "f.json").read_text())
     assert report["offsets"] == [-2, 0] and report["scales"] == [64, 96]
+
+
+def test_class_list_keys():
+    from_yaml = load_config(EXP / "rfcn/cfgs/resnet_v1_101_imagenet_vid_rfcn_end2end_ohem.yaml")
+    assert class_names(from_yaml)[:3] == ("__background__", "airplane", "antelope") and len(class_names(from_yaml)) == 31
+    lines = set_class_names(from_yaml, ["star", "ring"])
+    assert class_names(from_yaml) == ("__background__", "star", "ring") and from_yaml.dataset.NUM_CLASSES == 3
+    assert lines == ["dataset.NUM_CLASSES 31 -> 3 (the data's 2 classes and the background)"]
+    from_yaml.dataset.NUM_CLASSES = 5
+    with pytest.raises(ConfigError, match="NUM_CLASSES = 5 but dataset.CLASSES names 2 classes"):
+        class_names(from_yaml)
+    with pytest.raises(ConfigError, match="must be distinct"):
+        class_names(update_config(default_config(), {"dataset": {"CLASSES": ["a", "a"], "NUM_CLASSES": 3}}))
+    # a checkpoint's config saved before these keys existed: the defaults fill them in
+    old = default_config().to_dict()
+    del old["dataset"]["CLASSES"], old["dataset"]["format"]
+    cfg = config_from_dict(old, "old.pth")
+    assert cfg.dataset.format == "vid" and class_names(cfg) == class_names(default_config())
+    with pytest.raises(ConfigError, match="old.pth: unknown config key 'dataset.colour'"):
+        config_from_dict({"dataset": {"colour": 1}}, "old.pth")
+
+
+def test_unknown_dataset_format(tmp_path):
+    cfg = default_config()
+    cfg.dataset.dataset_path = str(tmp_path)
+    cfg.dataset.format = "yolo"
+    with pytest.raises(ValueError, match="dataset.format: 'yolo' is not one of vid, cocovid"):
+        open_dataset(cfg, "x")
