@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null 2>&1 || PY=python
 
 echo "== installing the project and its dependencies into $($PY -c 'import sys; print(sys.prefix)')"
-$PY -m pip install --quiet --disable-pip-version-check -e ".[test,build]"
+$PY -m pip install --quiet --disable-pip-version-check -e ".[test,build,deploy]"
 
 mkdir -p output model data/cache
 

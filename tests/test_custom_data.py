@@ -88,6 +88,14 @@ def test_train_on_cocovid_then_same_evaluation_in_both_formats(data, tmp_path):
     assert result["ap"] == other["ap"] and result["mAP"] == other["mAP"]
     assert abs(result["mAP_present_classes"] - other["mAP_present_classes"]) <= 1e-9
     assert result["motion"] == other["motion"] and result["coco"]["AP"] == other["coco"]["AP"]
+    # the tester on the onnxruntime backend (the model exported to a cache first): the same evaluation up to
+    # float noise in the boxes
+    ort_cfg = _yaml(tmp_path, "ort", dataset_path=str(data / "vid"))
+    assert _main("dff_rfcn/dff_rfcn_test.py")(["--cfg", str(ort_cfg), "--model", str(ckpt), "--device", "cpu",
+                                                "--num-workers", "0", "--no-progress", "--backend", "onnxruntime"]) == 0
+    ort, log = _eval_json(tmp_path, "ort", "VID_val_videos")
+    assert abs(ort["mAP_present_classes"] - other["mAP_present_classes"]) < 1e-3
+    assert ort["num_gt_per_class"] == other["num_gt_per_class"]
 
 
 def test_other_class_list_is_an_error_showing_both(data, tmp_path, capsys):

@@ -8,6 +8,10 @@ device; feature network, FlowNet, warp and task network, without NMS post-proces
 fps (decoding the file and post-processing included), the per-stage split, peak memory, and the
 speed-up over per-frame (network-only DFF fps / per-frame fps, both measured in this run on the same
 frames). Without ``--model`` the networks get deterministic initial weights: enough to measure speed.
+
+``--backend onnxruntime`` measures the engine on the model's ONNX export (``--onnx DIR``, or exported to
+a cache first, docs/onnx.md) and then the PyTorch engine on the same frames: both network-only fps per
+key interval and their ratio.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import sys
 import torch
 
 from dff.apps.benchmark import run_benchmark
+from dff.deploy import BACKENDS
 from dff.engine.fastpath import FAST_NAMES
 
 
@@ -36,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="the fast path: none (plain float32); fp32 (CUDA: channels_last, cuDNN autotune, CUDA graphs; "
                          "CPU: oneDNN pre-packed weights); fp16 / bf16 (the same with autocast); default fp16 on CUDA, "
                          "fp32 on the CPU (applied alike to per-frame R-FCN and DFF)")
+    ap.add_argument("--backend", default="torch", choices=list(BACKENDS),
+                    help="the engine: torch, or onnxruntime on the ONNX export (then also the PyTorch engine on the "
+                         "same frames, for the ratio)")
+    ap.add_argument("--onnx", default=None, help="--backend onnxruntime: the export folder (tools/export_onnx.py) "
+                                                 "of the same model and settings; default: export to the cache")
+    ap.add_argument("--onnx-cache", default=None,
+                    help="where exports are kept (default $DFF_ONNX_CACHE or ~/.cache/dff/onnx)")
     ap.add_argument("--profile", default=None,
                     help="also profile the largest key interval (torch.profiler) and write the op table here")
     ap.add_argument("--workers", type=int, default=None,

@@ -1,6 +1,7 @@
 """Check that the fast path keeps the detections: fixture models and inputs, with and without it.
 
     python tools/check_fastpath.py tests/fixtures/reference [--device cuda] [--amp fp16,bf16] [--no-graphs]
+    python tools/check_fastpath.py tests/fixtures/reference --backend onnxruntime [--onnx-cache DIR]
 
 For each ``--amp`` value (``none`` = float32) the fast path of ``--fast`` (on CUDA autocast,
 channels_last, cuDNN autotune and CUDA graphs; on the CPU autocast and channels_last, or for ``none``
@@ -11,6 +12,10 @@ Under autocast (and TF32, float32 on a GPU) the fixture models are compared on t
 any 1e-3 change reorders the proposals; the lines starting with ``#`` say how many detections the
 whole autocast pipeline shares). On CUDA the plain float32 run is also checked against MXNet's
 detections. One line per frame, then ``N passed, M failed``; exit status 1 on any failure.
+
+``--backend onnxruntime`` checks the ONNX export instead (``dff.parity.deploy``): the same models and
+inputs exported and run by onnxruntime against the PyTorch engine in float32, on the CPU, with the same
+partner rule (no ``--amp``).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import sys
 
 import torch
 
+from dff.parity.deploy import run_check_onnx
 from dff.parity.fastpath import run_check_fastpath
 
 
@@ -28,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--amp", default="fp16,bf16", help="comma-separated: fp16, bf16, none")
     ap.add_argument("--no-graphs", action="store_true", help="leave CUDA graphs out of the fast path")
-    return run_check_fastpath(ap.parse_args(argv))
+    ap.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                    help="onnxruntime: check the ONNX export against PyTorch instead of the fast paths (CPU)")
+    ap.add_argument("--onnx-cache", default=None, help="--backend onnxruntime: keep (and reuse) the exports here")
+    args = ap.parse_args(argv)
+    return run_check_onnx(args) if args.backend == "onnxruntime" else run_check_fastpath(args)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from torch.profiler import profile as torch_profile
 
 from dff.apps.evaluate import evaluate_intervals
 from dff.config import Config, ConfigError, load_config, update_config
+from dff.deploy import DeployUnavailable, cached_export, make_detector
 from dff.engine.fastpath import FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError, frames_from_arrays
 from dff.engine.postprocess import im_detect_boxes, pred_eval_frame
@@ -39,9 +40,9 @@ from dff.utils.hardware import describe_hardware
 from dff.utils.io import atomic_write_text
 
 __all__ = ["NET_STAGES", "Bench", "load_bench", "synthetic_clip", "stream_frames", "time_network",
-           "time_end_to_end", "time_post", "profile", "measure_intervals", "measure_maps", "measure_lengths",
-           "format_header", "format_post", "format_length", "format_table", "format_maps", "build_report",
-           "plot_title", "write_plot", "PlotUnavailable", "run_benchmark"]
+           "time_end_to_end", "time_post", "profile", "measure_intervals", "measure_backends", "measure_maps",
+           "measure_lengths", "format_header", "format_post", "format_length", "format_table", "format_backends",
+           "format_maps", "build_report", "plot_title", "write_plot", "PlotUnavailable", "run_benchmark"]
 
 NET_STAGES = ("feature", "flow", "warp", "head")
 
@@ -118,7 +119,8 @@ def cv2_blur(im: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass
 class Bench:
     """What every measurement shares: the model and its config, the device and fast path, the clip (BGR
-    frames), the clip preprocessed and already on the device, and the per-frame (key interval 1) detector."""
+    frames), the clip preprocessed and already on the device, the per-frame (key interval 1) detector, and
+    the engine's backend (``"torch"`` or ``"onnxruntime"`` on the export in ``onnx_dir``)."""
 
     model: torch.nn.Module
     cfg: Config
@@ -127,11 +129,20 @@ class Bench:
     frames: list[np.ndarray]
     prepared: Prepared
     base: VideoDetector
+    backend: str = "torch"
+    onnx_dir: str | None = None
 
-    def detector(self, key_interval: int) -> VideoDetector:
-        """A new DFF detector at ``key_interval`` with the benchmark's settings (no per-stage sync)."""
-        return VideoDetector(self.model, self.cfg, key_interval=key_interval, device=self.device, sync=False,
-                             fast=self.fast)
+    def detector(self, key_interval: int, backend: str | None = None) -> VideoDetector:
+        """A new DFF detector at ``key_interval`` with the benchmark's settings (no per-stage sync), of the
+        benchmark's backend or ``backend``."""
+        return _engine(self.model, self.cfg, backend or self.backend, self.onnx_dir, key_interval, self.device,
+                       self.fast)
+
+    def describe(self) -> str:
+        """The engine: the fast path (PyTorch) or the onnxruntime version, provider and threads."""
+        if self.backend == "torch":
+            return self.fast.describe()
+        return f"{self.base.runner.fast.describe()} (PyTorch baseline: {self.fast.describe()})"
 
     @property
     def network_input(self) -> tuple[int, int]:
@@ -140,13 +151,27 @@ class Bench:
         return int(h), int(w)
 
 
+def _engine(model: torch.nn.Module, cfg: Config, backend: str, onnx_dir: str | None, key_interval: int,
+            device: torch.device, fast: FastPath) -> VideoDetector:
+    # onnxruntime: the export was checked against the model once, in load_bench (no model to hash again)
+    ort_backend = backend == "onnxruntime"
+    return make_detector(None if ort_backend else model, cfg, backend=backend,
+                         onnx_dir=onnx_dir if ort_backend else None, key_interval=key_interval, device=device,
+                         sync=False, fast=fast)
+
+
 def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, device: torch.device,
-               scale: str | None, fast_name: str | None, video: str | None, frames: int) -> Bench:
+               scale: str | None, fast_name: str | None, video: str | None, frames: int, backend: str = "torch",
+               onnx_dir: str | None = None, onnx_cache: str | None = None) -> Bench:
     """The model (``model_path``, or the fixture weights, which keep activations O(1) like a trained net)
     with ``cfg_path`` and then ``overrides`` (``--set``) and ``scale`` (``"short,max-long"``) applied, and
     ``frames`` frames of ``video`` (default: a generated clip), preprocessed on ``device``.
 
-    Raises ``ConfigError``, ``CheckpointError``, ``VideoReadError``, ``OSError`` or ``ValueError``."""
+    ``backend`` ``"onnxruntime"``: the engine runs the ONNX export in ``onnx_dir``, checked against the
+    model, or the model's export in ``onnx_cache`` (made first if not there; :func:`dff.deploy.cached_export`).
+
+    Raises ``ConfigError``, ``CheckpointError``, ``VideoReadError``, ``OSError``, ``ValueError`` or
+    :class:`~dff.deploy.DeployUnavailable`."""
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     model, cfg = load_model(model_path or FIXTURE, load_config(cfg_path, overrides), kind="dff", device=device,
@@ -155,12 +180,19 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
         short, long_ = (int(v) for v in scale.split(","))
         update_config(cfg, {"SCALES": [short, long_]}, "--scale")
     fast = FastPath.from_name(fast_name, device)
-    base = VideoDetector(model, cfg, key_interval=1, device=device, sync=False, fast=fast)
+    if backend == "onnxruntime":
+        if onnx_dir is None:
+            onnx_dir = cached_export(model, onnx_cache, log=lambda m: print(f"onnx: {m}", flush=True))
+        else:  # the export must be this model's: make_detector checks it (once)
+            make_detector(model, cfg, backend=backend, onnx_dir=onnx_dir, key_interval=1, device=device)
+    elif onnx_dir is not None:
+        raise ValueError("--onnx is for --backend onnxruntime")
+    base = _engine(model, cfg, backend, onnx_dir, 1, device, fast)
     clip = [f.image for f in FrameSource(video, max_frames=frames)] if video else synthetic_clip(frames)
     if len(clip) < frames:
         print(f"note: the video has only {len(clip)} frames", file=sys.stderr)
     prepared = [tuple(t.to(device) for t in base.prepare(im)) for im in clip]
-    return Bench(model, cfg, device, fast, clip, prepared, base)
+    return Bench(model, cfg, device, fast, clip, prepared, base, backend, onnx_dir)
 
 
 # the measurements -----------------------------------------------------------------------------------------
@@ -294,6 +326,27 @@ def measure_intervals(bench: Bench, intervals: Sequence[int], video: str | None,
     return results, det
 
 
+def measure_backends(bench: Bench, intervals: Sequence[int], repeats: int = 2) -> dict[str, dict[str, Any]]:
+    """The PyTorch engine against the onnxruntime engine on the same frames: per key interval, network-only
+    fps and per-stage ms of each (interval 1: the per-frame R-FCN), and ``ratio`` = onnxruntime fps /
+    PyTorch fps. The two engines run alternately ``repeats`` times each and the best pass of each counts,
+    so that a change of the machine's load during the run does not fall on one engine only."""
+    rows = {}
+    for k in intervals:
+        engines = {b: bench.detector(k, backend=b) for b in ("torch", "onnxruntime")}
+        best: dict[str, dict[str, Any]] = {}
+        for _ in range(max(repeats, 1)):
+            for name, det in engines.items():
+                net = time_network(det, bench.prepared)
+                if name not in best or net["fps"] > best[name]["fps"]:
+                    best[name] = net
+        t, o = best["torch"], best["onnxruntime"]
+        rows[str(k)] = {"torch_fps": t["fps"], "onnxruntime_fps": o["fps"], "ratio": o["fps"] / t["fps"],
+                        "torch_stages_ms": t["stages_ms"], "onnxruntime_stages_ms": o["stages_ms"],
+                        "repeats": max(repeats, 1)}
+    return rows
+
+
 def measure_maps(bench: Bench, intervals: Sequence[int], output_dir: str) -> dict[str, dict[str, float]]:
     """mAP per key interval on the config's test set: ``mAP`` over the classes present in it (the mAP over
     all 30 where it has no such entry) and ``mAP_all_30``; the test outputs go to ``output_dir``."""
@@ -319,11 +372,11 @@ def measure_lengths(bench: Bench, key_interval: int, lengths: Iterable[int]) -> 
 
 # the outputs ----------------------------------------------------------------------------------------------
 def format_header(bench: Bench) -> str:
-    """The first line: the clip, the network input, the backbone, the device and the fast path."""
+    """The first line: the clip, the network input, the backbone, the device and the engine."""
     h, w = bench.network_input
     im = bench.frames[0]
     return (f"{len(bench.frames)} frames {im.shape[1]}x{im.shape[0]} -> network input {w}x{h}, "
-            f"{bench.cfg.network.BACKBONE}, device {describe_hardware(bench.device)}, {bench.fast.describe()}")
+            f"{bench.cfg.network.BACKBONE}, device {describe_hardware(bench.device)}, {bench.describe()}")
 
 
 def format_post(post_methods: dict[str, float]) -> str:
@@ -353,6 +406,18 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_backends(rows: dict[str, dict[str, Any]]) -> str:
+    """The table of :func:`measure_backends`: network-only fps of both engines and their ratio per interval."""
+    lines = [f"{'interval':>8} {'PyTorch fps':>12} {'onnxruntime fps':>16} {'ratio':>7}   "
+             "per-stage ms (PyTorch / onnxruntime)"]
+    for k, r in rows.items():
+        split = ", ".join(f"{s} {r['torch_stages_ms'][s]:.1f}/{r['onnxruntime_stages_ms'][s]:.1f}" for s in NET_STAGES)
+        lines.append(f"{k:>8} {r['torch_fps']:>12.3f} {r['onnxruntime_fps']:>16.3f} {r['ratio']:>6.2f}x   {split}")
+    lines.append("(network only, same frames, best of alternating passes; ratio = onnxruntime fps / PyTorch fps; "
+                 "interval 1 = per-frame R-FCN)")
+    return "\n".join(lines)
+
+
 def format_maps(results: dict[str, dict[str, Any]]) -> str:
     """The line of the mAP per key interval (rows with ``mAP``, see :func:`measure_maps`)."""
     return ("mAP per key interval (classes present in the test set): " +
@@ -360,9 +425,11 @@ def format_maps(results: dict[str, dict[str, Any]]) -> str:
 
 
 def build_report(bench: Bench, results: dict[str, dict[str, Any]], post_methods: dict[str, float],
-                 lengths: dict[str, dict[str, float]] | None, argv: Sequence[str]) -> dict[str, Any]:
+                 lengths: dict[str, dict[str, float]] | None, argv: Sequence[str],
+                 backends: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The JSON report: the rows by interval, hardware, versions, the command line (``argv``: its
-    arguments), the input, the fast path, the post-processing times and, if measured, the lengths."""
+    arguments), the input, the engine (backend, fast path), the post-processing times and, if measured,
+    the lengths and the PyTorch / onnxruntime comparison."""
     report = {
         "intervals": results,
         "hardware": describe_hardware(bench.device),
@@ -372,10 +439,16 @@ def build_report(bench: Bench, results: dict[str, dict[str, Any]], post_methods:
         "input": {"frames": len(bench.frames), "network_input": list(bench.network_input),
                   "backbone": bench.cfg.network.BACKBONE},
         "fast_path": bench.fast.describe(),
+        "backend": bench.backend,
+        "engine": bench.describe(),
         "post_methods_ms": post_methods,
     }
+    if bench.onnx_dir:
+        report["onnx_dir"] = bench.onnx_dir
     if lengths:
         report["lengths"] = lengths
+    if backends:
+        report["backend_comparison"] = backends
     return report
 
 
@@ -424,11 +497,16 @@ def run_benchmark(args: argparse.Namespace, argv: Sequence[str] | None = None) -
     """``tools/benchmark.py``: load, measure per interval, post-processing, the optional profile, mAP and
     lengths, print the table, write the JSON report and the plot. ``argv``: the command's arguments, for the
     report (default ``sys.argv[1:]``). Returns 0, or 2 after one ``error:`` line."""
+    backend = getattr(args, "backend", "torch")
     try:
+        if args.eval and backend != "torch":
+            raise ValueError("--eval measures the PyTorch engine; run it without --backend onnxruntime")
         device = torch.device(args.device)
-        bench = load_bench(args.cfg, args.set, args.model, device, args.scale, args.fast, args.video, args.frames)
+        bench = load_bench(args.cfg, args.set, args.model, device, args.scale, args.fast, args.video, args.frames,
+                           backend=backend, onnx_dir=getattr(args, "onnx", None),
+                           onnx_cache=getattr(args, "onnx_cache", None))
         intervals = sorted({int(k) for k in args.key_intervals.split(",")})
-    except (ConfigError, CheckpointError, VideoReadError, OSError, ValueError) as e:
+    except (ConfigError, CheckpointError, VideoReadError, OSError, ValueError, DeployUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -438,6 +516,7 @@ def run_benchmark(args: argparse.Namespace, argv: Sequence[str] | None = None) -
                                      end_to_end=not args.no_end_to_end)
     post_methods = time_post(det, bench.prepared)
     print(format_post(post_methods))
+    backends = measure_backends(bench, intervals) if bench.backend != "torch" else None
     if args.profile:
         print(profile(det, bench.prepared, args.profile))
     if args.eval:
@@ -451,9 +530,11 @@ def run_benchmark(args: argparse.Namespace, argv: Sequence[str] | None = None) -
             lengths[str(n)] = row
             print(format_length(n, row))
     print(format_table(results))
+    if backends:
+        print(format_backends(backends))
     if args.eval:
         print(format_maps(results))
-    report = build_report(bench, results, post_methods, lengths, sys.argv[1:] if argv is None else argv)
+    report = build_report(bench, results, post_methods, lengths, sys.argv[1:] if argv is None else argv, backends)
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=1))
     if args.plot:

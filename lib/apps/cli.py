@@ -19,6 +19,7 @@ import os
 import sys
 
 from dff.config import ConfigError, load_config
+from dff.deploy import BACKENDS
 from dff.engine.fastpath import FAST_NAMES
 from dff.eval.tester import DEFAULT_THRESH, TesterError, default_model_path, run_test_from_args
 from dff.train.trainer import AMP_CHOICES, TrainingDiverged, TrainingError, TrainOptions, train
@@ -72,6 +73,10 @@ def add_test_options(ap: argparse._ActionsContainer, kind: str) -> None:
     ap.add_argument("--fast", default="none", choices=FAST_NAMES,
                     help="the engine's GPU fast path (default none: plain float32, as the reference); fp16 gave the "
                          "same synthetic mAP on an H200, see docs/benchmarks.md")
+    ap.add_argument("--backend", default="torch", choices=BACKENDS,
+                    help="the engine: torch, or onnxruntime on the model's ONNX export (docs/onnx.md; exported to a "
+                         "cache first unless --onnx is given; needs pip install -e .[deploy])")
+    ap.add_argument("--onnx", default=None, metavar="DIR", help="--backend onnxruntime: an export of tools/export_onnx.py")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -33,6 +33,7 @@ from dff.apps.reporting import JsonLines, RunStats, boxes_above, current_rss_mb,
 from dff.apps.serve import StreamServer
 from dff.config import Config, ConfigError, load_config
 from dff.dataset.synthetic import SynthConfig, generate
+from dff.deploy import BACKENDS, DeployUnavailable, make_detector
 from dff.engine.fastpath import FAST_NAMES, FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError
 from dff.engine.live import Backoff, LiveSource, SourceLost, is_live
@@ -77,6 +78,11 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
     ap.add_argument("--fast", default=None, choices=FAST_NAMES,
                     help="fast path: fp16 (default on CUDA: autocast, channels_last, CUDA graphs), fp32 (default on the "
                          "CPU: oneDNN pre-packed weights), bf16, or none (plain float32); see docs/benchmarks.md")
+    ap.add_argument("--backend", default="torch", choices=BACKENDS,
+                    help="the engine: torch, or onnxruntime on the model's ONNX export (docs/onnx.md; exported to a "
+                         "cache first unless --onnx is given; needs pip install -e .[deploy])")
+    ap.add_argument("--onnx", default=None, metavar="DIR",
+                    help="--backend onnxruntime: the export folder of tools/export_onnx.py (of the same model and settings)")
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     ap.add_argument("--thresh", type=float, default=1e-4 if dff else 1e-3,
                     help="detection score threshold (reference: 1e-4 DFF, 1e-3 R-FCN)")
@@ -376,7 +382,8 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
             model, cfg = load_demo_model(kind, args.cfg, args.model, args.device, what, args.set)
             interval = args.key_interval if dff else 1
             fast = FastPath.from_name(args.fast, args.device)
-            detector = VideoDetector(model, cfg, key_interval=interval, device=args.device, thresh=args.thresh,
+            detector = make_detector(model, cfg, backend=args.backend, onnx_dir=args.onnx, log=say,
+                                     key_interval=interval, device=args.device, thresh=args.thresh,
                                      keep_images=True, fast=fast)
             if source is None:
                 source = FrameSource(args.input, prepare=detector.prepare, max_frames=args.max_frames, on_error="skip")
@@ -408,7 +415,8 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
             if stop.signal is not None:
                 say(f"stopped by {stop.signal}; outputs finalised")
             elif dff and args.compare:
-                base = VideoDetector(model, cfg, key_interval=1, device=args.device, thresh=args.thresh, fast=fast)
+                base = make_detector(model, cfg, backend=args.backend, onnx_dir=args.onnx, key_interval=1,
+                                     device=args.device, thresh=args.thresh, fast=fast)
                 for _ in base.run(FrameSource(args.input, prepare=base.prepare, max_frames=2, on_error="skip")):
                     pass
                 base_src = FrameSource(args.input, prepare=base.prepare, max_frames=args.max_frames, on_error="skip")
@@ -424,7 +432,7 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
         except SourceLost as e:  # lost before the first frame
             print(f"error: {e}", file=sys.stderr)
             return EXIT_SOURCE_LOST
-        except (DemoError, ConfigError, VideoReadError, OSError, ValueError) as e:
+        except (DemoError, ConfigError, VideoReadError, OSError, ValueError, DeployUnavailable) as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_ERROR
         finally:

@@ -61,6 +61,7 @@ from dff.dataset.factory import (
 )
 from dff.dataset.imagenet_vid import ImageNetVID, missing_dataset_message
 from dff.dataset.videos import TestVideo
+from dff.deploy import DeployUnavailable, make_detector
 from dff.engine.fastpath import FastPath
 from dff.engine.frames import FrameSource
 from dff.engine.video import STAGES, VideoDetector
@@ -253,7 +254,8 @@ def _run_video(detector: VideoDetector, video: TestVideo, num_classes: int, num_
 def detect_videos(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: str, thresh: float | None = None,
                   key_interval: int | None = None, device: str | torch.device = "cpu", ignore_cache: bool = False,
                   num_workers: int = 2, progress: bool = True, max_videos: int | None = None,
-                  fast: FastPath | None = None) -> Detections | None:
+                  fast: FastPath | None = None, backend: str = "torch",
+                  onnx_dir: str | None = None) -> Detections | None:
     """Run the engine over every test video, reusing the videos cached in ``output_dir/detections``
     (arguments as :func:`run_test_set`); each video run now is cached when done. In a process group (the
     module docstring) each rank runs its share; rank 0 returns every video's detections, the others None."""
@@ -268,8 +270,11 @@ def detect_videos(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir:
         raise TesterError(str(e)) from None
     device = torch.device(device)
     model = model.to(device).eval()
-    detector = VideoDetector(model, cfg, key_interval=key_interval, device=device, thresh=thresh, sync=False,
-                             fast=fast)
+    try:  # the onnxruntime backend's description (in the cache signature) keeps its results apart
+        detector = make_detector(model, cfg, backend=backend, onnx_dir=onnx_dir, key_interval=key_interval,
+                                 device=device, thresh=thresh, sync=False, fast=fast, log=log.info)
+    except (DeployUnavailable, ValueError) as e:
+        raise TesterError(str(e)) from None
     sig = _cache_signature(model, cfg, detector, thresh)
     set_name = image_set_name(cfg.dataset.test_image_set)
     os.makedirs(output_dir, exist_ok=True)
@@ -362,7 +367,8 @@ def evaluate_detections(dets: Detections, cfg: Config, output_dir: str) -> dict[
 def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: str, thresh: float | None = None,
                  key_interval: int | None = None, device: str | torch.device = "cpu", ignore_cache: bool = False,
                  num_workers: int = 2, progress: bool = True, max_videos: int | None = None,
-                 fast: FastPath | None = None) -> dict[str, Any] | None:
+                 fast: FastPath | None = None, backend: str = "torch", onnx_dir: str | None = None
+                 ) -> dict[str, Any] | None:
     """Detect on every test video, write the results file, evaluate; returns the evaluation dict (None on
     the ranks other than 0 of a sharded test).
 
@@ -376,6 +382,8 @@ def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: 
         ignore_cache: run every video again even when its cached detections match.
         max_videos: only the first N videos (smoke tests); the evaluation covers those.
         fast: the engine's GPU fast path (:class:`dff.engine.fastpath.FastPath`), None for plain float32.
+        backend: ``"torch"`` or ``"onnxruntime"`` (:func:`dff.deploy.make_detector`; the model's ONNX export,
+            from ``onnx_dir`` or exported to a cache first).
 
     The returned dict is :func:`dff.eval.vid_eval.vid_eval`'s (with the motion breakdown) plus
     ``coco`` (:func:`dff.eval.coco_eval.coco_eval`, with ``TEST.COCO_AP``), ``timing`` (mean seconds per frame
@@ -384,7 +392,7 @@ def run_test_set(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir: 
     """
     dets = detect_videos(model, cfg, kind=kind, output_dir=output_dir, thresh=thresh, key_interval=key_interval,
                          device=device, ignore_cache=ignore_cache, num_workers=num_workers, progress=progress,
-                         max_videos=max_videos, fast=fast)
+                         max_videos=max_videos, fast=fast, backend=backend, onnx_dir=onnx_dir)
     return None if dets is None else evaluate_detections(dets, cfg, output_dir)
 
 
@@ -474,7 +482,8 @@ def run_test_from_args(args: argparse.Namespace, kind: str, cfg: Config, cfg_pat
                                   key_interval=getattr(args, "key_interval", None), device=device,
                                   ignore_cache=args.ignore_cache, num_workers=args.num_workers,
                                   progress=not args.no_progress, max_videos=args.max_videos,
-                                  fast=FastPath.from_name(getattr(args, "fast", "none"), device))
+                                  fast=FastPath.from_name(getattr(args, "fast", "none"), device),
+                                  backend=getattr(args, "backend", "torch"), onnx_dir=getattr(args, "onnx", None))
             if result is not None:
                 _log_summary(result)
     finally:

@@ -1,0 +1,25 @@
+"""Deployment: ONNX export of a detector and the onnxruntime backend of the video engine (docs/onnx.md).
+
+* :func:`export_onnx` (``tools/export_onnx.py``): ``key.onnx`` (frame -> key feature and the task
+  network's outputs), ``nonkey.onnx`` (frame, key frame, key feature -> the same through FlowNet,
+  warp x scale and the task network; DFF only) and ``model.json``; standard ONNX operators only.
+* :func:`make_detector`: the engine of a backend, ``"torch"`` (:class:`~dff.engine.video.VideoDetector`)
+  or ``"onnxruntime"`` (:class:`OnnxVideoDetector`, exporting to a cache first when no folder is given).
+
+onnx, onnxscript and onnxruntime are optional (``pip install -e .[deploy]``): this package imports
+without them, and what needs them raises :class:`DeployUnavailable` naming the install command.
+"""
+from dff.deploy.export import (
+    DEPLOY_HINT,
+    MANIFEST,
+    OPSET,
+    DeployUnavailable,
+    cached_export,
+    default_cache_dir,
+    export_onnx,
+    read_manifest,
+)
+from dff.deploy.runtime import BACKENDS, OnnxVideoDetector, make_detector
+
+__all__ = ["BACKENDS", "DEPLOY_HINT", "MANIFEST", "OPSET", "DeployUnavailable", "OnnxVideoDetector", "cached_export",
+           "default_cache_dir", "export_onnx", "make_detector", "read_manifest"]

@@ -1,0 +1,438 @@
+"""Export a detector to ONNX: ``key.onnx``, ``nonkey.onnx`` (DFF only) and ``model.json``.
+
+:func:`export_onnx` exports each stage of :mod:`dff.deploy.graphs` with ``torch.onnx.export`` (the
+``torch.export``-based exporter: dynamic sizes come out as symbolic dimensions, not as the traced
+example's), then joins the stages into the two graphs the engine needs, keeping the stage boundaries
+as named tensors (``feat``, ``flow``, ``scale``) so a host can time or split the stages:
+
+* ``key.onnx``: ``data``, ``im_info`` -> ``feat`` (the key feature: the state to keep), ``rois``,
+  ``cls_prob``, ``bbox_pred``;
+* ``nonkey.onnx``: ``data``, ``im_info``, ``key_data``, ``key_feat`` -> ``feat`` (the warped feature),
+  ``rois``, ``cls_prob``, ``bbox_pred``, ``flow``, ``scale``.
+
+Only standard ONNX operators (opset :data:`OPSET`, float32 and int64 tensors); see docs/onnx.md for
+what runs in the graphs and what on the host. :func:`cached_export` keeps exports in a folder keyed
+by the weights and the settings the graphs bake in, so a second run reuses them.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from typing import Any, Sequence
+
+import torch
+
+from dff.config import Config, ConfigError, load_config
+from dff.deploy.graphs import GRAPHS, STAGE_IO, STAGE_PARAMS, STAGE_SETTINGS, build_stage
+from dff.deploy.ops import TRANSLATIONS, psroi_pool_std
+from dff.models.builder import FIXTURE, load_model
+from dff.models.flownet import FlowNet
+from dff.models.resnet import ResNetV1
+from dff.models.rfcn import RFCN
+from dff.models.rpn import generate_anchors, rpn_inv_normalize
+from dff.utils.checkpoint import CheckpointError, detect_format
+from dff.utils.io import atomic_write_text
+
+try:  # optional: pip install -e .[deploy]
+    import onnx
+    import onnxscript
+except ImportError:
+    onnx = onnxscript = None
+
+__all__ = ["OPSET", "FORMAT", "FORMAT_VERSION", "MANIFEST", "DEPLOY_HINT", "DeployUnavailable", "export_onnx",
+           "cached_export", "default_cache_dir", "export_signature", "stage_signature", "read_manifest", "graph_files",
+           "run_export_onnx", "BAKED_KEYS"]
+
+OPSET = 18
+FORMAT = "dff-onnx"
+FORMAT_VERSION = 1
+MANIFEST = "model.json"
+DEPLOY_HINT = "pip install -e .[deploy]  (onnx, onnxscript, onnxruntime)"
+# the config keys whose values are part of the graphs: a config that differs in one needs a new export
+BAKED_KEYS = tuple(dict.fromkeys(k for keys in STAGE_SETTINGS.values() for k in keys))
+# the graphs' outputs, in order (a stage boundary that is an output can be cut there)
+GRAPH_OUTPUTS = {"key": ("feat", "rois", "cls_prob", "bbox_pred"),
+                 "nonkey": ("feat", "rois", "cls_prob", "bbox_pred", "flow", "scale")}
+_EXAMPLE_HW = (96, 160)  # the traced example's input size; every size works after export
+
+
+class DeployUnavailable(RuntimeError):
+    """The optional deployment packages are not installed; the message says what to install."""
+
+
+def require(*modules: object) -> None:
+    """Raise :class:`DeployUnavailable` unless every optional module imported."""
+    if any(m is None for m in modules):
+        raise DeployUnavailable(f"ONNX export and the onnxruntime backend need the optional packages: {DEPLOY_HINT}")
+
+
+def _lookup(cfg: Config, key: str) -> Any:
+    v: Any = cfg
+    for part in key.split("."):
+        v = v[part]
+    return v
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (bool, int, float, str)) or v is None:
+        return v
+    return str(v)
+
+
+def baked_settings(cfg: Config) -> dict[str, Any]:
+    """The values of :data:`BAKED_KEYS` in ``cfg`` (JSON types)."""
+    return {k: _jsonable(_lookup(cfg, k)) for k in BAKED_KEYS}
+
+
+# the code a graph is traced from (one object of each file): a change to one of these files is a new graph
+_TRACED = (build_stage, psroi_pool_std, FlowNet, ResNetV1, RFCN, generate_anchors, rpn_inv_normalize)
+
+
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """The exporter's versions and the source of the modules the graphs are traced from."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{torch.__version__} {getattr(onnxscript, '__version__', None)}".encode())
+    for obj in _TRACED:
+        module = sys.modules[obj.__module__]
+        with open(module.__file__, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def stage_signature(stage: str, model: RFCN, opset: int = OPSET) -> str:
+    """A digest of what the graph of ``stage`` depends on: the format version, the opset, the exporter's
+    versions and the traced code, the stage's config settings (:data:`dff.deploy.graphs.STAGE_SETTINGS`)
+    and its parameters and buffers (names, shapes, values; :data:`dff.deploy.graphs.STAGE_PARAMS`)."""
+    h = hashlib.blake2b(digest_size=16)
+    settings = {k: _jsonable(_lookup(model.cfg, k)) for k in STAGE_SETTINGS[stage]}
+    h.update(json.dumps([FORMAT, FORMAT_VERSION, opset, stage, _code_digest(), settings], sort_keys=True).encode())
+    prefixes = STAGE_PARAMS[stage]
+    for name, t in sorted(model.state_dict().items()):
+        if not prefixes or not name.startswith(prefixes):
+            continue
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def export_signature(model: RFCN, opset: int = OPSET) -> str:
+    """A digest of what the export of ``model`` depends on: its kind and its stages' :func:`stage_signature`."""
+    stages = dict.fromkeys(s for g in graph_files(model.kind) for s in GRAPHS[g])
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([model.kind, {s: stage_signature(s, model, opset) for s in stages}], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _example(name: str, model: RFCN) -> dict[str, torch.Tensor]:
+    """Example inputs of a stage (distinct tensors: the exporter merges an input passed twice)."""
+    g = torch.Generator().manual_seed(0)
+    hh, ww = _EXAMPLE_HW
+    fh, fw = -(-hh // 16), -(-ww // 16)
+    c = model.feat_dim
+    shapes = {"data": (1, 3, hh, ww), "key_data": (1, 3, hh, ww), "feat": (1, c, fh, fw), "key_feat": (1, c, fh, fw),
+              "flow": (1, 2, fh, fw), "scale": (1, c, fh, fw)}
+    device = next(model.parameters()).device
+    out = {}
+    for arg in STAGE_IO[name][0]:
+        if arg == "im_info":
+            out[arg] = torch.tensor([[hh, ww, 1.0]], dtype=torch.float32)
+        else:
+            out[arg] = torch.randn(shapes[arg], generator=g)
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _dynamic_shapes(name: str) -> dict[str, Any]:
+    """Height and width of every image or map input are dynamic (and the warp's channels: it has no weights)."""
+    dim = torch.export.Dim
+    image = {2: dim("height", min=32, max=8192), 3: dim("width", min=32, max=8192)}
+    fmap = {2: dim("feat_height", min=2, max=512), 3: dim("feat_width", min=2, max=512)}
+    channels = dim("channels", min=2, max=65536)
+    shapes: dict[str, Any] = {}
+    for arg in STAGE_IO[name][0]:
+        if arg == "im_info":
+            shapes[arg] = None
+        elif arg in ("data", "key_data"):
+            shapes[arg] = image
+        elif name == "warp" and arg in ("key_feat", "scale"):
+            shapes[arg] = {1: channels, **fmap}
+        else:
+            shapes[arg] = fmap
+    return shapes
+
+
+def export_stage(name: str, model: RFCN, opset: int = OPSET) -> "onnx.ModelProto":
+    """One stage of ``model`` (:data:`dff.deploy.graphs.STAGE_IO`) as an ONNX model with dynamic sizes."""
+    require(onnx, onnxscript)
+    stage = build_stage(name, model)
+    inputs, outputs = STAGE_IO[name]
+    example = _example(name, model)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation and tracing notes
+        program = torch.onnx.export(stage, tuple(example[a] for a in inputs), dynamo=True, verbose=False,
+                                    opset_version=opset, input_names=list(inputs), output_names=list(outputs),
+                                    dynamic_shapes=_dynamic_shapes(name), custom_translation_table=TRANSLATIONS)
+    return program.model_proto
+
+
+def _prefixed(model: "onnx.ModelProto", prefix: str) -> "onnx.GraphProto":
+    """A copy of ``model``'s graph with every name but its inputs' and outputs' prefixed (nodes, edges,
+    initializers, value infos). The graphs here have no subgraphs (no control flow)."""
+    g = onnx.GraphProto()
+    g.CopyFrom(model.graph)
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
+    names = {o for n in g.node for o in n.output} | {t.name for t in g.initializer} | {v.name for v in g.value_info}
+    rename = {n: prefix + n for n in names if n and n not in keep}
+    for n in g.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+            raise ValueError(f"compose: node {n.name} ({n.op_type}) has a subgraph; not supported")
+        n.name = prefix + n.name
+        n.input[:] = [rename.get(x, x) for x in n.input]
+        n.output[:] = [rename.get(x, x) for x in n.output]
+    for t in g.initializer:
+        t.name = rename.get(t.name, t.name)
+    for v in g.value_info:
+        v.name = rename.get(v.name, v.name)
+    return g
+
+
+def compose(stages: Sequence[tuple[str, "onnx.ModelProto"]], outputs: Sequence[str], name: str) -> "onnx.ModelProto":
+    """Join stage models into one graph: a stage input named like an earlier stage's output is that
+    output; every other name inside a stage gets the prefix ``<stage>/`` (so stages never collide and a
+    stage's nodes and weights can be found again). ``outputs``: the joined graph's outputs, in order."""
+    graph = onnx.GraphProto(name=name)
+    produced: dict[str, onnx.ValueInfoProto] = {}
+    opsets: dict[str, int] = {}
+    for stage, model in stages:
+        if model.functions:
+            raise ValueError(f"compose: the {stage} stage has local functions; not supported")
+        g = _prefixed(model, f"{stage}/")
+        known = {i.name for i in graph.input}
+        graph.input.extend(i for i in g.input if i.name not in produced and i.name not in known)
+        graph.node.extend(g.node)
+        graph.initializer.extend(g.initializer)
+        graph.value_info.extend(v for v in g.value_info if v.name not in produced)
+        for o in g.output:
+            produced[o.name] = o
+        for imp in model.opset_import:
+            opsets[imp.domain] = max(opsets.get(imp.domain, 0), imp.version)
+    missing = [o for o in outputs if o not in produced]
+    if missing:
+        raise ValueError(f"compose: no stage produces {missing}")
+    graph.output.extend(produced[o] for o in outputs)
+    out = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opsets.items()],
+                                 producer_name="dff.deploy", producer_version=str(FORMAT_VERSION))
+    out.ir_version = stages[0][1].ir_version
+    return out
+
+
+def _save(model: "onnx.ModelProto", path: str) -> None:
+    # weights inside the file (one file per graph) unless protobuf's 2 GB limit forbids it
+    large = model.ByteSize() > 1_800_000_000
+    onnx.save_model(model, path, save_as_external_data=large, location=os.path.basename(path) + ".data")
+
+
+def _manifest(model: RFCN, cfg: Config, graphs: dict[str, str], signature: str) -> dict[str, Any]:
+    net, test = cfg.network, cfg.TEST
+    post = int(test.RPN_POST_NMS_TOP_N)
+    num_classes, reg = model.num_classes, model.num_reg_classes
+    names = getattr(model, "class_names", None)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": model.kind,
+        "opset": OPSET,
+        "signature": signature,
+        "graphs": {g: {"file": f, "stages": list(GRAPHS[g]),
+                       "inputs": list(dict.fromkeys(a for s in GRAPHS[g] for a in STAGE_IO[s][0]
+                                                    if a not in {o for t in GRAPHS[g] for o in STAGE_IO[t][1]})),
+                       "outputs": list(GRAPH_OUTPUTS[g])} for g, f in graphs.items()},
+        "stages": {s: {"graph": g, "prefix": f"{s}/", "inputs": list(STAGE_IO[s][0]), "outputs": list(STAGE_IO[s][1])}
+                   for g in graphs for s in GRAPHS[g]},
+        "state": {
+            "key_feat": "output 'feat' of key.onnx on the latest key frame",
+            "key_data": "input 'data' of key.onnx on the latest key frame",
+            "note": "keep both from the last key frame and pass them to nonkey.onnx for the frames until the next "
+                    "one; a key frame is frame i % key_frame_interval == 0 of a video, and any frame whose size "
+                    "differs from the key frame's",
+        },
+        "inputs": {
+            "data": {"shape": [1, 3, "height", "width"], "dtype": "float32",
+                     "what": "the frame resized by input_size, RGB, minus pixel_means (RGB order), not divided"},
+            "im_info": {"shape": [1, 3], "dtype": "float32", "what": "[height, width, scale] of data"},
+            "key_data": {"shape": [1, 3, "height", "width"], "dtype": "float32", "what": "data of the key frame"},
+            "key_feat": {"shape": [1, model.feat_dim, "feat_height", "feat_width"], "dtype": "float32",
+                         "what": "feat of the key frame (feat_height, feat_width = ceil(height/16), ceil(width/16))"},
+        },
+        "outputs": {
+            "feat": {"shape": [1, model.feat_dim, "feat_height", "feat_width"]},
+            "rois": {"shape": [post, 5], "what": "[0, x1, y1, x2, y2] proposals in data pixels"},
+            "cls_prob": {"shape": [1, post, num_classes], "what": "class probabilities, column 0 background"},
+            "bbox_pred": {"shape": [1, post, 4 * reg],
+                          "what": "box deltas (class-agnostic: background slot then foreground)" if reg == 2
+                          else "box deltas per class"},
+            "flow": {"shape": [1, 2, "feat_height", "feat_width"], "what": "flow to the key frame, feature pixels"},
+            "scale": {"shape": [1, model.feat_dim, "feat_height", "feat_width"], "what": "FlowNet's scale map"},
+        },
+        "input_size": {"scales": _jsonable(cfg.SCALES), "image_stride": int(net.IMAGE_STRIDE),
+                       "pixel_means_bgr": _jsonable(net.PIXEL_MEANS), "feature_stride": int(net.RPN_FEAT_STRIDE),
+                       "dynamic": ["height", "width"], "traced_example": list(_EXAMPLE_HW)},
+        "key_frame_interval": int(test.KEY_FRAME_INTERVAL) if model.kind == "dff" else 1,
+        "class_names": list(names) if names is not None else None,
+        "in_graph": {"proposal_nms": "ONNX NonMaxSuppression on [x1, y1, x2 + 1, y2 + 1] with rank scores: the same "
+                                     "keeps as dff.ops.nms_fixed (docs/onnx.md)",
+                     "psroi_pooling": "standard operators, the reference's rounding (float32 sums)",
+                     "warp": "standard operators (Gather): the values of dff.ops.warp_scale"},
+        "host": {"detection_post_processing": "box decoding (float64), per-class NMS and max_per_image: "
+                                              "dff.engine.postprocess.pred_eval_fixed, as the PyTorch engine",
+                 "why": "the reference decodes and suppresses in float64 and ONNX NonMaxSuppression takes float32 "
+                        "boxes and orders tied scores arbitrarily",
+                 "settings": {"TEST.NMS": float(test.NMS), "TEST.max_per_image": int(test.max_per_image),
+                              "CLASS_AGNOSTIC": bool(cfg.CLASS_AGNOSTIC)}},
+        "baked": baked_settings(cfg),
+        "config": _jsonable(cfg.to_dict()),
+        "exporter": {"torch": torch.__version__, "onnx": getattr(onnx, "__version__", None),
+                     "onnxscript": getattr(onnxscript, "__version__", None)},
+    }
+
+
+def graph_files(kind: str) -> dict[str, str]:
+    """The graphs of a model kind: R-FCN has ``key`` only, DFF ``key`` and ``nonkey``."""
+    return {"key": "key.onnx"} if kind == "rfcn" else {"key": "key.onnx", "nonkey": "nonkey.onnx"}
+
+
+def _stage_model(stage: str, model: RFCN, opset: int, stage_cache: str | None, say) -> "onnx.ModelProto":
+    """The stage's ONNX model: from ``stage_cache`` when it holds one of the same :func:`stage_signature`,
+    else exported (and stored there)."""
+    path = None
+    if stage_cache is not None:
+        path = os.path.join(stage_cache, f"{stage}-{stage_signature(stage, model, opset)}.onnx")
+        if os.path.isfile(path):
+            say(f"the {stage} stage: reusing {path}")
+            return onnx.load(path)
+    say(f"exporting the {stage} stage")
+    proto = export_stage(stage, model, opset)
+    if path is not None:
+        os.makedirs(stage_cache, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        _save(proto, tmp)
+        os.replace(tmp, path)
+    return proto
+
+
+def export_onnx(model: RFCN, out_dir: str | os.PathLike, cfg: Config | None = None, opset: int = OPSET,
+                log=None, stage_cache: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Export ``model`` (an :class:`~dff.models.rfcn.RFCN` or :class:`~dff.models.dff.DFF`) to ``out_dir``:
+    ``key.onnx``, for DFF ``nonkey.onnx``, and ``model.json`` (:data:`MANIFEST`).
+
+    ``cfg`` is the model's config (default ``model.cfg``); it goes into ``model.json``. ``stage_cache``:
+    a folder of exported stages to reuse and add to (a stage is reused when its weights and baked
+    settings are the same: e.g. a DFF model and the R-FCN with its weights share the feature network
+    and the head, and a new ``TEST.RPN_*`` value re-exports the head only). ``log``: a callable for
+    progress lines. Returns the manifest. The folder is written atomically: a partial export is never
+    left under ``out_dir``.
+    """
+    require(onnx, onnxscript)
+    cfg = cfg if cfg is not None else model.cfg
+    say = log or (lambda _msg: None)
+    files = graph_files(model.kind)
+    cache = os.fspath(stage_cache) if stage_cache is not None else None
+    was_training = model.training
+    model.eval()
+    try:
+        names = dict.fromkeys(s for g in files for s in GRAPHS[g])
+        stages = {s: _stage_model(s, model, opset, cache, say) for s in names}
+    finally:
+        model.train(was_training)
+    out_dir = os.fspath(out_dir)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".onnx-", dir=parent)
+    try:
+        for g, f in files.items():
+            joined = compose([(s, stages[s]) for s in GRAPHS[g]], GRAPH_OUTPUTS[g], name=g)
+            onnx.checker.check_model(joined)
+            _save(joined, os.path.join(tmp, f))
+        manifest = _manifest(model, cfg, files, export_signature(model, opset))
+        atomic_write_text(os.path.join(tmp, MANIFEST), json.dumps(manifest, indent=1))
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"wrote {', '.join(files.values())} and {MANIFEST} to {out_dir}")
+    return manifest
+
+
+def read_manifest(onnx_dir: str | os.PathLike) -> dict[str, Any]:
+    """``model.json`` of an export folder; ``FileNotFoundError`` / ``ValueError`` naming the folder."""
+    path = os.path.join(os.fspath(onnx_dir), MANIFEST)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{onnx_dir}: no {MANIFEST} there (not a folder written by tools/export_onnx.py)")
+    with open(path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    if manifest.get("format") != FORMAT or int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{path}: not a {FORMAT} manifest of version <= {FORMAT_VERSION}")
+    for g in manifest["graphs"].values():
+        if not os.path.isfile(os.path.join(os.fspath(onnx_dir), g["file"])):
+            raise FileNotFoundError(f"{onnx_dir}: {g['file']} is missing")
+    return manifest
+
+
+def default_cache_dir() -> str:
+    """``$DFF_ONNX_CACHE``, else ``$XDG_CACHE_HOME/dff/onnx`` (``~/.cache/dff/onnx``)."""
+    env = os.environ.get("DFF_ONNX_CACHE")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "dff", "onnx")
+
+
+def cached_export(model: RFCN, cache_dir: str | os.PathLike | None = None, log=None) -> str:
+    """The export folder of ``model`` under ``cache_dir`` (default :func:`default_cache_dir`), exported
+    first when no folder there has its :func:`export_signature` (the stages in ``cache_dir/stages`` are
+    reused). Returns the folder."""
+    cache_dir = os.fspath(cache_dir or default_cache_dir())
+    signature = export_signature(model)
+    out = os.path.join(cache_dir, f"{model.kind}-{signature}")
+    try:
+        if read_manifest(out).get("signature") == signature:
+            return out
+    except (FileNotFoundError, ValueError):
+        pass
+    export_onnx(model, out, log=log, stage_cache=os.path.join(cache_dir, "stages"))
+    return out
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    """``tools/export_onnx.py``: load ``args.model`` (a checkpoint or ``fixture``) of ``args.kind`` with
+    ``args.cfg`` and ``args.set``, export to ``args.out``. 0, or 2 after one ``error:`` line.
+
+    ``args.kind`` None: a native checkpoint's own kind, else ``"dff"``."""
+    try:
+        require(onnx, onnxscript)
+        kind = args.kind
+        if kind is None and (args.model == FIXTURE or detect_format(args.model) != "native"):
+            kind = "dff"
+        model, cfg = load_model(args.model, load_config(args.cfg, args.set), kind=kind, overrides=args.set)
+        manifest = export_onnx(model, args.out, cfg, log=lambda m: print(m, flush=True),
+                               stage_cache=getattr(args, "cache", None))
+    except (DeployUnavailable, ConfigError, CheckpointError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    graphs = ", ".join(f"{g}: {v['file']}" for g, v in manifest["graphs"].items())
+    print(f"{manifest['kind']} model -> {args.out} ({graphs}; host post-processing, see {MANIFEST})")
+    return 0

@@ -1,0 +1,230 @@
+"""The stages of a detector as exportable modules: what goes into ``key.onnx`` and ``nonkey.onnx``.
+
+Each stage is an ``nn.Module`` over the model's own submodules (no weights are copied) whose forward
+uses only what exports to standard ONNX operators with dynamic input sizes:
+
+========  ==================================  ===========================================
+stage     inputs                              outputs
+========  ==================================  ===========================================
+feature   data (1, 3, H, W)                   feat (1, C, h, w)
+flow      data, key_data (1, 3, H, W)         flow (1, 2, h, w), scale (1, C, h, w)
+warp      key_feat, flow, scale (1, *, h, w)  feat (1, C, h, w)
+head      feat (1, C, h, w), im_info (1, 3)   rois (R, 5), cls_prob (1, R, K), bbox_pred (1, R, 4k)
+========  ==================================  ===========================================
+
+with ``h, w = ceil(H/16), ceil(W/16)``, ``R = TEST.RPN_POST_NMS_TOP_N``, ``K`` classes with the
+background and ``k`` regression classes (2 when ``CLASS_AGNOSTIC``). ``key.onnx`` is feature then
+head, ``nonkey.onnx`` flow, warp, then head (:data:`GRAPHS`). Eagerly each stage computes what the
+engine computes (``tests/test_onnx_export.py``): the feature network, FlowNet and the warp exactly, the
+head within float32 rounding (its score maps come from a matrix product and PSROI pooling sums in
+float32, :func:`dff.deploy.ops.psroi_conv_std`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from dff.deploy.ops import proposal_pick, psroi_conv_std, warp_scale_std
+from dff.models.flownet import FLOW_SCALE, LEAKY_SLOPE, FlowNet
+from dff.models.rfcn import PSROI_GROUP, PSROI_SPATIAL_SCALE, RFCN
+from dff.models.rpn import generate_anchors, rpn_inv_normalize
+
+__all__ = ["STAGE_IO", "GRAPHS", "STAGE_PARAMS", "STAGE_SETTINGS", "FeatureStage", "FlowStage", "WarpStage",
+           "HeadStage", "flownet_forward",
+           "candidates_std", "build_stage"]
+
+# stage -> (input names, output names); the names are the graphs' tensor names
+STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "feature": (("data",), ("feat",)),
+    "flow": (("data", "key_data"), ("flow", "scale")),
+    "warp": (("key_feat", "flow", "scale"), ("feat",)),
+    "head": (("feat", "im_info"), ("rois", "cls_prob", "bbox_pred")),
+}
+# graph -> its stages in order (a stage's inputs come from the graph's inputs or an earlier stage)
+GRAPHS: dict[str, tuple[str, ...]] = {"key": ("feature", "head"), "nonkey": ("flow", "warp", "head")}
+# stage -> the model's parameters it holds (state_dict prefixes) and the config keys it bakes in: together
+# they decide the stage's graph (dff.deploy.export.stage_signature)
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {"feature": ("backbone.", "feat_conv_3x3."), "flow": ("flownet.",),
+                                            "warp": (), "head": ("rpn_head.", "rfcn_head.")}
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "feature": ("network.BACKBONE", "network.DFF_FEAT_DIM"),
+    "flow": ("network.DFF_FEAT_DIM", "network.FLOWNET_WIDTH", "network.FLOW_AVG_POOL"),
+    "warp": ("network.DFF_FEAT_DIM",),
+    "head": ("CLASS_AGNOSTIC", "dataset.NUM_CLASSES", "network.DFF_FEAT_DIM", "network.ANCHOR_SCALES",
+             "network.ANCHOR_RATIOS", "network.ANCHOR_MEANS", "network.ANCHOR_STDS", "network.NORMALIZE_RPN",
+             "network.RPN_FEAT_STRIDE", "TEST.RPN_PRE_NMS_TOP_N", "TEST.RPN_POST_NMS_TOP_N", "TEST.RPN_NMS_THRESH",
+             "TEST.RPN_MIN_SIZE"),
+}
+
+
+class FeatureStage(nn.Module):
+    """The feature network: data (1, 3, H, W) -> feat (1, C, h, w) (:meth:`dff.models.rfcn.RFCN.extract_feature`)."""
+
+    def __init__(self, model: RFCN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, data: Tensor) -> Tensor:
+        return self.model.extract_feature(data)
+
+
+def _half(flownet: FlowNet, x: Tensor) -> Tensor:
+    """FlowNet's 2x2/2 ceil-mode average pool. ``"full"`` (divide a partial window by 4) as zero padding
+    to even sizes then a plain pool: the same sums and divisor, without ``divisor_override`` (no ONNX form)."""
+    if flownet.avg_pool == "full":
+        x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+        return F.avg_pool2d(x, 2, 2)
+    return F.avg_pool2d(x, 2, 2, ceil_mode=True)  # "valid": ONNX AveragePool, count_include_pad=0
+
+
+def _conv_lrelu(conv: nn.Module, x: Tensor) -> Tensor:
+    return F.leaky_relu(conv(x), LEAKY_SLOPE)
+
+
+def flownet_forward(flownet: FlowNet, cur: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
+    """:meth:`dff.models.flownet.FlowNet.forward` for export: the same layers and values, with the
+    decoder's crop as an unconditional slice (``x[:, :, :h, :w]``; the model skips it when the sizes
+    already match, a branch an export would freeze at the example's size) and no in-place operations.
+
+    cur, key (1, 3, H, W) -> (flow (1, 2, h, w), scale (1, C, h, w))."""
+    x = _half(flownet, torch.cat((cur, key), dim=1) / 255.0)
+    f = flownet
+    relu2 = _conv_lrelu(f.conv2, _conv_lrelu(f.flow_conv1, x))
+    relu4 = _conv_lrelu(f.conv3_1, _conv_lrelu(f.conv3, relu2))
+    relu6 = _conv_lrelu(f.conv4_1, _conv_lrelu(f.conv4, relu4))
+    relu8 = _conv_lrelu(f.conv5_1, _conv_lrelu(f.conv5, relu6))
+    x = _conv_lrelu(f.conv6_1, _conv_lrelu(f.conv6, relu8))
+    stages = ((f.Convolution1, f.deconv5, f.upsample_flow6to5, relu8),
+              (f.Convolution2, f.deconv4, f.upsample_flow5to4, relu6),
+              (f.Convolution3, f.deconv3, f.upsample_flow4to3, relu4),
+              (f.Convolution4, f.deconv2, f.upsample_flow3to2, relu2))
+    for predict_flow, deconv, upsample_flow, skip in stages:
+        h, w = skip.shape[-2:]
+        flow = predict_flow(x)
+        up = _conv_lrelu(deconv, x)[:, :, :h, :w]
+        x = torch.cat((skip, up, upsample_flow(flow)[:, :, :h, :w]), dim=1)
+    x = _half(f, x)
+    return f.Convolution5(x) * FLOW_SCALE, f.Convolution5_scale(x)
+
+
+class FlowStage(nn.Module):
+    """FlowNet: data, key_data (1, 3, H, W) -> flow (1, 2, h, w), scale (1, C, h, w) (:func:`flownet_forward`)."""
+
+    def __init__(self, model: RFCN) -> None:
+        super().__init__()
+        if not isinstance(getattr(model, "flownet", None), FlowNet):
+            raise ValueError(f"the flow stage needs a DFF model (with FlowNet), got a {model.kind} model")
+        self.flownet = model.flownet
+
+    def forward(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:
+        return flownet_forward(self.flownet, data, key_data)
+
+
+class WarpStage(nn.Module):
+    """warp(key_feat, flow) x scale (:func:`dff.deploy.ops.warp_scale_std`: the engine's values, ``Gather`` taps)."""
+
+    def forward(self, key_feat: Tensor, flow: Tensor, scale: Tensor) -> Tensor:
+        return warp_scale_std(key_feat, flow, scale)
+
+
+def candidates_std(cls_prob: Tensor, deltas: Tensor, im_info: Tensor, base_anchors: Tensor, feature_stride: int,
+                   pre_nms_top_n: int, min_size: float) -> tuple[Tensor, Tensor]:
+    """:func:`dff.models.rpn.proposal.proposal_candidates` of one image, exportable: (boxes (pre, 4),
+    scores (pre,)) float32 in descending score order, ties in anchor order.
+
+    The same float32 expressions, except MXNet's ``pred_ctr -/+ 0.5*(exp(dw)*w - 1.0)``, which the
+    reference rounds once from double: here it is float32 throughout, which is the same value
+    whenever ``exp(dw)*w >= 0.5`` (then ``exp(dw)*w - 1`` is exact in float32 and the subtraction is
+    one correctly rounded operation either way). The sort is ``TopK`` in ONNX, whose ties go to the
+    lower index, as the reference's stable sort.
+    """
+    a = base_anchors.shape[0]
+    h, w = cls_prob.shape[-2:]
+    score = cls_prob[0, a:].permute(1, 2, 0).reshape(-1)
+    d = deltas[0].reshape(a, 4, h, w).permute(2, 3, 0, 1).reshape(-1, 4)
+    # anchors of every cell, index (y*w + x)*A + a (dff.models.rpn.anchors.shifted_anchors)
+    sx = torch.arange(w, dtype=torch.float32, device=cls_prob.device) * feature_stride
+    sy = torch.arange(h, dtype=torch.float32, device=cls_prob.device) * feature_stride
+    shifts = torch.stack([sx[None, :].expand(h, w), sy[:, None].expand(h, w)] * 2, dim=-1).reshape(-1, 1, 4)
+    anchors = (shifts + base_anchors[None]).reshape(-1, 4)
+    row = torch.arange(h, device=cls_prob.device)[:, None, None].expand(h, w, a).reshape(-1)
+    col = torch.arange(w, device=cls_prob.device)[None, :, None].expand(h, w, a).reshape(-1)
+
+    widths = anchors[:, 2] - anchors[:, 0] + 1.0
+    heights = anchors[:, 3] - anchors[:, 1] + 1.0
+    ctr_x = anchors[:, 0] + 0.5 * (widths - 1.0)
+    ctr_y = anchors[:, 1] + 0.5 * (heights - 1.0)
+    pred_ctr_x = d[:, 0] * widths + ctr_x
+    pred_ctr_y = d[:, 1] * heights + ctr_y
+    half_w = 0.5 * (torch.exp(d[:, 2]) * widths - 1.0)
+    half_h = 0.5 * (torch.exp(d[:, 3]) * heights - 1.0)
+    info = im_info[0].to(torch.float32)
+    xmax, ymax = info[1] - 1.0, info[0] - 1.0
+    x1 = torch.minimum(pred_ctr_x - half_w, xmax).clamp(min=0.0)
+    y1 = torch.minimum(pred_ctr_y - half_h, ymax).clamp(min=0.0)
+    x2 = torch.minimum(pred_ctr_x + half_w, xmax).clamp(min=0.0)
+    y2 = torch.minimum(pred_ctr_y + half_h, ymax).clamp(min=0.0)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1)
+    # int(im / stride): positions beyond it are padding of the image
+    real_h = torch.floor(info[0] / float(feature_stride))
+    real_w = torch.floor(info[1] / float(feature_stride))
+    padded = (row.to(torch.float32) >= real_h) | (col.to(torch.float32) >= real_w)
+    score = torch.where(padded, torch.full_like(score, -1.0), score)
+    if min_size > 0:
+        ms = info[2] * float(min_size)
+        small = ((boxes[:, 2] - boxes[:, 0] + 1.0) < ms) | ((boxes[:, 3] - boxes[:, 1] + 1.0) < ms)
+        half = ms / 2
+        grow = torch.stack([-half, -half, half, half])
+        boxes = torch.where(small[:, None], boxes + grow, boxes)
+        score = torch.where(small, torch.full_like(score, -1.0), score)
+    pre = torch.sym_min(pre_nms_top_n, score.shape[0]) if pre_nms_top_n > 0 else score.shape[0]
+    order = torch.sort(score, descending=True, stable=True).indices[:pre]
+    return boxes.index_select(0, order), score.index_select(0, order)  # Gather (x[i] would be GatherND)
+
+
+class HeadStage(nn.Module):
+    """The task network with the proposal NMS: feat (1, C, h, w), im_info (1, 3) -> rois (R, 5),
+    cls_prob (1, R, K), bbox_pred (1, R, 4k) -- :meth:`dff.models.rfcn.RFCN.detect`'s outputs of those
+    names. The ``TEST.RPN_*`` settings of the model's config are part of the graph."""
+
+    def __init__(self, model: RFCN) -> None:
+        super().__init__()
+        self.model = model
+        net, test = model.cfg.network, model.cfg.TEST
+        self.stride = int(net.RPN_FEAT_STRIDE)
+        base = generate_anchors(self.stride, tuple(net.ANCHOR_RATIOS), tuple(net.ANCHOR_SCALES))
+        self.register_buffer("base_anchors", torch.from_numpy(base), persistent=False)
+        self.normalize = bool(net.NORMALIZE_RPN)
+        self.means, self.stds = tuple(net.ANCHOR_MEANS), tuple(net.ANCHOR_STDS)
+        self.pre_nms_top_n = int(test.RPN_PRE_NMS_TOP_N)
+        self.post_nms_top_n = int(test.RPN_POST_NMS_TOP_N)
+        self.nms_thresh = float(test.RPN_NMS_THRESH)
+        self.min_size = float(test.RPN_MIN_SIZE)
+
+    def forward(self, feat: Tensor, im_info: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        m = self.model
+        rpn_cls_prob, deltas = m.rpn(feat)  # head_maps' RPN half
+        if self.normalize:
+            deltas = rpn_inv_normalize(deltas, self.means, self.stds)
+        boxes, _ = candidates_std(rpn_cls_prob, deltas, im_info, self.base_anchors, self.stride,
+                                  self.pre_nms_top_n, self.min_size)
+        pick = proposal_pick(boxes, self.nms_thresh, self.post_nms_top_n)
+        batch = torch.zeros_like(boxes[:1, :1]).expand(self.post_nms_top_n, 1)  # one image: batch index 0
+        rois = torch.cat([batch, boxes.index_select(0, pick)], dim=1)
+        # head_maps' R-FCN half (the 1x1 score-map convolutions) with the pooling: psroi_conv_std
+        head, x = m.rfcn_head, feat[:, m.feat_dim // 2:]
+        pool = (rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP)
+        cls = psroi_conv_std(x, head.rfcn_cls.weight, head.rfcn_cls.bias, *pool, head.num_classes)
+        box = psroi_conv_std(x, head.rfcn_bbox.weight, head.rfcn_bbox.bias, *pool, 4 * head.num_reg_classes)
+        cls_prob = F.softmax(cls.mean(dim=(2, 3)), dim=1)
+        bbox_pred = box.mean(dim=(2, 3)).reshape(1, -1, 4 * head.num_reg_classes)
+        return rois, cls_prob.reshape(1, -1, head.num_classes), bbox_pred
+
+
+def build_stage(name: str, model: RFCN) -> nn.Module:
+    """The stage module ``name`` (a key of :data:`STAGE_IO`) of ``model``, in eval mode."""
+    stages = {"feature": FeatureStage, "flow": FlowStage, "warp": lambda _m: WarpStage(), "head": HeadStage}
+    if name not in stages:
+        raise ValueError(f"unknown stage {name!r}; the stages are {', '.join(STAGE_IO)}")
+    return stages[name](model).eval()

@@ -1,0 +1,51 @@
+"""Export a detector to ONNX: key.onnx, nonkey.onnx (DFF) and model.json in --out (docs/onnx.md).
+
+    python tools/export_onnx.py --out onnx/dff_tiny                   # the embedded DFF model (data/models)
+    python tools/export_onnx.py --kind rfcn --out onnx/rfcn_tiny      # the embedded per-frame R-FCN
+    python tools/export_onnx.py --model fixture --kind dff \\
+        --cfg experiments/dff_rfcn/cfgs/resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml --out onnx/dff_r101
+    python tools/export_onnx.py --model model/rfcn_dff_flownet_vid-0000.params --kind dff --out onnx/dff_vid
+
+key.onnx: data, im_info -> feat (the key feature, the state to keep), rois, cls_prob, bbox_pred.
+nonkey.onnx: data, im_info, key_data, key_feat -> feat, rois, cls_prob, bbox_pred, flow, scale.
+Standard ONNX operators (opset 18), dynamic height and width; the detections' box decoding and NMS run
+on the host (model.json says how). Needs the optional packages: pip install -e .[deploy]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from dff.deploy.export import run_export_onnx
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CFG = {"dff": os.path.join(REPO, "experiments", "dff_rfcn", "cfgs", "dff_rfcn_vid_demo.yaml"),
+               "rfcn": os.path.join(REPO, "experiments", "rfcn", "cfgs", "rfcn_vid_demo.yaml")}
+DEFAULT_MODEL = {"dff": os.path.join(REPO, "data", "models", "dff_rfcn_synthetic_tiny.pth"),
+                 "rfcn": os.path.join(REPO, "data", "models", "rfcn_synthetic_tiny.pth")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None,
+                    help="a native checkpoint (.pth), an MXNet .params file or 'fixture' (the parity fixtures' "
+                         "weights); default: the embedded model of --kind in data/models")
+    ap.add_argument("--kind", choices=("dff", "rfcn"), default=None,
+                    help="the model kind (a native checkpoint names its own; default dff)")
+    ap.add_argument("--cfg", default=None, help="YAML config for an MXNet file or the fixture weights (a native "
+                                                "checkpoint carries its own; default: the demo config of --kind)")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override config keys, e.g. --set TEST.RPN_POST_NMS_TOP_N=100 (baked into the graphs)")
+    ap.add_argument("--out", required=True, help="output folder (replaced if it exists)")
+    ap.add_argument("--cache", default=None,
+                    help="a folder of exported stages to reuse and add to (a stage with the same weights and "
+                         "settings is not exported again)")
+    args = ap.parse_args(argv)
+    args.model = args.model or DEFAULT_MODEL[args.kind or "dff"]
+    args.cfg = args.cfg or DEFAULT_CFG[args.kind or "dff"]
+    return run_export_onnx(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
