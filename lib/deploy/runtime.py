@@ -30,7 +30,7 @@ from dff.deploy.export import (
     require,
 )
 from dff.engine.fastpath import FastPath
-from dff.engine.video import STAGES, VideoDetector
+from dff.engine.video import STAGES, VideoDetector, key_frame_interval
 from dff.models.rfcn import RFCN
 
 try:  # optional: pip install -e .[deploy]
@@ -107,10 +107,7 @@ class OnnxVideoDetector(VideoDetector):
         self.device = torch.device("cpu")  # where inputs, outputs and the post-processing live
         self.has_flow = manifest["kind"] == "dff"
         self.class_names = tuple(manifest["class_names"]) if manifest.get("class_names") else None
-        interval = int(key_interval if key_interval is not None else cfg.TEST.KEY_FRAME_INTERVAL)
-        if interval < 1:
-            raise ValueError(f"key frame interval must be >= 1, got {interval}")
-        self.key_interval = interval if self.has_flow else 1
+        self.key_interval = key_frame_interval(cfg, key_interval, self.has_flow)
         self.sync = sync
         self.keep_images = keep_images
         self.threads = int(threads or torch.get_num_threads())

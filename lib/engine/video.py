@@ -25,6 +25,14 @@ from dff.utils.image import preprocess
 STAGES = ("feature", "flow", "warp", "head", "post")
 
 
+def key_frame_interval(cfg: Config, key_interval: int | None, has_flow: bool) -> int:
+    """The engine's key interval: ``key_interval`` or ``TEST.KEY_FRAME_INTERVAL``; 1 for a model without flow."""
+    interval = int(key_interval if key_interval is not None else cfg.TEST.KEY_FRAME_INTERVAL)
+    if interval < 1:
+        raise ValueError(f"key frame interval must be >= 1, got {interval}")
+    return interval if has_flow else 1
+
+
 @dataclasses.dataclass
 class FrameResult:
     index: int
@@ -70,10 +78,7 @@ class VideoDetector:
         self.runner = StageRunner(model, fast, post=self._post_fixed)
         self.device = torch.device(device)
         self.has_flow = model.kind == "dff"
-        interval = int(key_interval if key_interval is not None else cfg.TEST.KEY_FRAME_INTERVAL)
-        if interval < 1:
-            raise ValueError(f"key frame interval must be >= 1, got {interval}")
-        self.key_interval = interval if self.has_flow else 1
+        self.key_interval = key_frame_interval(cfg, key_interval, self.has_flow)
         self.sync = sync
         self.keep_images = keep_images
         self.reset()
