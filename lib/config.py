@@ -117,6 +117,10 @@ def default_config() -> Config:
         "FLOW_AVG_POOL": "valid",
         # port: FlowNet channel multiplier (1.0 = the reference; the tiny CPU models use less)
         "FLOWNET_WIDTH": 1.0,
+        # port ("Towards High Performance Video Object Detection", docs/design.md §8): DFF plus FlowNet's
+        # feature temporal consistency map Q and the key frames' aggregation embedding
+        "THP": False,
+        "THP_EMBED_DIM": 256,  # channels of the aggregation embedding network's output
     }
 
     c.dataset = {
@@ -179,6 +183,14 @@ def default_config() -> Config:
         "BBOX_STDS": [0.1, 0.1, 0.2, 0.2],
         "MIN_OFFSET": -9,
         "MAX_OFFSET": 0,
+        # port, THP only: the previous key frame, drawn at these offsets from the key frame (clamped to the
+        # video); Q's target's width (relative feature distance, docs/design.md §8.1) and loss weight; the tau of
+        # the partial update while training
+        "THP_PREV_KEY_MIN_OFFSET": -10,
+        "THP_PREV_KEY_MAX_OFFSET": -1,
+        "THP_Q_SIGMA": 0.25,
+        "THP_Q_LOSS_WEIGHT": 1.0,
+        "THP_TAU": 0.3,
     }
 
     c.TEST = {
@@ -193,6 +205,21 @@ def default_config() -> Config:
         "max_per_image": 300,
         "test_epoch": 0,
         "KEY_FRAME_INTERVAL": 10,
+        # port, THP (docs/design.md §8): "fixed" (every KEY_FRAME_INTERVAL frames, DFF) or "adaptive" (a key
+        # frame when more than THP_GAMMA of the positions have Q <= THP_TAU, at the latest after
+        # KEY_FRAME_MAX_INTERVAL frames); PARTIAL_UPDATE recomputes the Q <= THP_TAU positions' feature on
+        # crops with PARTIAL_UPDATE_MARGIN feature cells of context; AGGREGATION blends each new key feature
+        # with the previous one warped to it. The adaptive parts need a model trained with network.THP.
+        "KEY_FRAME_SCHEDULE": "fixed",
+        "KEY_FRAME_MAX_INTERVAL": 20,
+        "THP_TAU": 0.3,
+        "THP_GAMMA": 0.2,
+        "PARTIAL_UPDATE": False,
+        "PARTIAL_UPDATE_MARGIN": 3,
+        # true: a partially updated frame becomes the reference the next frames are warped from (its updates
+        # propagate); false: the next frames are warped from the key frame again
+        "PARTIAL_UPDATE_PROPAGATE": True,
+        "AGGREGATION": False,
         # port: also evaluate COCO AP@[.5:.95] / AP50 / AP75 (pycocotools) beside the VID mAP. Its pure-Python
         # matching is slow on the full VID val set (docs/custom_data.md): set false to skip it there.
         "COCO_AP": True,
@@ -266,8 +293,8 @@ NO_EFFECT: dict[str, Callable[[Config, Any], str | None]] = {
 # the box statistics folded into the last layer, FlowNet's pooling): on a built model's config a new
 # value would be ignored or contradict the weights, so update_config(..., fixed=MODEL_KEYS) refuses it.
 MODEL_KEYS = ("CLASS_AGNOSTIC", "dataset.NUM_CLASSES", "dataset.CLASSES", "network.BACKBONE", "network.DFF_FEAT_DIM",
-              "network.FLOWNET_WIDTH", "network.FLOW_AVG_POOL", "network.ANCHOR_SCALES", "network.ANCHOR_RATIOS",
-              "TRAIN.BBOX_MEANS", "TRAIN.BBOX_STDS")
+              "network.FLOWNET_WIDTH", "network.FLOW_AVG_POOL", "network.THP", "network.THP_EMBED_DIM",
+              "network.ANCHOR_SCALES", "network.ANCHOR_RATIOS", "TRAIN.BBOX_MEANS", "TRAIN.BBOX_STDS")
 
 
 def _lookup(cfg: Config, key: str) -> Any:

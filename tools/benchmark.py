@@ -12,6 +12,11 @@ frames). Without ``--model`` the networks get deterministic initial weights: eno
 ``--backend onnxruntime`` measures the engine on the model's ONNX export (``--onnx DIR``, or exported to
 a cache first, docs/onnx.md) and then the PyTorch engine on the same frames: both network-only fps per
 key interval and their ratio.
+
+THP models (docs/design.md §8): ``--schedule adaptive`` measures the per-frame R-FCN and one "adaptive" row
+(key frames chosen by Q) instead of rows per key interval, with the key frames and the mean updated area.
+``--partial-area 0.1,0.25`` (any DFF model) times the partial feature update forced to cover those fractions
+of the feature map against the full key-frame feature network.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import torch
 from dff.apps.benchmark import run_benchmark
 from dff.deploy import BACKENDS
 from dff.engine.fastpath import FAST_NAMES
+from dff.engine.video import add_schedule_option
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="MXNet .params or native checkpoint (default: initial weights)")
     ap.add_argument("--video", default=None, help="video file or frame folder (default: a generated clip)")
     ap.add_argument("--frames", type=int, default=20)
-    ap.add_argument("--key-intervals", default="1,2,5,10,20")
+    ap.add_argument("--key-intervals", default="1,2,5,10,20",
+                    help="the key intervals measured (ignored with the adaptive schedule)")
     ap.add_argument("--scale", default=None, help="short,max-long side (default: the config's SCALES)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--fast", default=None, choices=list(FAST_NAMES),
@@ -62,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lengths", default=None,
                     help="e.g. 100,1000,5000: stream that many generated frames end to end through DFF at the "
                          "largest key interval and report time and peak RSS per length (memory must stay flat)")
+    add_schedule_option(ap)
+    ap.add_argument("--partial-area", default=None, metavar="F1,F2,...",
+                    help="e.g. 0.1,0.25: also time THP's partial feature update forced to cover these fractions of "
+                         "the feature map (TEST.PARTIAL_UPDATE_MARGIN cells of context) against the full key-frame "
+                         "feature network, on the first frame (any DFF model)")
     return run_benchmark(ap.parse_args(argv), argv)
 
 

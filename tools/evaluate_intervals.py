@@ -1,9 +1,12 @@
 """Evaluate one trained model on its config's test set at several key-frame intervals.
 
     python tools/evaluate_intervals.py data/models/dff_rfcn_synthetic_tiny.pth --intervals 1,2,5,10,20
+    python tools/evaluate_intervals.py data/models/thp_synthetic_tiny.pth --schedule adaptive --set TEST.THP_GAMMA=0.1 --json OUT
 
 The checkpoint's own config is used (dataset path, scales); R-FCN checkpoints are always per-frame.
-Prints the mAP over the classes present in the test set (and over all 30) and FGFA's motion breakdown.
+Prints the mAP over the classes present in the test set (and over all 30), FGFA's motion breakdown and the
+feature network's share of the work (key frames, updated area, feature cost). ``--schedule fixed,adaptive``
+evaluates both; without it, the checkpoint config's TEST.KEY_FRAME_SCHEDULE.
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                     help="override keys of the checkpoint's config, e.g. --set TEST.RPN_POST_NMS_TOP_N=100 "
                          "(values read as YAML; keys that shape the network cannot change)")
+    ap.add_argument("--schedule", default=None,
+                    help="fixed (each of --intervals), adaptive (THP models), or fixed,adaptive; default: the config's "
+                         "TEST.KEY_FRAME_SCHEDULE")
     ap.add_argument("--out", default=None, help="test outputs (default: a temporary folder)")
     ap.add_argument("--json", default=None)
     return run_evaluate_intervals(ap.parse_args(argv))

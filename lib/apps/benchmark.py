@@ -6,6 +6,11 @@ table (:func:`profile`), all of these per key interval (:func:`measure_intervals
 (:func:`measure_maps`) and time and peak memory against the stream's length (:func:`measure_lengths`). The
 outputs: the table (:func:`format_table`), the JSON report (:func:`build_report`) and the plot
 (:func:`write_plot`). :func:`run_benchmark` composes them for the command line.
+
+THP (docs/design.md §8): with the adaptive key-frame schedule the per-frame R-FCN is measured against one
+``"adaptive"`` row (:func:`measure_adaptive`) instead of rows per key interval; :func:`time_partial_update`
+times the partial feature update forced to cover given fractions of the feature map against the full key-frame
+feature network (any DFF model: the mask is forced, no Q needed).
 """
 from __future__ import annotations
 
@@ -26,25 +31,31 @@ import torch
 from torch.profiler import ProfilerActivity
 from torch.profiler import profile as torch_profile
 
-from dff.apps.evaluate import evaluate_intervals
+from dff.apps.evaluate import evaluate_intervals, evaluate_schedules
 from dff.config import Config, ConfigError, load_config, update_config
 from dff.deploy import DeployUnavailable, cached_export, make_detector
 from dff.engine.fastpath import FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError, frames_from_arrays
+from dff.engine.partial import forced_mask, partial_update
 from dff.engine.postprocess import im_detect_boxes, pred_eval_frame
-from dff.engine.video import VideoDetector
+from dff.engine.video import THPOptions, VideoDetector, per_frame_config, schedule_overrides
 from dff.models.builder import FIXTURE, load_model
 from dff.ops import compiled_available
 from dff.utils.checkpoint import CheckpointError
 from dff.utils.hardware import describe_hardware
 from dff.utils.io import atomic_write_text
 
-__all__ = ["NET_STAGES", "Bench", "load_bench", "synthetic_clip", "stream_frames", "time_network",
-           "time_end_to_end", "time_post", "profile", "measure_intervals", "measure_backends", "measure_maps",
-           "measure_lengths", "format_header", "format_post", "format_length", "format_table", "format_backends",
-           "format_maps", "build_report", "plot_title", "write_plot", "PlotUnavailable", "run_benchmark"]
+__all__ = ["NET_STAGES", "THP_STAGES", "Bench", "load_bench", "synthetic_clip", "stream_frames", "time_network",
+           "time_end_to_end", "time_post", "time_partial_update", "parse_fractions", "profile", "measure_intervals",
+           "measure_adaptive", "measure_backends", "measure_maps", "measure_lengths", "format_header", "format_post",
+           "format_length", "format_table", "format_backends", "format_maps", "format_partial", "build_report",
+           "plot_title", "write_plot", "PlotUnavailable", "run_benchmark"]
 
 NET_STAGES = ("feature", "flow", "warp", "head")
+# the per-stage split of THP runs only: the reports of plain DFF runs keep their four stages
+THP_STAGES = ("feature", "flow", "warp", "update", "aggregate", "head")
+# the THP options off: the per-frame baseline of a THP run is the plain per-frame R-FCN (with them on, interval 1
+# would still aggregate every frame, and the adaptive schedule ignores the interval)
 
 Prepared = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -119,8 +130,9 @@ def cv2_blur(im: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass
 class Bench:
     """What every measurement shares: the model and its config, the device and fast path, the clip (BGR
-    frames), the clip preprocessed and already on the device, the per-frame (key interval 1) detector, and
-    the engine's backend (``"torch"`` or ``"onnxruntime"`` on the export in ``onnx_dir``)."""
+    frames), the clip preprocessed and already on the device, the per-frame (key interval 1) detector, the
+    engine's backend (``"torch"`` or ``"onnxruntime"`` on the export in ``onnx_dir``) and the config's THP
+    options where any is on (``thp``; ``base`` then runs with them off)."""
 
     model: torch.nn.Module
     cfg: Config
@@ -131,6 +143,17 @@ class Bench:
     base: VideoDetector
     backend: str = "torch"
     onnx_dir: str | None = None
+    thp: THPOptions | None = None
+
+    @property
+    def adaptive(self) -> bool:
+        """The config's key-frame schedule is THP's adaptive one."""
+        return self.thp is not None and self.thp.schedule == "adaptive"
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The network stages of the per-stage split."""
+        return THP_STAGES if self.thp is not None else NET_STAGES
 
     def detector(self, key_interval: int, backend: str | None = None) -> VideoDetector:
         """A new DFF detector at ``key_interval`` with the benchmark's settings (no per-stage sync), of the
@@ -170,6 +193,10 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
     ``backend`` ``"onnxruntime"``: the engine runs the ONNX export in ``onnx_dir``, checked against the
     model, or the model's export in ``onnx_cache`` (made first if not there; :func:`dff.deploy.cached_export`).
 
+    With THP options on in the config (``TEST.KEY_FRAME_SCHEDULE`` adaptive, ``PARTIAL_UPDATE``,
+    ``AGGREGATION``) the model must be a THP one and the backend PyTorch; the per-frame detector runs with them
+    off.
+
     Raises ``ConfigError``, ``CheckpointError``, ``VideoReadError``, ``OSError``, ``ValueError`` or
     :class:`~dff.deploy.DeployUnavailable`."""
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -179,6 +206,10 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
     if scale:
         short, long_ = (int(v) for v in scale.split(","))
         update_config(cfg, {"SCALES": [short, long_]}, "--scale")
+    thp = THPOptions.from_config(cfg)
+    if thp.active and backend != "torch":  # the onnxruntime engine would silently run plain DFF
+        raise ValueError("the THP options (TEST.KEY_FRAME_SCHEDULE adaptive, TEST.PARTIAL_UPDATE, TEST.AGGREGATION) "
+                         "run on the PyTorch engine only; leave out --backend onnxruntime or turn them off")
     fast = FastPath.from_name(fast_name, device)
     if backend == "onnxruntime":
         if onnx_dir is None:
@@ -187,37 +218,46 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
             make_detector(model, cfg, backend=backend, onnx_dir=onnx_dir, key_interval=1, device=device)
     elif onnx_dir is not None:
         raise ValueError("--onnx is for --backend onnxruntime")
-    base = _engine(model, cfg, backend, onnx_dir, 1, device, fast)
+    base = _engine(model, cfg, backend, onnx_dir, 1, device, fast)  # with THP: checks that the model has Q
+    if thp.active:
+        base = _engine(model, per_frame_config(cfg),
+                       backend, onnx_dir, 1, device, fast)
     clip = [f.image for f in FrameSource(video, max_frames=frames)] if video else synthetic_clip(frames)
     if len(clip) < frames:
         print(f"note: the video has only {len(clip)} frames", file=sys.stderr)
     prepared = [tuple(t.to(device) for t in base.prepare(im)) for im in clip]
-    return Bench(model, cfg, device, fast, clip, prepared, base, backend, onnx_dir)
+    return Bench(model, cfg, device, fast, clip, prepared, base, backend, onnx_dir, thp if thp.active else None)
 
 
 # the measurements -----------------------------------------------------------------------------------------
-def time_network(detector: VideoDetector, prepared: Prepared, warmup: int = 2) -> dict[str, Any]:
+def time_network(detector: VideoDetector, prepared: Prepared, warmup: int = 2,
+                 stages: Sequence[str] = NET_STAGES) -> dict[str, Any]:
     """Network-only time per frame over prepared inputs already on the device.
 
     Feature network, FlowNet, warp and task network; no decoding, no post-processing. Returns ``fps``,
-    ``ms_per_frame``, ``key_frames`` and ``stages_ms`` (mean ms per frame of each of :data:`NET_STAGES`).
-    On CUDA the fps comes from an unsynchronised pass (the true pipelined speed) and the per-stage
-    split from a second pass that synchronises between stages.
+    ``ms_per_frame``, ``key_frames``, ``stages_ms`` (mean ms per frame of each of ``stages``) and
+    ``updated_area_fraction`` (THP's partial update: the mean fraction of feature cells recomputed on the
+    non-key frames). On CUDA the fps comes from an unsynchronised pass (the true pipelined speed) and the
+    per-stage split from a second pass that synchronises between stages.
     """
     cuda = detector.device.type == "cuda"
+    updated: list[float] = []
 
     def one_pass(sync: bool) -> tuple[float, dict, int]:
         detector.sync = sync
         detector.reset()
-        per_stage = {s: [] for s in NET_STAGES}
+        per_stage = {s: [] for s in stages}
         keys = 0
+        updated.clear()
         _sync(detector.device)
         t0 = time.perf_counter()
         for data, im_info in prepared:
             _, is_key, times = detector.step(data, im_info)
             keys += is_key
-            for s in NET_STAGES:
+            for s in stages:
                 per_stage[s].append(times[s])
+            if not is_key:  # step() keeps it for run()'s FrameResult; the onnxruntime engine has none
+                updated.append(getattr(detector, "last_update_fraction", 0.0))
         _sync(detector.device)
         return time.perf_counter() - t0, per_stage, keys
 
@@ -231,7 +271,8 @@ def time_network(detector: VideoDetector, prepared: Prepared, warmup: int = 2) -
     detector.sync = False
     n = len(prepared)
     return {"fps": n / wall, "ms_per_frame": 1000 * wall / n, "key_frames": keys,
-            "stages_ms": {s: 1000 * float(np.sum(v)) / n for s, v in per_stage.items()}}
+            "stages_ms": {s: 1000 * float(np.sum(v)) / n for s, v in per_stage.items()},
+            "updated_area_fraction": float(np.mean(updated)) if updated else 0.0}
 
 
 def time_end_to_end(detector: VideoDetector, video: str | None, frames: list[np.ndarray], n: int,
@@ -277,6 +318,69 @@ def time_post(detector: VideoDetector, prepared: Prepared, frames: int = 10) -> 
     return result
 
 
+def parse_fractions(text: str) -> list[float]:
+    """``--partial-area`` ``"0.1,0.25"`` -> ``[0.1, 0.25]``; each in (0, 1]. Raises ``ValueError``."""
+    try:
+        fractions = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--partial-area {text}: expected fractions of the feature map, e.g. 0.1,0.25") from None
+    if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"--partial-area {text}: each fraction must be in (0, 1]")
+    return fractions
+
+
+def _median_ms(fn, device: torch.device, repeats: int) -> tuple[float, Any]:
+    """Median ms of ``repeats`` calls of ``fn`` after one warm-up call; also the last call's result."""
+    result = fn()
+    _sync(device)
+    times = []
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        result = fn()
+        _sync(device)
+        times.append(1000 * (time.perf_counter() - t0))
+    return float(np.median(times)), result
+
+
+def time_partial_update(bench: Bench, fractions: Sequence[float], repeats: int = 3) -> dict[str, Any]:
+    """THP's partial feature update on the first prepared frame, forced to cover each of ``fractions`` of the
+    feature map (a centred rectangle, :func:`~dff.engine.partial.forced_mask`), against the full key-frame
+    feature network, with ``TEST.PARTIAL_UPDATE_MARGIN`` cells of context. Medians of ``repeats`` runs after a
+    warm-up. The update is timed as the engine's ``update`` stage: the warp of the reference's backbone map
+    (``warp_backbone_ms``, the same at every fraction) and :func:`~dff.engine.partial.partial_update`.
+
+    Returns ``full_feature_ms``, ``warp_backbone_ms``, ``margin``, ``repeats``, ``feature_map`` (h, w) and
+    ``fractions``: per requested fraction (as a string) ``area_fraction`` (cells recomputed / cells),
+    ``crop_cells_fraction`` (cells the backbone crops covered / cells), ``crops``, ``batched``, ``ms`` and
+    ``ratio`` (ms / full_feature_ms)."""
+    # the PyTorch engine's runner also under --backend onnxruntime: the crops run the PyTorch feature network
+    runner = (bench.base if bench.backend == "torch" else bench.detector(1, backend="torch")).runner
+    margin = int(bench.cfg.TEST.PARTIAL_UPDATE_MARGIN)
+    reach = int(bench.model.feature_head_reach)
+    data = bench.prepared[0][0]
+    with torch.inference_mode():
+        full_ms, feat = _median_ms(lambda: runner.feature(data), bench.device, repeats)
+        h, w = feat.shape[-2:]
+        backbone = runner.backbone(data)  # stands in for the reference's backbone map (any of its shape would)
+        flow, _ = runner.flow(data, data)
+        warp_ms, _ = _median_ms(lambda: runner.warp(backbone, flow, None), bench.device, repeats)
+
+        def update(mask: torch.Tensor) -> tuple:
+            warped_backbone = runner.warp(backbone, flow, None)
+            return partial_update(runner.backbone, runner.feature_head, reach, data, feat, warped_backbone, mask,
+                                  margin)
+
+        rows = {}
+        for f in fractions:
+            mask = forced_mask(h, w, f, device=feat.device)
+            ms, (_, _, info) = _median_ms(lambda m=mask: update(m), bench.device, repeats)
+            rows[str(f)] = {"area_fraction": info.area_fraction,
+                            "crop_cells_fraction": info.crop_cells / info.total_cells, "crops": len(info.crops),
+                            "batched": info.batched, "ms": ms, "ratio": ms / full_ms}
+    return {"full_feature_ms": full_ms, "warp_backbone_ms": warp_ms, "margin": margin, "repeats": max(repeats, 1),
+            "feature_map": [int(h), int(w)], "fractions": rows}
+
+
 def profile(detector: VideoDetector, prepared: Prepared, path: str) -> str:
     """torch.profiler over one pass of the prepared frames (network and post-processing); op tables to
     ``path`` (by self CPU time, and on CUDA by self CUDA time). Returns the top of the CPU table."""
@@ -289,7 +393,10 @@ def profile(detector: VideoDetector, prepared: Prepared, path: str) -> str:
             detector.postprocess(out, im_info)
         _sync(detector.device)
     table = prof.key_averages()
-    text = [f"# {len(prepared)} frames, key interval {detector.key_interval}, {detector.runner.fast.describe()}",
+    thp = getattr(detector, "thp", None)
+    keys = "adaptive key frames" if thp is not None and thp.schedule == "adaptive" else \
+        f"key interval {detector.key_interval}"
+    text = [f"# {len(prepared)} frames, {keys}, {detector.runner.fast.describe()}",
             table.table(sort_by="self_cpu_time_total", row_limit=40)]
     if detector.device.type == "cuda":
         text.append(table.table(sort_by="self_cuda_time_total", row_limit=25))
@@ -303,26 +410,54 @@ def measure_intervals(bench: Bench, intervals: Sequence[int], video: str | None,
     frames (measured once, before the intervals) and the speed-up, end-to-end fps (unless not
     ``end_to_end``), key frames, the per-stage split and peak memory since the interval began.
 
+    THP runs (``bench.thp``) add ``update`` and ``aggregate`` to the split and ``updated_area_fraction`` to
+    the rows; their interval 1 is the per-frame R-FCN with the THP options off.
+
     Returns the rows by interval (as a string) and the detector of the last interval (for
     :func:`time_post` and :func:`profile`)."""
     _reset_peaks(bench.device)
-    per_frame = time_network(bench.base, bench.prepared)
+    per_frame = time_network(bench.base, bench.prepared, stages=bench.stages)
     results = {}
     det = bench.base
     for k in intervals:
         det = bench.base if k == 1 else bench.detector(k)
         _reset_peaks(bench.device)
-        net = per_frame if k == 1 else time_network(det, bench.prepared)
-        e2e = time_end_to_end(det, video, bench.frames, n_frames, workers) if end_to_end else {}
-        results[str(k)] = {
-            "per_frame_fps": per_frame["fps"],
-            "dff_fps": net["fps"],
-            "speedup": net["fps"] / per_frame["fps"],
-            "end_to_end_fps": e2e.get("fps"),
-            "key_frames": net["key_frames"],
-            "stages": {**{f"{s}_ms": v for s, v in net["stages_ms"].items()}, "post_ms": e2e.get("post_ms")},
-            "peak_memory_mb": _peak_memory_mb(bench.device),
-        }
+        net = per_frame if k == 1 else time_network(det, bench.prepared, stages=bench.stages)
+        results[str(k)] = _row(bench, det, net, per_frame["fps"], video, n_frames, workers, end_to_end)
+    return results, det
+
+
+def _row(bench: Bench, det: VideoDetector, net: dict[str, Any], per_frame_fps: float, video: str | None,
+         n_frames: int, workers: int, end_to_end: bool) -> dict[str, Any]:
+    """One row of the table: ``net`` (:func:`time_network` of ``det``) against the per-frame fps, end to end
+    unless not ``end_to_end``, peak memory since the last :func:`_reset_peaks`."""
+    e2e = time_end_to_end(det, video, bench.frames, n_frames, workers) if end_to_end else {}
+    row = {
+        "per_frame_fps": per_frame_fps,
+        "dff_fps": net["fps"],
+        "speedup": net["fps"] / per_frame_fps,
+        "end_to_end_fps": e2e.get("fps"),
+        "key_frames": net["key_frames"],
+        "stages": {**{f"{s}_ms": v for s, v in net["stages_ms"].items()}, "post_ms": e2e.get("post_ms")},
+        "peak_memory_mb": _peak_memory_mb(bench.device),
+    }
+    if bench.thp is not None:
+        row["updated_area_fraction"] = net["updated_area_fraction"]
+    return row
+
+
+def measure_adaptive(bench: Bench, video: str | None, n_frames: int, workers: int,
+                     end_to_end: bool = True) -> tuple[dict[str, dict[str, Any]], VideoDetector]:
+    """THP's adaptive schedule: the rows of :func:`measure_intervals` for the per-frame R-FCN (``"1"``) and for
+    the engine with the config's THP options (``"adaptive"``), which adds ``mean_key_interval`` (frames / key
+    frames). Returns the rows and the adaptive detector."""
+    results, _ = measure_intervals(bench, [1], video, n_frames, workers, end_to_end)
+    det = bench.detector(1)  # the adaptive schedule ignores the key interval (its cap: KEY_FRAME_MAX_INTERVAL)
+    _reset_peaks(bench.device)
+    net = time_network(det, bench.prepared, stages=bench.stages)
+    row = _row(bench, det, net, results["1"]["per_frame_fps"], video, n_frames, workers, end_to_end)
+    row["mean_key_interval"] = len(bench.prepared) / max(net["key_frames"], 1)
+    results["adaptive"] = row
     return results, det
 
 
@@ -349,11 +484,22 @@ def measure_backends(bench: Bench, intervals: Sequence[int], repeats: int = 2) -
 
 def measure_maps(bench: Bench, intervals: Sequence[int], output_dir: str) -> dict[str, dict[str, float]]:
     """mAP per key interval on the config's test set: ``mAP`` over the classes present in it (the mAP over
-    all 30 where it has no such entry) and ``mAP_all_30``; the test outputs go to ``output_dir``."""
+    all 30 where it has no such entry) and ``mAP_all_30``; the test outputs go to ``output_dir``. Interval 1
+    runs the per-frame detector's config (THP options off, as its timed row); with the adaptive schedule a
+    row ``"adaptive"`` follows."""
+    def row(ev: dict[str, Any]) -> dict[str, float]:
+        return {"mAP": ev.get("mAP_present_classes", ev["mAP"]), "mAP_all_30": ev["mAP"]}
+
     maps = {}
-    for k, ev in evaluate_intervals(bench.model, bench.cfg, intervals, output_dir, kind="dff",
-                                    device=bench.device, fast=bench.fast):
-        maps[str(k)] = {"mAP": ev.get("mAP_present_classes", ev["mAP"]), "mAP_all_30": ev["mAP"]}
+    for k in intervals:
+        cfg = bench.base.cfg if k == 1 else bench.cfg
+        for _, ev in evaluate_intervals(bench.model, cfg, [k], output_dir, kind="dff", device=bench.device,
+                                        fast=bench.fast):
+            maps[str(k)] = row(ev)
+    if bench.adaptive:
+        for name, ev in evaluate_schedules(bench.model, bench.cfg, ["adaptive"], [], output_dir, kind="dff",
+                                           device=bench.device, fast=bench.fast):
+            maps[name] = row(ev)
     return maps
 
 
@@ -391,18 +537,47 @@ def format_length(n: int, row: dict[str, float]) -> str:
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    """The table of :func:`measure_intervals`' rows: header, a line per interval and the footnote."""
-    lines = [f"{'interval':>8} {'per-frame fps':>14} {'DFF fps':>9} {'speed-up':>9} {'end-to-end fps':>15} "
-             f"{'feature':>8} {'flow':>7} {'warp':>7} {'head':>7} {'post':>7} {'RSS MB':>7}"]
+    """The table of :func:`measure_intervals`' (or :func:`measure_adaptive`'s) rows: header, a line per interval
+    and the footnote; THP rows add the update and aggregate stages, the key frames and the updated area."""
+    thp = any("updated_area_fraction" in r for r in results.values())
+    header = (f"{'interval':>8} {'per-frame fps':>14} {'DFF fps':>9} {'speed-up':>9} {'end-to-end fps':>15} "
+              f"{'feature':>8} {'flow':>7} {'warp':>7} ")
+    if thp:
+        header += f"{'update':>7} {'aggregate':>9} "
+    header += f"{'head':>7} {'post':>7} {'RSS MB':>7}"
+    lines = [header + (f" {'keys':>5} {'updated':>8}" if thp else "")]
     for k, r in results.items():
         s = r["stages"]
         e2e = f"{r['end_to_end_fps']:.3f}" if r["end_to_end_fps"] is not None else "-"
         post = f"{s['post_ms']:.1f}" if s["post_ms"] is not None else "-"
-        lines.append(f"{k:>8} {r['per_frame_fps']:>14.3f} {r['dff_fps']:>9.3f} {r['speedup']:>8.2f}x {e2e:>15} "
-                     f"{s['feature_ms']:>8.1f} {s['flow_ms']:>7.1f} {s['warp_ms']:>7.1f} {s['head_ms']:>7.1f} "
-                     f"{post:>7} {r['peak_memory_mb']['rss']:>7.0f}")
+        line = (f"{k:>8} {r['per_frame_fps']:>14.3f} {r['dff_fps']:>9.3f} {r['speedup']:>8.2f}x {e2e:>15} "
+                f"{s['feature_ms']:>8.1f} {s['flow_ms']:>7.1f} {s['warp_ms']:>7.1f} ")
+        if thp:
+            line += f"{s.get('update_ms', 0.0):>7.1f} {s.get('aggregate_ms', 0.0):>9.1f} "
+        line += f"{s['head_ms']:>7.1f} {post:>7} {r['peak_memory_mb']['rss']:>7.0f}"
+        if thp:
+            line += f" {r['key_frames']:>5} {r.get('updated_area_fraction', 0.0):>8.3f}"
+        lines.append(line)
     lines.append("(stage columns: mean ms per frame over all frames; network-only fps excludes decoding and "
                  "post-processing)")
+    if thp:
+        lines.append("(THP: interval 1 is the per-frame R-FCN with the THP options off; keys: key frames; updated: "
+                     "mean fraction of the feature map recomputed on the non-key frames)")
+    return "\n".join(lines)
+
+
+def format_partial(partial: dict[str, Any]) -> str:
+    """The table of :func:`time_partial_update`: a line per forced fraction and the full feature network's."""
+    h, w = partial["feature_map"]
+    lines = [f"partial feature update, forced area (feature map {w}x{h}, margin {partial['margin']} cells, "
+             f"median of {partial['repeats']}; ms include the backbone map's warp, "
+             f"{partial['warp_backbone_ms']:.1f} ms):",
+             f"{'requested':>9} {'area':>7} {'crop area':>9} {'crops':>5} {'ms':>9} {'ratio':>7}"]
+    for f, r in partial["fractions"].items():
+        lines.append(f"{f:>9} {r['area_fraction']:>7.3f} {r['crop_cells_fraction']:>9.3f} {r['crops']:>5} "
+                     f"{r['ms']:>9.1f} {r['ratio']:>6.2f}x")
+    lines.append(f"{'full':>9} {1.0:>7.3f} {1.0:>9.3f} {'-':>5} {partial['full_feature_ms']:>9.1f} {1.0:>6.2f}x"
+                 "   (the key frame's feature network)")
     return "\n".join(lines)
 
 
@@ -426,10 +601,12 @@ def format_maps(results: dict[str, dict[str, Any]]) -> str:
 
 def build_report(bench: Bench, results: dict[str, dict[str, Any]], post_methods: dict[str, float],
                  lengths: dict[str, dict[str, float]] | None, argv: Sequence[str],
-                 backends: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The JSON report: the rows by interval, hardware, versions, the command line (``argv``: its
-    arguments), the input, the engine (backend, fast path), the post-processing times and, if measured,
-    the lengths and the PyTorch / onnxruntime comparison."""
+                 backends: dict[str, dict[str, Any]] | None = None,
+                 partial: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON report: the rows by interval (and ``"adaptive"``), hardware, versions, the command line
+    (``argv``: its arguments), the input, the engine (backend, fast path), the post-processing times, the THP
+    options where any is on (``thp``) and, if measured, the lengths, the PyTorch / onnxruntime comparison and
+    the partial update (``partial_update``, :func:`time_partial_update`)."""
     report = {
         "intervals": results,
         "hardware": describe_hardware(bench.device),
@@ -449,6 +626,10 @@ def build_report(bench: Bench, results: dict[str, dict[str, Any]], post_methods:
         report["lengths"] = lengths
     if backends:
         report["backend_comparison"] = backends
+    if bench.thp is not None:
+        report["thp"] = bench.thp.describe()
+    if partial:
+        report["partial_update"] = partial
     return report
 
 
@@ -460,7 +641,8 @@ def plot_title(bench: Bench) -> str:
 
 def write_plot(results: dict[str, dict[str, Any]], path: str, with_map: bool, title: str) -> None:
     """A PNG at ``path``: with ``with_map`` the speed/accuracy curve (mAP against network-only fps, a point per
-    interval), else network-only DFF fps per key interval against the per-frame R-FCN's.
+    interval), else network-only DFF fps per key interval against the per-frame R-FCN's (the adaptive row at
+    its mean key interval).
 
     Raises :class:`PlotUnavailable` without matplotlib."""
     try:
@@ -472,19 +654,27 @@ def write_plot(results: dict[str, dict[str, Any]], path: str, with_map: bool, ti
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ks = [int(k) for k in results]
+    ks = list(results)
+
+    def label(k: str) -> str:
+        return "per-frame" if k == "1" else f"k={k}" if k.isdigit() else k
+
     plt.figure(figsize=(5, 3.5))
     if with_map:  # the speed/accuracy curve: each interval is a point, per-frame is interval 1
-        fps = [results[str(k)]["dff_fps"] for k in ks]
-        maps = [100 * results[str(k)]["mAP"] for k in ks]
+        fps = [results[k]["dff_fps"] for k in ks]
+        maps = [100 * results[k]["mAP"] for k in ks]
         plt.plot(fps, maps, "o-", label="DFF")
         for k, x, y in zip(ks, fps, maps):
-            plt.annotate("per-frame" if k == 1 else f"k={k}", (x, y), textcoords="offset points", xytext=(4, 4))
+            plt.annotate(label(k), (x, y), textcoords="offset points", xytext=(4, 4))
         plt.xlabel("frames per second (network only)")
         plt.ylabel("mAP (%)")
     else:
-        plt.plot(ks, [results[str(k)]["dff_fps"] for k in ks], "o-", label="DFF (network)")
-        plt.axhline(results[str(ks[0])]["per_frame_fps"], color="gray", ls="--", label="per-frame R-FCN")
+        xs = [int(k) if k.isdigit() else results[k]["mean_key_interval"] for k in ks]
+        plt.plot(xs, [results[k]["dff_fps"] for k in ks], "o-", label="DFF (network)")
+        for k, x in zip(ks, xs):
+            if not k.isdigit():
+                plt.annotate(label(k), (x, results[k]["dff_fps"]), textcoords="offset points", xytext=(4, 4))
+        plt.axhline(results[ks[0]]["per_frame_fps"], color="gray", ls="--", label="per-frame R-FCN")
         plt.xlabel("key frame interval")
         plt.ylabel("frames per second")
     plt.title(title, fontsize=8)
@@ -494,29 +684,38 @@ def write_plot(results: dict[str, dict[str, Any]], path: str, with_map: bool, ti
 
 
 def run_benchmark(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
-    """``tools/benchmark.py``: load, measure per interval, post-processing, the optional profile, mAP and
-    lengths, print the table, write the JSON report and the plot. ``argv``: the command's arguments, for the
-    report (default ``sys.argv[1:]``). Returns 0, or 2 after one ``error:`` line."""
+    """``tools/benchmark.py``: load, measure per interval (or per-frame and the adaptive schedule),
+    post-processing, the optional partial update, profile, mAP and lengths, print the tables, write the JSON
+    report and the plot. ``argv``: the command's arguments, for the report (default ``sys.argv[1:]``). Returns
+    0, or 2 after one ``error:`` line."""
     backend = getattr(args, "backend", "torch")
     try:
         if args.eval and backend != "torch":
             raise ValueError("--eval measures the PyTorch engine; run it without --backend onnxruntime")
+        partial_area = getattr(args, "partial_area", None)
+        fractions = parse_fractions(partial_area) if partial_area else None
         device = torch.device(args.device)
-        bench = load_bench(args.cfg, args.set, args.model, device, args.scale, args.fast, args.video, args.frames,
+        overrides = [*args.set, *schedule_overrides(getattr(args, "schedule", None))]
+        bench = load_bench(args.cfg, overrides, args.model, device, args.scale, args.fast, args.video, args.frames,
                            backend=backend, onnx_dir=getattr(args, "onnx", None),
                            onnx_cache=getattr(args, "onnx_cache", None))
-        intervals = sorted({int(k) for k in args.key_intervals.split(",")})
+        # the adaptive schedule has no key interval: per-frame and one adaptive row
+        intervals = [1] if bench.adaptive else sorted({int(k) for k in args.key_intervals.split(",")})
     except (ConfigError, CheckpointError, VideoReadError, OSError, ValueError, DeployUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     workers = args.workers or min(8, os.cpu_count() or 1)
     print(format_header(bench))
-    results, det = measure_intervals(bench, intervals, args.video, args.frames, workers,
-                                     end_to_end=not args.no_end_to_end)
+    if bench.adaptive:
+        results, det = measure_adaptive(bench, args.video, args.frames, workers, end_to_end=not args.no_end_to_end)
+    else:
+        results, det = measure_intervals(bench, intervals, args.video, args.frames, workers,
+                                         end_to_end=not args.no_end_to_end)
     post_methods = time_post(det, bench.prepared)
     print(format_post(post_methods))
     backends = measure_backends(bench, intervals) if bench.backend != "torch" else None
+    partial = time_partial_update(bench, fractions) if fractions else None
     if args.profile:
         print(profile(det, bench.prepared, args.profile))
     if args.eval:
@@ -534,7 +733,10 @@ def run_benchmark(args: argparse.Namespace, argv: Sequence[str] | None = None) -
         print(format_backends(backends))
     if args.eval:
         print(format_maps(results))
-    report = build_report(bench, results, post_methods, lengths, sys.argv[1:] if argv is None else argv, backends)
+    if partial:
+        print(format_partial(partial))
+    report = build_report(bench, results, post_methods, lengths, sys.argv[1:] if argv is None else argv, backends,
+                          partial)
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=1))
     if args.plot:

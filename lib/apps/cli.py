@@ -21,6 +21,7 @@ import sys
 from dff.config import ConfigError, load_config
 from dff.deploy import BACKENDS
 from dff.engine.fastpath import FAST_NAMES
+from dff.engine.video import add_schedule_option, schedule_overrides
 from dff.eval.tester import DEFAULT_THRESH, TesterError, default_model_path, run_test_from_args
 from dff.train.trainer import AMP_CHOICES, TrainingDiverged, TrainingError, TrainOptions, train
 from dff.utils.logging import setup_logging
@@ -69,6 +70,7 @@ def add_test_options(ap: argparse._ActionsContainer, kind: str) -> None:
     if kind == "dff":
         ap.add_argument("--key-interval", type=int, default=None,
                         help="key frame every N frames (default TEST.KEY_FRAME_INTERVAL)")
+        add_schedule_option(ap)
     ap.add_argument("--max-videos", type=int, default=None, help="test only the first N videos (smoke tests)")
     ap.add_argument("--fast", default="none", choices=FAST_NAMES,
                     help="the engine's GPU fast path (default none: plain float32, as the reference); fp16 gave the "
@@ -107,7 +109,7 @@ def run_train_test(args: argparse.Namespace, kind: str) -> int:
     """``*_end2end_train_test.py``: train, then (unless ``--no-test``) test on rank 0. Returns the exit status."""
     setup_logging()
     try:
-        cfg = load_config(args.cfg, args.set)
+        cfg = load_config(args.cfg, [*args.set, *schedule_overrides(getattr(args, "schedule", None))])
         result = train(cfg, train_options(args, kind))
         if args.no_test or int(os.environ.get("RANK", "0")) != 0:
             return 0
@@ -127,7 +129,7 @@ def run_test(args: argparse.Namespace, kind: str) -> int:
     """``*_test.py``: test the ``TEST.test_epoch`` checkpoint (or ``--model``) and evaluate. Returns the exit status."""
     setup_logging()
     try:
-        cfg = load_config(args.cfg, args.set)
+        cfg = load_config(args.cfg, [*args.set, *schedule_overrides(getattr(args, "schedule", None))])
         run_test_from_args(args, kind, cfg, args.cfg, args.model)
     except (ConfigError, TesterError, FileNotFoundError, ValueError) as e:
         _error(e)

@@ -5,7 +5,9 @@ a stream URL (RTSP, HTTP(S) MJPEG, anything OpenCV's FFmpeg backend opens; read 
 ``docs/live.md``). Output: annotated frames (files and folders) and an ``.mp4`` in ``--out``, a per-frame log
 line, optionally one JSON line per frame (``--json-out``) and the annotated stream over HTTP (``--serve``),
 and a summary with fps, the per-stage time split and, for a live source, dropped frames, latency and
-reconnects. SIGINT / SIGTERM stop the run cleanly: every output is finalised.
+reconnects. SIGINT / SIGTERM stop the run cleanly: every output is finalised. A DFF model trained with
+``network.THP`` runs THP's options (``--schedule adaptive``, ``--set TEST.PARTIAL_UPDATE=true``): the frames
+drawn mark the key frames and tint the feature cells recomputed on the others.
 
 Exit status: 0 when the run ends (the input ends, ``--max-frames``, a stop by signal); 1 when a live
 source dropped and did not come back (the outputs hold what came before); 2 when the run cannot start
@@ -37,10 +39,11 @@ from dff.deploy import BACKENDS, DeployUnavailable, make_detector
 from dff.engine.fastpath import FAST_NAMES, FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError
 from dff.engine.live import Backoff, LiveSource, SourceLost, is_live
-from dff.engine.video import FrameResult, VideoDetector
+from dff.engine.video import FrameResult, VideoDetector, add_schedule_option, per_frame_config, schedule_overrides
 from dff.models.builder import load_model
 from dff.utils.checkpoint import CheckpointError
-from dff.utils.vis import draw_detections
+from dff.utils.image import compute_scale
+from dff.utils.vis import draw_detections, draw_updated_cells, update_label
 
 __all__ = ["DemoError", "build_parser", "demo_class_names", "load_demo_model", "peak_rss_mb", "run_demo",
            "synthetic_clip"]
@@ -93,6 +96,7 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
     if dff:
         ap.add_argument("--key-interval", type=int, default=None,
                         help="key frame every N frames (default: TEST.KEY_FRAME_INTERVAL of the config)")
+        add_schedule_option(ap)
         ap.add_argument("--compare", action="store_true",
                         help="also run per-frame R-FCN (same weights, every frame a key frame) and report the speed-up")
     add_live_arguments(ap)
@@ -181,8 +185,9 @@ class Outputs:
 
     def __init__(self, class_names: Sequence[str], vis_thresh: float, mark_keys: bool, frames_dir: str | None = None,
                  video_path: str | None = None, json_out: JsonLines | None = None,
-                 server: StreamServer | None = None) -> None:
+                 server: StreamServer | None = None, scales: Sequence[int] | None = None) -> None:
         self.class_names = class_names
+        self.scales = scales  # the config's (target, max) size: maps THP's update mask back to the frame
         self.vis_thresh = vis_thresh
         self.mark_keys = mark_keys
         self.frames_dir = frames_dir
@@ -199,8 +204,13 @@ class Outputs:
     def add(self, r: FrameResult, record: dict | None, status: dict | None) -> None:
         """One processed frame: drawn (when an output shows it), written, served; ``record`` its JSON line."""
         if self.draws:
-            im = draw_detections(r.image, r.detections, self.class_names, self.vis_thresh,
-                                 key_frame=r.is_key if self.mark_keys else None)
+            im, note = r.image, None
+            if r.update_mask is not None and self.scales is not None:
+                scale = compute_scale(im.shape[0], im.shape[1], int(self.scales[0]), int(self.scales[1]))
+                im = draw_updated_cells(im, r.update_mask, scale)
+                note = update_label(r.updated_fraction)
+            im = draw_detections(im, r.detections, self.class_names, self.vis_thresh,
+                                 key_frame=r.is_key if self.mark_keys else None, note=note)
             if self.frames_dir is not None:
                 cv2.imwrite(os.path.join(self.frames_dir, os.path.splitext(r.name)[0] + ".jpg"), im)
             if self.video_path is not None:
@@ -257,6 +267,7 @@ def _run(detector: VideoDetector, source: FrameSource | LiveSource, label: str, 
     (``stats.finish()`` on the way out). Raises what the source raises (:class:`~dff.engine.live.SourceLost`);
     the caller closes ``outputs``."""
     live = isinstance(source, LiveSource)
+    partial = bool(getattr(getattr(detector, "thp", None), "partial", False))
     stamps: dict[int, float] = {}  # frame index -> capture time; holds the one or two frames in the engine
     vis_thresh = outputs.vis_thresh
     frames = _stamped(source, stamps, stop)
@@ -274,12 +285,15 @@ def _run(detector: VideoDetector, source: FrameSource | LiveSource, label: str, 
                 if outputs.json_out is not None:
                     dropped = source.stats().dropped if live else 0
                     record = frame_record(r, stats.frames - 1, stamp, latency, dropped, outputs.class_names, vis_thresh)
+                    if partial:
+                        record["updated_fraction"] = round(float(r.updated_fraction), 5)
                 status = _status(stats, source, detector.key_interval, latency) if outputs.server is not None else None
                 outputs.add(r, record, status)
                 r.image = None  # drop the frame: memory must not grow with the video
                 if not quiet:
                     tqdm.write(f"{label} {r.name} {'key' if r.is_key else '   '} {1000 * r.times['total']:.1f} ms "
-                               f"{ndet} boxes > {vis_thresh}" + (f" latency {1000 * latency:.0f} ms" if live else ""),
+                               f"{ndet} boxes > {vis_thresh}" + (f" latency {1000 * latency:.0f} ms" if live else "")
+                               + (f" {update_label(r.updated_fraction)}" if partial and not r.is_key else ""),
                                file=sys.stderr)
                 bar.update(1)
     finally:
@@ -343,6 +357,13 @@ def _start_server(args: argparse.Namespace, title: str, source: str) -> StreamSe
         raise DemoError(f"--serve {args.serve}: cannot listen on {args.host}:{args.serve}: {e.strerror or e}") from None
 
 
+def _schedule_text(detector: VideoDetector) -> str:
+    thp = getattr(detector, "thp", None)
+    if thp is not None and thp.schedule == "adaptive":
+        return f"adaptive key frames, at most {thp.max_interval} apart"
+    return f"key interval {detector.key_interval}"
+
+
 def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, default_out: str, what: str,
              default_model: str | None = None) -> int:
     dff = kind == "dff"
@@ -379,7 +400,8 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
             if live:  # opened before the model: a source that does not open is an error at once
                 source = _open_live(args, stop.event)
                 say(f"input: {source.name} (live: the newest frame each time, older ones dropped)")
-            model, cfg = load_demo_model(kind, args.cfg, args.model, args.device, what, args.set)
+            overrides = [*args.set, *schedule_overrides(getattr(args, "schedule", None))]
+            model, cfg = load_demo_model(kind, args.cfg, args.model, args.device, what, overrides)
             interval = args.key_interval if dff else 1
             fast = FastPath.from_name(args.fast, args.device)
             detector = make_detector(model, cfg, backend=args.backend, onnx_dir=args.onnx, log=say,
@@ -392,7 +414,8 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
             label = "dff" if dff else "rfcn"
             outputs = Outputs(demo_class_names(model), args.vis_thresh, dff,
                               frames_dir=None if args.no_frames or live else args.out,
-                              video_path=None if args.no_video else os.path.join(args.out, "demo.mp4"))
+                              video_path=None if args.no_video else os.path.join(args.out, "demo.mp4"),
+                              scales=detector.cfg.SCALES[0])
             lost: SourceLost | None = None
             try:
                 if args.json_out is not None:
@@ -400,7 +423,7 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
                 if args.serve is not None:
                     outputs.server = _start_server(args, f"{name}: {label}", str(args.input))
                     say(f"serving {outputs.server.url} (MJPEG at /stream.mjpg, status at /status.json)")
-                stats = RunStats(label + (f" (key interval {detector.key_interval})" if dff else ""))
+                stats = RunStats(label + (f" ({_schedule_text(detector)})" if dff else ""))
                 _run(detector, source, label, stats, outputs, args.quiet, stop.event)
             except SourceLost as e:
                 lost = e
@@ -415,7 +438,7 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
             if stop.signal is not None:
                 say(f"stopped by {stop.signal}; outputs finalised")
             elif dff and args.compare:
-                base = make_detector(model, cfg, backend=args.backend, onnx_dir=args.onnx, key_interval=1,
+                base = make_detector(model, per_frame_config(cfg), backend=args.backend, onnx_dir=args.onnx, key_interval=1,
                                      device=args.device, thresh=args.thresh, fast=fast)
                 for _ in base.run(FrameSource(args.input, prepare=base.prepare, max_frames=2, on_error="skip")):
                     pass

@@ -1,12 +1,15 @@
-"""mAP of one model at several key-frame intervals (``tools/evaluate_intervals.py``, ``tools/benchmark.py --eval``).
+"""mAP of one model at several key-frame intervals and schedules (``tools/evaluate_intervals.py``,
+``tools/benchmark.py --eval``).
 
-:func:`evaluate_intervals` runs the config's test set once per interval; :func:`run_evaluate_intervals` is the
-command: the checkpoint's own config (with ``--set`` and ``--dataset-path``), one line per interval with the mAP
-over the classes present and FGFA's motion breakdown, and the rows as JSON.
+:func:`evaluate_intervals` runs the config's test set once per interval; :func:`evaluate_schedules` adds THP's
+adaptive schedule; :func:`run_evaluate_intervals` is the command: the checkpoint's own config (with ``--set``,
+``--schedule`` and ``--dataset-path``), one line per interval or schedule with the mAP over the classes present,
+FGFA's motion breakdown and the feature network's share of the work, and the rows as JSON.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -17,12 +20,13 @@ import torch
 
 from dff.config import Config, update_config
 from dff.engine.fastpath import FastPath
+from dff.engine.video import SCHEDULES
 from dff.eval.tester import TesterError, run_test_set
 from dff.models.builder import load_model
 from dff.utils.checkpoint import CheckpointError
 from dff.utils.io import atomic_write_text
 
-__all__ = ["evaluate_intervals", "interval_row", "format_interval_row", "run_evaluate_intervals"]
+__all__ = ["evaluate_intervals", "evaluate_schedules", "interval_row", "format_interval_row", "run_evaluate_intervals"]
 
 
 def evaluate_intervals(model: torch.nn.Module, cfg: Config, intervals: Sequence[int], output_dir: str, *,
@@ -37,26 +41,56 @@ def evaluate_intervals(model: torch.nn.Module, cfg: Config, intervals: Sequence[
                               key_interval=k, device=device, progress=False, fast=fast)
 
 
+def evaluate_schedules(model: torch.nn.Module, cfg: Config, schedules: Sequence[str], intervals: Sequence[int],
+                       output_dir: str, *, kind: str = "dff", device: str | torch.device = "cpu",
+                       fast: FastPath | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """:func:`evaluate_intervals` for ``"fixed"`` (rows named by the interval) and one run of the adaptive
+    schedule (row ``"adaptive"``, outputs in ``output_dir/adaptive``) for ``"adaptive"``; the other ``TEST``
+    keys (partial update, aggregation, tau, gamma) as ``cfg`` has them."""
+    for schedule in schedules:
+        if schedule not in SCHEDULES:
+            raise ValueError(f"--schedule must name {' or '.join(SCHEDULES)}, got {schedule!r}")
+        run_cfg = copy.deepcopy(cfg)
+        update_config(run_cfg, {"TEST": {"KEY_FRAME_SCHEDULE": schedule}}, source="--schedule")
+        if schedule == "fixed":
+            for k, evaluation in evaluate_intervals(model, run_cfg, intervals, output_dir, kind=kind, device=device,
+                                                    fast=fast):
+                yield str(k), evaluation
+        else:
+            yield schedule, run_test_set(model, run_cfg, kind=kind, output_dir=os.path.join(output_dir, schedule),
+                                         device=device, progress=False, fast=fast)
+
+
 def interval_row(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """One interval's JSON row: the mAP over the classes present and over all the model's classes, the mAP per
-    motion speed (slow, medium, fast) and COCO AP@[.5:.95] / AP50 / AP75 (when evaluated)."""
+    """One interval's (or schedule's) JSON row: the mAP over the classes present and over all the model's
+    classes, the mAP per motion speed (slow, medium, fast), COCO AP@[.5:.95] / AP50 / AP75 (when evaluated), and
+    ``key_fraction``, ``updated_area_fraction``, ``feature_cost_fraction``
+    (:func:`dff.eval.tester.schedule_stats`)."""
     motion = {m: v.get("mAP") if isinstance(v, dict) else v for m, v in evaluation.get("motion", {}).items()}
     row = {"mAP_present_classes": evaluation["mAP_present_classes"], "mAP": evaluation["mAP"], "motion": motion}
+    for key in ("key_fraction", "updated_area_fraction", "feature_cost_fraction"):
+        if key in evaluation.get("schedule", {}):
+            row[key] = evaluation["schedule"][key]
     if "coco" in evaluation:
         row["coco"] = {k: evaluation["coco"][k] for k in ("AP", "AP50", "AP75")}
     return row
 
 
-def format_interval_row(kind: str, k: int, row: dict[str, Any]) -> str:
-    """The printed line of one interval's row."""
+def format_interval_row(kind: str, k: int | str, row: dict[str, Any]) -> str:
+    """The printed line of one interval's (or the adaptive schedule's) row."""
     coco = f", COCO AP {row['coco']['AP']:.4f}" if "coco" in row else ""
-    return (f"{kind} interval {k:>2}: mAP {row['mAP_present_classes']:.4f} (classes present), "
-            f"motion {json.dumps(row['motion'])}{coco}")
+    cost = (f", key frames {row['key_fraction']:.3f}, updated area {row['updated_area_fraction']:.3f}, feature cost "
+            f"{row['feature_cost_fraction']:.3f}") if "feature_cost_fraction" in row else ""
+    what = f"interval {k:>2}" if str(k).isdigit() else f"schedule {k}"
+    return (f"{kind} {what}: mAP {row['mAP_present_classes']:.4f} (classes present), "
+            f"motion {json.dumps(row['motion'])}{coco}{cost}")
 
 
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Config]:
     """The checkpoint with its own config, ``--set`` and ``--dataset-path`` applied to that config."""
     model, cfg = load_model(args.model, overrides=args.set)
+    if model.kind != "dff" and getattr(args, "schedule", None) not in (None, "fixed"):
+        raise ValueError(f"{args.model}: a per-frame R-FCN has no key frames to schedule; leave out --schedule")
     if args.dataset_path:
         if not os.path.isdir(args.dataset_path):
             raise OSError(f"--dataset-path {args.dataset_path}: no such directory")
@@ -71,9 +105,11 @@ def run_evaluate_intervals(args: argparse.Namespace) -> int:
         model, cfg = _load(args)
         kind = model.kind
         intervals = [int(v) for v in args.intervals.split(",")] if kind == "dff" else [1]
+        schedule = getattr(args, "schedule", None) or str(cfg.TEST.KEY_FRAME_SCHEDULE)
+        schedules = [s for s in schedule.split(",") if s] if kind == "dff" else ["fixed"]
         out = args.out or tempfile.mkdtemp(prefix="dff_eval_")
         rows = {}
-        for k, evaluation in evaluate_intervals(model, cfg, intervals, out, kind=kind):
+        for k, evaluation in evaluate_schedules(model, cfg, schedules, intervals, out, kind=kind):
             rows[k] = interval_row(evaluation)
             print(format_interval_row(kind, k, rows[k]), flush=True)
     except (CheckpointError, TesterError, OSError, ValueError) as e:

@@ -289,6 +289,18 @@ def sample_key_frame(entry: dict[str, Any], rng: np.random.Generator | np.random
     return r, int(r == t)
 
 
+def sample_previous_key(entry: dict[str, Any], key_frame: int | None, rng: np.random.Generator,
+                        min_offset: int = -10, max_offset: int = -1) -> int | None:
+    """THP's previous key frame for a training pair (docs/design.md §8.4): clamp(key + o, 0, L - 1) with o
+    uniform in [min_offset, max_offset]; None (no video) for DET entries."""
+    if key_frame is None or "frame_seg_len" not in entry:
+        return None
+    if max_offset < min_offset:
+        raise ValueError(f"sample_previous_key: max_offset {max_offset} < min_offset {min_offset}")
+    o = int(rng.integers(max_offset - min_offset + 1)) + min_offset
+    return min(max(key_frame + o, 0), int(entry["frame_seg_len"]) - 1)
+
+
 def ref_image_path(entry: dict[str, Any], ref_frame: int | None) -> str:
     """Path of the key frame chosen by :func:`sample_key_frame` (the image itself for DET): a VID entry's
     ``pattern``, or the ``frames`` list of a COCO-video entry (whose file names follow no pattern)."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dff.dataset.imagenet_vid import ref_image_path, sample_key_frame
+from dff.dataset.imagenet_vid import ref_image_path, sample_key_frame, sample_previous_key
 from dff.utils.image import ImageReadError, read_image, resize, transform
 
 __all__ = [
@@ -84,6 +84,9 @@ class TrainDataset(Dataset):
       scale (docs/design.md §5.2 **QUIRK**, kept per model);
     * DFF only: ``data_ref`` (1, 3, H, W) the key frame (the image itself for DET entries) and
       ``eq_flag`` (int, 1 when the key frame is the current frame);
+    * THP only (``network.THP``): ``data_prev`` (1, 3, H, W) a previous key frame, drawn at
+      ``TRAIN.THP_PREV_KEY_MIN_OFFSET..MAX_OFFSET`` from the key frame, and ``prev_flag`` (int, 1 when it
+      is the key frame itself: a DET entry or the video's start);
     * ``epoch``, ``index``, ``image`` (path), ``ref_image`` (DFF: key-frame path).
     """
 
@@ -96,6 +99,8 @@ class TrainDataset(Dataset):
         self.stride = int(cfg.network.IMAGE_STRIDE)
         self.min_offset = int(cfg.TRAIN.MIN_OFFSET)
         self.max_offset = int(cfg.TRAIN.MAX_OFFSET)
+        self.prev_keys = pairs and bool(cfg.network.THP)
+        self.prev_offsets = (int(cfg.TRAIN.THP_PREV_KEY_MIN_OFFSET), int(cfg.TRAIN.THP_PREV_KEY_MAX_OFFSET))
 
     def __len__(self) -> int:
         return len(self.roidb)
@@ -107,16 +112,22 @@ class TrainDataset(Dataset):
         # draw in a fixed order (key frame, then scale) so a sample never depends on which draws happen
         ref_id, eq_flag = sample_key_frame(rec, rng, self.min_offset, self.max_offset) if self.pairs else (None, 1)
         target_size, max_size = self.scales[int(rng.integers(len(self.scales)))]
+        # THP's previous key frame: drawn after the scale, so a DFF sample's draws are unchanged
+        prev_id = sample_previous_key(rec, ref_id, rng, *self.prev_offsets) if self.prev_keys else None
         path = rec["image"]
         ref_path = ref_image_path(rec, ref_id) if self.pairs else path
+        prev_path = ref_image_path(rec, prev_id) if self.prev_keys else ref_path
         trying = path
         try:
             im = read_image(path)
-            ref = None
+            ref = prev = None
             if self.pairs:
                 # DET entries (no video) and offset 0 use the current frame itself as the key frame
                 trying = ref_path
                 ref = im if ref_path == path else read_image(ref_path)
+            if self.prev_keys:
+                trying = prev_path
+                prev = ref if prev_path == ref_path else read_image(prev_path)
         except ImageReadError as e:
             message = str(e)
             if message.startswith(trying + ": "):
@@ -126,6 +137,8 @@ class TrainDataset(Dataset):
             im = im[:, ::-1, :]
             if ref is not None:
                 ref = ref[:, ::-1, :]
+            if prev is not None:
+                prev = prev[:, ::-1, :]
         im_resized, scale = resize(im, target_size, max_size, self.stride)
         data = transform(im_resized, self.pixel_means)
         height, width = data.shape[2], data.shape[3]
@@ -156,6 +169,16 @@ class TrainDataset(Dataset):
                 out["data_ref"] = torch.from_numpy(transform(ref_resized, self.pixel_means))
             out["eq_flag"] = int(eq_flag)
             out["ref_image"] = ref_path
+        if self.prev_keys:
+            assert prev is not None
+            out["prev_flag"] = int(prev_path == ref_path)
+            if prev_path == ref_path:
+                out["data_prev"] = out["data_ref"]
+            else:
+                prev_resized, _ = resize(prev, target_size, max_size, self.stride)
+                if prev_resized.shape != im_resized.shape:
+                    return BadSample(epoch, index, prev_path, "previous key frame: frames of a video must have one size")
+                out["data_prev"] = torch.from_numpy(transform(prev_resized, self.pixel_means))
         return out
 
 

@@ -213,6 +213,9 @@ class StageRunner:
         if has_flow:
             stages["flow"] = self._flow
             stages["warp"] = self._warp
+        if getattr(model, "thp", False):
+            stages["flow_q"] = self._flow_q
+            stages["aggregate"] = self._aggregate
         if f.cuda_graphs:
             stages = {k: _Graphed(fn, k) for k, fn in stages.items()}
         self._stages = stages
@@ -244,6 +247,14 @@ class StageRunner:
         with self._precision(), self._autocast(), self._packing():
             return _float32(self.model.estimate_flow(self._input(data), self._input(key_data)))
 
+    def _flow_q(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        with self._precision(), self._autocast(), self._packing():
+            return _float32(self.model.estimate_flow_q(self._input(data), self._input(key_data)))
+
+    def _aggregate(self, key_feat: Tensor, prev_warped: Tensor) -> Tensor:
+        with self._precision(), self._autocast():
+            return _float32(self.model.aggregate(self._input(key_feat), self._input(prev_warped)))
+
     def _warp(self, key_feat: Tensor, flow: Tensor, scale: Tensor) -> Tensor:
         return self.model.warp(key_feat, flow, scale)  # float32: the warp samples in float32 anyway
 
@@ -264,6 +275,25 @@ class StageRunner:
     def flow(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:
         """FlowNet(data, key_data) -> (flow (1, 2, h, w), scale map (1, C, h, w)), float32."""
         return self._stages["flow"](data, key_data)
+
+    def flow_q(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """THP: FlowNet(data, key_data) -> (flow, scale map, Q (1, 1, h, w)), float32."""
+        return self._stages["flow_q"](data, key_data)
+
+    def aggregate(self, key_feat: Tensor, prev_warped: Tensor) -> Tensor:
+        """THP: the key frame's feature aggregated with the previous one warped to it, (1, C, h, w) float32."""
+        return self._stages["aggregate"](key_feat, prev_warped)
+
+    def backbone(self, data: Tensor) -> Tensor:
+        """THP: the backbone alone, (B, 3, H, W) image or crops -> (B, C_res5, h, w) float32; never graphed (the
+        crops' sizes change from frame to frame)."""
+        with self._precision(), self._autocast(), self._packing():
+            return _float32(self.model.backbone(self._input(data)))
+
+    def feature_head(self, x: Tensor) -> Tensor:
+        """THP: the feature network's last layer on a backbone map (or a window of one), float32."""
+        with self._precision(), self._autocast(), self._packing():
+            return _float32(self.model.feature_from_backbone(self._input(x)))
 
     def warp(self, key_feat: Tensor, flow: Tensor, scale: Tensor) -> Tensor:
         """warp(key_feat, flow) x scale -> (1, C, h, w) float32."""

@@ -78,7 +78,7 @@ __all__ = ["Detections", "TesterError", "DEFAULT_THRESH", "eval_output_dir", "mo
 
 # the reference test scripts' default score thresholds (docs/design.md §6.2/6.3)
 DEFAULT_THRESH = {"dff": 1e-4, "rfcn": 1e-3}
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 log = logging.getLogger("dff.test")
 
@@ -168,6 +168,7 @@ class Detections:
     timing: dict[str, Any]             # mean seconds per frame and stage over the frames run now, frames_timed, key_frames
     thresh: float
     key_interval: int
+    schedule: dict[str, Any] = dataclasses.field(default_factory=dict)  # schedule_stats over every frame
 
     @property
     def frame_ids(self) -> list[int]:
@@ -195,6 +196,27 @@ class _Timing:
         return out
 
 
+# the per-frame columns a video's cache keeps: stage seconds, total, 1 for a key frame, the updated area
+TIME_COLUMNS = (*STAGES, "total", "is_key", "updated_fraction")
+
+
+def schedule_stats(times: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Key frames and feature-network work over the frames of ``times`` (each video's (n, TIME_COLUMNS) array;
+    unreadable frames, total 0, left out): ``key_fraction`` (key frames / frames), ``updated_area_fraction``
+    (mean fraction of feature cells recomputed on the non-key frames) and ``feature_cost_fraction`` =
+    key_fraction + (1 - key_fraction) x updated_area_fraction, the feature network's work relative to per-frame."""
+    col = {c: i for i, c in enumerate(TIME_COLUMNS)}
+    rows = np.concatenate([t for t in times if len(t)]) if any(len(t) for t in times) else np.zeros((0, len(col)))
+    rows = rows[rows[:, col["total"]] > 0]
+    frames = len(rows)
+    keys = int(rows[:, col["is_key"]].sum()) if frames else 0
+    key_fraction = keys / frames if frames else float("nan")
+    non_key = rows[rows[:, col["is_key"]] == 0]
+    updated = float(non_key[:, col["updated_fraction"]].mean()) if len(non_key) else 0.0
+    return {"frames": frames, "key_frames": keys, "key_fraction": key_fraction, "updated_area_fraction": updated,
+            "feature_cost_fraction": key_fraction + (1 - key_fraction) * updated}
+
+
 def _test_set(cfg: Config, verbose: bool, max_videos: int | None) -> tuple[ImageNetVID | CocoVideo, list[TestVideo]]:
     """The reader and the videos of ``dataset.test_image_set`` (the first ``max_videos``)."""
     try:
@@ -218,7 +240,9 @@ def _shard() -> tuple[int, int]:
 
 def _cache_signature(model: torch.nn.Module, cfg: Config, detector: VideoDetector, thresh: float) -> str:
     """What a cached video's detections depend on: the weights and every test setting."""
+    thp = getattr(detector, "thp", None)
     return json.dumps({"model": model_digest(model), "thresh": thresh, "key_interval": detector.key_interval,
+                       "thp": thp.describe() if thp is not None and thp.active else None,
                        "scales": [list(s) for s in cfg.SCALES], "means": list(cfg.network.PIXEL_MEANS),
                        "nms": float(cfg.TEST.NMS), "max_per_image": int(cfg.TEST.max_per_image),
                        "fast_path": detector.runner.fast.describe(),
@@ -234,12 +258,12 @@ def _run_video(detector: VideoDetector, video: TestVideo, num_classes: int, num_
     bad: list[str] = []
     empty = [np.zeros((0, 5), np.float32) for _ in range(num_classes)]
     dets = [list(empty) for _ in video.paths]
-    times = np.zeros((len(video.paths), len(STAGES) + 1))
+    times = np.zeros((len(video.paths), len(TIME_COLUMNS)))
     frames = FrameSource(video.paths, prepare=detector.prepare, prefetch=2 * num_workers + 2, workers=num_workers,
                          on_error="skip")
     for r in detector.run(frames):
         dets[r.index] = [np.asarray(d, dtype=np.float32).reshape(-1, 5) for d in r.detections]
-        times[r.index] = [r.times[s] for s in (*STAGES, "total")]
+        times[r.index] = [*(r.times[s] for s in (*STAGES, "total")), float(r.is_key), r.updated_fraction]
         timing.add(r.times, r.is_key)
         if bar is not None:
             bar.update(1)
@@ -295,14 +319,14 @@ def detect_videos(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir:
                 cache_path = os.path.join(det_dir, _safe_name(v.name) + ".npz")
                 hit = None if ignore_cache else _load_video(cache_path, sig, v.frame_ids)
                 if hit is not None:
-                    found[i] = hit[:2]
+                    found[i] = hit
                     cached += 1
                     if bar is not None:
                         bar.update(len(v.paths))
                 else:
                     dets, bad, times = _run_video(detector, v, imdb.num_classes, num_workers, timing, bar)
                     _save_video(cache_path, v.frame_ids, dets, sig, bad, times)
-                    found[i] = (dets, bad)
+                    found[i] = (dets, bad, times)
     finally:
         if bar is not None:
             bar.close()
@@ -317,10 +341,11 @@ def detect_videos(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir:
                 hit = _load_video(os.path.join(det_dir, _safe_name(videos[i].name) + ".npz"), sig, videos[i].frame_ids)
                 if hit is None:
                     raise TesterError(f"{videos[i].name}: rank {i % world} left no detections in {det_dir}")
-                found[i] = hit[:2]
+                found[i] = hit
     boxes = [d for i in range(len(videos)) for d in found[i][0]]
     bad_all = [b for i in range(len(videos)) for b in found[i][1]]
-    return Detections(imdb, videos, boxes, bad_all, cached, timing.summary(), thresh, detector.key_interval)
+    return Detections(imdb, videos, boxes, bad_all, cached, timing.summary(), thresh, detector.key_interval,
+                      schedule_stats([found[i][2] for i in range(len(videos))]))
 
 
 def _eval_annotations(dets: Detections, cfg: Config) -> dict[str, dict[str, Any]]:
@@ -356,7 +381,7 @@ def evaluate_detections(dets: Detections, cfg: Config, output_dir: str) -> dict[
     result["timing"] = dict(dets.timing)
     result.update(videos=len(videos), frames=sum(len(v.paths) for v in videos), videos_cached=dets.videos_cached,
                   bad_frames=dets.bad_frames, results_file=results_file, thresh=dets.thresh,
-                  key_interval=dets.key_interval)
+                  key_interval=dets.key_interval, schedule=dets.schedule)
     save_json(result, os.path.join(output_dir, "results", f"eval_{set_name}.json"))
     if dets.bad_frames:
         log.warning("%d unreadable frames had no detections (listed in the JSON under bad_frames)",

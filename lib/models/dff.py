@@ -14,11 +14,26 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from dff.config import Config
+from dff.models.aggregation import KeyFrameAggregation
 from dff.models.flownet import FlowNet
 from dff.models.rfcn import RFCN
 from dff.ops import warp_scale
+
+# Q's initial bias: sigmoid(3) = 0.95, "the warped feature is as good" everywhere, so an untrained Q head
+# neither triggers key frames nor updates (the model starts as the DFF it is fine-tuned from).
+Q_INIT_BIAS = 3.0
+
+
+def feature_consistency(warped: Tensor, own: Tensor, sigma: float) -> Tensor:
+    """Q's training target, (N, C, h, w) x 2 -> (N, 1, h, w) in (0, 1]: ``exp(-(r / sigma)^2)`` with ``r`` the
+    distance of the warped key feature from the frame's own feature at a position, relative to the own
+    feature's mean norm over the frame (1 = identical; docs/design.md §8.1 says why not the cosine)."""
+    dist = (warped - own).norm(dim=1, keepdim=True)
+    ref = own.norm(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    return torch.exp(-(dist / (ref * sigma)) ** 2)
 
 
 class DFF(RFCN):
@@ -28,8 +43,11 @@ class DFF(RFCN):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
+        self.thp = bool(cfg.network.THP)
         self.flownet = FlowNet(feat_dim=self.feat_dim, avg_pool=cfg.network.FLOW_AVG_POOL,
-                               width=float(cfg.network.FLOWNET_WIDTH))
+                               width=float(cfg.network.FLOWNET_WIDTH), q_output=self.thp)
+        # THP's key-frame aggregation (None for plain DFF: no parameters, the reference's state dict)
+        self.aggregation = KeyFrameAggregation(self.feat_dim, int(cfg.network.THP_EMBED_DIM)) if self.thp else None
 
     def frozen_parameters(self, fixed_prefixes: Sequence[str] | None = None) -> set[str]:
         """:meth:`RFCN.frozen_parameters` plus FlowNet's own (the scale map's bias stays 1)."""
@@ -38,6 +56,70 @@ class DFF(RFCN):
     def estimate_flow(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:
         """(flow (N, 2, h, w) from the current frame to the key frame, scale map (N, C, h, w))."""
         return self.flownet(data, key_data)
+
+    def estimate_flow_q(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """THP: (flow, scale map, Q (N, 1, h, w) in (0, 1)) from the current frame to the key (reference) frame."""
+        return self.flownet.forward_q(data, key_data)
+
+    def aggregate(self, key_feat: Tensor, prev_warped: Tensor) -> Tensor:
+        """THP: the new key frame's feature blended with the previous aggregated key feature warped to it."""
+        if self.aggregation is None:
+            raise RuntimeError("aggregate: the model has no aggregation network (network.THP is false)")
+        return self.aggregation(key_feat, prev_warped)
+
+    @torch.no_grad()
+    def init_thp_layers(self) -> None:
+        """Q's head: weight 0 and bias :data:`Q_INIT_BIAS` (Q starts high everywhere); the embedding keeps
+        PyTorch's default initialisation."""
+        if self.flownet.Convolution5_q is not None:
+            self.flownet.Convolution5_q.weight.zero_()
+            self.flownet.Convolution5_q.bias.fill_(Q_INIT_BIAS)
+
+    def forward_train(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """DFF: :meth:`RFCN.forward_train`. THP: the same losses on the partially updated, aggregated feature,
+        plus ``q_loss`` (in ``loss``); see :meth:`thp_train_feature`."""
+        if not self.thp:
+            return super().forward_train(batch, generator)
+        feat, q_loss = self.thp_train_feature(batch)
+        out = self.task_losses(feat, batch["im_info"], batch["gt_boxes"], generator)
+        out["q_loss"] = q_loss
+        out["loss"] = out["loss"] + q_loss
+        return out
+
+    def thp_train_feature(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """THP's training feature and Q's loss (docs/design.md §8.4).
+
+        ``batch`` as :meth:`train_feature` plus ``data_prev`` (1, 3, H, W), a key frame before the key
+        frame, and ``prev_flag`` (1 when there is none: a DET image or the video's start).
+
+        1. key feature: the feature network on ``data_ref``; unless ``prev_flag``, aggregated with the
+           previous key frame's feature warped to it (flow and scale map from FlowNet(data_ref, data_prev));
+        2. with ``eq_flag`` 1 that is the feature (Q is not trained on the pair); else FlowNet(data, data_ref)
+           gives flow, scale and Q, the key feature is warped, the frame's own feature is computed, Q
+           regresses their per-position cosine similarity (:func:`feature_consistency`, binary cross-entropy,
+           ``TRAIN.THP_Q_LOSS_WEIGHT``), and the positions with Q <= ``TRAIN.THP_TAU`` take the own feature
+           (the partial update; the mask carries no gradient, Q learns from its target alone).
+        """
+        data, data_ref = batch["data"], batch["data_ref"]
+        if data_ref.shape != data.shape:
+            raise ValueError(f"forward_train: data_ref {tuple(data_ref.shape)} must have the shape of data "
+                             f"{tuple(data.shape)}")
+        key_feat = self.extract_feature(data_ref)
+        if not _flag(batch.get("prev_flag", 1), "prev_flag"):
+            data_prev = batch["data_prev"]
+            prev_feat = self.extract_feature(data_prev)
+            flow, scale = self.estimate_flow(data_ref, data_prev)
+            key_feat = self.aggregate(key_feat, self.warp(prev_feat, flow, scale))
+        zero = key_feat.new_zeros(())
+        if _flag(batch["eq_flag"], "eq_flag"):
+            return key_feat, zero
+        flow, scale, q = self.estimate_flow_q(data, data_ref)
+        warped = self.warp(key_feat, flow, scale)
+        own = self.extract_feature(data)
+        target = feature_consistency(warped.detach(), own.detach(), float(self.cfg.TRAIN.THP_Q_SIGMA))
+        q_loss = F.binary_cross_entropy(q.float(), target.float()) * float(self.cfg.TRAIN.THP_Q_LOSS_WEIGHT)
+        update = q.detach() <= float(self.cfg.TRAIN.THP_TAU)
+        return torch.where(update, own, warped), q_loss
 
     @staticmethod
     def warp(key_feat: Tensor, flow: Tensor, scale: Tensor | None) -> Tensor:
@@ -78,12 +160,16 @@ class DFF(RFCN):
         if data_ref.shape != data.shape:
             raise ValueError(f"forward_train: data_ref {tuple(data_ref.shape)} must have the shape of data "
                              f"{tuple(data.shape)}")
-        eq_flag = batch["eq_flag"]
-        flag = torch.as_tensor(eq_flag).reshape(-1)
-        if flag.numel() != 1 or float(flag[0]) not in (0.0, 1.0):
-            raise ValueError(f"forward_train: eq_flag must be a single 0 or 1, got {eq_flag!r}")
         key_feat = self.extract_feature(data_ref)
-        if float(flag[0]) == 1.0:
+        if _flag(batch["eq_flag"], "eq_flag"):
             return key_feat
         flow, scale = self.estimate_flow(data, data_ref)
         return self.warp(key_feat, flow, scale)
+
+
+def _flag(value: object, name: str) -> bool:
+    """A 0/1 batch flag (bool, int or 1-element tensor) -> bool; anything else is an error."""
+    flag = torch.as_tensor(value).reshape(-1)
+    if flag.numel() != 1 or float(flag[0]) not in (0.0, 1.0):
+        raise ValueError(f"forward_train: {name} must be a single 0 or 1, got {value!r}")
+    return float(flag[0]) == 1.0

@@ -27,6 +27,7 @@ from dff.ops.prepack import conv_leaky_relu
 # features have stride 16: 20 * 2 / 16 (docs/design.md §2.2).
 FLOW_SCALE = 2.5
 LEAKY_SLOPE = 0.1
+Q_HIDDEN = 32  # channels of the Q head's hidden layer (THP)
 AVG_POOL_MODES = ("valid", "full")
 
 
@@ -74,9 +75,12 @@ class FlowNet(nn.Module):
             Even sizes give identical results with both.
         width: channel multiplier of every layer (1.0 = the reference; smaller for the tiny CPU
             models, whose embedded checkpoints must stay small). Layer names do not change.
+        q_output: also predict the feature temporal consistency map Q (:meth:`forward_q`), a third
+            1x1 head on the last concatenation beside the flow and the scale map (THP, docs/design.md §8).
     """
 
-    def __init__(self, feat_dim: int = 1024, avg_pool: str = "valid", width: float = 1.0) -> None:
+    def __init__(self, feat_dim: int = 1024, avg_pool: str = "valid", width: float = 1.0,
+                 q_output: bool = False) -> None:
         super().__init__()
         if avg_pool not in AVG_POOL_MODES:
             raise ValueError(f"FlowNet: avg_pool must be one of {AVG_POOL_MODES}, got {avg_pool!r}")
@@ -113,6 +117,9 @@ class FlowNet(nn.Module):
         self.upsample_flow3to2 = _deconv(2, 2)
         self.Convolution5 = _conv(c2 + d2 + 2, 2, 3)
         self.Convolution5_scale = nn.Conv2d(c2 + d2 + 2, feat_dim, 1, bias=True)
+        # Q: a 3x3 layer (feature error depends on the neighbourhood: occlusions, object edges), then 1x1
+        self.Convolution5_q_hidden = _conv(c2 + d2 + 2, Q_HIDDEN, 3) if q_output else None
+        self.Convolution5_q = nn.Conv2d(Q_HIDDEN, 1, 1, bias=True) if q_output else None
 
     # ------------------------------------------------------------------------------------------
     def forward(self, cur: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
@@ -126,7 +133,16 @@ class FlowNet(nn.Module):
             scale: (N, feat_dim, h, w) ``Convolution5_scale``.
             with h, w = ceil(H/16), ceil(W/16).
         """
-        return self._run(cur, key, None)
+        flow, scale, _ = self._run(cur, key, None)
+        return flow, scale
+
+    def forward_q(self, cur: Tensor, key: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward` plus Q (N, 1, h, w) in (0, 1): how well the key feature warped by the flow
+        stands in for the current frame's own feature at each position (1 = as good)."""
+        if self.Convolution5_q is None:
+            raise RuntimeError("FlowNet: built without the Q output (network.THP is false)")
+        flow, scale, x = self._run(cur, key, None)
+        return flow, scale, torch.sigmoid(self.Convolution5_q(_conv_lrelu(self.Convolution5_q_hidden, x)))
 
     def forward_probes(self, cur: Tensor, key: Tensor) -> dict[str, Tensor]:
         """Run :meth:`forward` and return the intermediate activations under their MXNet output names.
@@ -149,7 +165,8 @@ class FlowNet(nn.Module):
         divisor = 4 if self.avg_pool == "full" else None
         return F.avg_pool2d(x, 2, 2, ceil_mode=True, divisor_override=divisor)
 
-    def _run(self, cur: Tensor, key: Tensor, probes: Optional[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+    def _run(self, cur: Tensor, key: Tensor, probes: Optional[dict[str, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+        """(flow, scale map, the last concatenation at stride 16, which every 1x1 head reads)."""
         if cur.dim() != 4 or cur.shape[1] != 3:
             raise ValueError(f"FlowNet: cur must be (N, 3, H, W), got {tuple(cur.shape)}")
         if key.shape != cur.shape:
@@ -217,7 +234,7 @@ class FlowNet(nn.Module):
         keep("_mulscalar0_output", flow)
         scale = self.Convolution5_scale(x)
         keep("Convolution5_scale_output", scale)
-        return flow, scale
+        return flow, scale, x
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()

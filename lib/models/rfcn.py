@@ -113,7 +113,18 @@ class RFCN(nn.Module):
     # feature network ------------------------------------------------------------------------------
     def extract_feature(self, data: Tensor) -> Tensor:
         """data (N, 3, H, W) -> feature (N, DFF_FEAT_DIM, ceil(H/16), ceil(W/16)) (``feat_conv_3x3_relu``)."""
-        return F.relu(self.feat_conv_3x3(self.backbone(data)))
+        return self.feature_from_backbone(self.backbone(data))
+
+    def feature_from_backbone(self, x: Tensor) -> Tensor:
+        """The feature network's last layer: backbone output (N, C_res5, h, w) -> feature (N, DFF_FEAT_DIM, h, w).
+        Split from :meth:`extract_feature` for THP's partial update, which recomputes the two halves apart."""
+        return F.relu(self.feat_conv_3x3(x))
+
+    @property
+    def feature_head_reach(self) -> int:
+        """How many cells away :meth:`feature_from_backbone` reads (``feat_conv_3x3``: dilation 6, 3x3)."""
+        conv = self.feat_conv_3x3
+        return int(conv.dilation[0]) * (int(conv.kernel_size[0]) // 2)
 
     # task network ---------------------------------------------------------------------------------
     def rpn(self, feat: Tensor) -> tuple[Tensor, Tensor]:

@@ -72,6 +72,7 @@ from dff.dataset.loader import (
 from dff.models.builder import build_model, fold_bbox_state, tiled_bbox_stats, unfold_bbox_state, weights_tag
 from dff.train.optim import MXNetSGD, ParamGroups, build_param_groups, lr_schedule
 from dff.utils.checkpoint import (
+    DEFAULT_IGNORE_MISSING,
     CheckpointError,
     checkpoint_config,
     detect_format,
@@ -93,8 +94,10 @@ log = logging.getLogger("dff.train")
 
 # forward_train outputs logged and summed over the global batch (reference metric names in brackets):
 # RPNLogLoss, RPNL1Loss, RCNNLogLoss, RCNNL1Loss, RPNAcc, RCNNAcc
-METRICS = ("loss", "rpn_cls_loss", "rpn_bbox_loss", "rcnn_cls_loss", "rcnn_bbox_loss", "rpn_acc", "rcnn_acc")
+METRICS = ("loss", "rpn_cls_loss", "rpn_bbox_loss", "rcnn_cls_loss", "rcnn_bbox_loss", "rpn_acc", "rcnn_acc",
+           "q_loss")  # q_loss: THP's Q regression (0 for the others)
 _BUCKET_BYTES = 32 << 20
+THP_LAYER_PATTERNS = ("flownet.Convolution5_q*", "aggregation.*")  # may be missing from a DFF checkpoint
 _NEW_LAYERS = ("feat_conv_3x3", "rpn_head.rpn_cls_score", "rpn_head.rpn_bbox_pred", "rfcn_head.rfcn_cls",
                "rfcn_head.rfcn_bbox")
 _DEFAULT_PREFIX = {"rfcn": "rfcn_vid", "dff": "dff_rfcn_vid"}  # by model.kind, when TRAIN.model_prefix is empty
@@ -180,6 +183,7 @@ def init_new_layers(model: nn.Module, generator: torch.Generator) -> None:
         nn.init.zeros_(conv.bias)
     if model.kind == "dff":
         model.flownet.init_scale_identity()
+        model.init_thp_layers()
 
 
 def _pretrained_path(prefix: str, epoch: int) -> str:
@@ -251,13 +255,20 @@ def _load_init(model: nn.Module, path: str, cfg: Config, generator: torch.Genera
             params = {k: v for k, v in read_params(path).items() if not k.endswith("_test")}
             load_mxnet_checkpoint(model, params, strict=True)
             return f"all weights from {path} (MXNet)"
-        load_model_weights(model, path)
+        # a THP model fine-tuned from a DFF checkpoint: the THP layers start from their initialisation
+        thp_new = THP_LAYER_PATTERNS if getattr(model, "thp", False) else ()
+        report = load_model_weights(model, path, ignore_missing=(*DEFAULT_IGNORE_MISSING, *thp_new))
         tag = weights_tag(path)
     except (CheckpointError, MXNetParamsError) as e:
         raise TrainingError(f"--init: {e}") from None
     if tag != "train":
         # inference weights have the box de-normalisation folded in: undo it for training
         model.load_state_dict(unfold_bbox_state(model.state_dict(), cfg))
+    fresh = [k for k in report.ignored_missing if not k.endswith("num_batches_tracked")]
+    if fresh:
+        model.init_thp_layers()
+        return (f"all weights from {path} (native, {tag or 'test'} weights) but the THP layers "
+                f"{sorted({k.rsplit('.', 1)[0] for k in fresh})}, initialised (Q high everywhere)")
     return f"all weights from {path} (native, {tag or 'test'} weights)"
 
 

@@ -50,6 +50,8 @@ FLOWNET_LAYERS: tuple[str, ...] = (
     "deconv5", "deconv4", "deconv3", "deconv2",
     "upsample_flow6to5", "upsample_flow5to4", "upsample_flow4to3", "upsample_flow3to2",
 )
+THP_FLOWNET_LAYERS: tuple[str, ...] = ("Convolution5_q_hidden", "Convolution5_q")
+THP_AGGREGATION_LAYERS: tuple[str, ...] = ("em_conv1", "em_conv2", "em_conv3")
 # layers outside the residual stages: MXNet layer -> (torch module path, kind)
 _FIXED_LAYERS: dict[str, tuple[str, str]] = {
     "conv1": ("backbone.conv1", "conv"),
@@ -60,6 +62,9 @@ _FIXED_LAYERS: dict[str, tuple[str, str]] = {
     "rfcn_cls": ("rfcn_head.rfcn_cls", "conv"),
     "rfcn_bbox": ("rfcn_head.rfcn_bbox", "conv"),
     **{layer: (f"flownet.{layer}", "conv") for layer in FLOWNET_LAYERS},
+    # THP (network.THP): FlowNet's Q head and the key-frame aggregation's embedding network (FGFA's names)
+    **{layer: (f"flownet.{layer}", "conv") for layer in THP_FLOWNET_LAYERS},
+    **{layer: (f"aggregation.{layer}", "conv") for layer in THP_AGGREGATION_LAYERS},
 }
 _FIXED_MODULES = {module: (layer, kind) for layer, (module, kind) in _FIXED_LAYERS.items()}
 _BLOCK = r"(?P<block>[2-5][a-z]\d*)"
