@@ -117,7 +117,7 @@ def default_config() -> Config:
         "FLOW_AVG_POOL": "valid",
         # port: FlowNet channel multiplier (1.0 = the reference; the tiny CPU models use less)
         "FLOWNET_WIDTH": 1.0,
-        # port ("Towards High Performance Video Object Detection", docs/design.md §8): DFF plus FlowNet's
+        # port ("Towards High Performance Video Object Detection", docs/design.md §9): DFF plus FlowNet's
         # feature temporal consistency map Q and the key frames' aggregation embedding
         "THP": False,
         "THP_EMBED_DIM": 256,  # channels of the aggregation embedding network's output
@@ -184,7 +184,7 @@ def default_config() -> Config:
         "MIN_OFFSET": -9,
         "MAX_OFFSET": 0,
         # port, THP only: the previous key frame, drawn at these offsets from the key frame (clamped to the
-        # video); Q's target's width (relative feature distance, docs/design.md §8.1) and loss weight; the tau of
+        # video); Q's target's width (relative feature distance, docs/design.md §9.1) and loss weight; the tau of
         # the partial update while training
         "THP_PREV_KEY_MIN_OFFSET": -10,
         "THP_PREV_KEY_MAX_OFFSET": -1,
@@ -205,7 +205,7 @@ def default_config() -> Config:
         "max_per_image": 300,
         "test_epoch": 0,
         "KEY_FRAME_INTERVAL": 10,
-        # port, THP (docs/design.md §8): "fixed" (every KEY_FRAME_INTERVAL frames, DFF) or "adaptive" (a key
+        # port, THP (docs/design.md §9): "fixed" (every KEY_FRAME_INTERVAL frames, DFF) or "adaptive" (a key
         # frame when more than THP_GAMMA of the positions have Q <= THP_TAU, at the latest after
         # KEY_FRAME_MAX_INTERVAL frames); PARTIAL_UPDATE recomputes the Q <= THP_TAU positions' feature on
         # crops with PARTIAL_UPDATE_MARGIN feature cells of context; AGGREGATION blends each new key feature

@@ -7,7 +7,7 @@ table (:func:`profile`), all of these per key interval (:func:`measure_intervals
 outputs: the table (:func:`format_table`), the JSON report (:func:`build_report`) and the plot
 (:func:`write_plot`). :func:`run_benchmark` composes them for the command line.
 
-THP (docs/design.md §8): with the adaptive key-frame schedule the per-frame R-FCN is measured against one
+THP (docs/design.md §9): with the adaptive key-frame schedule the per-frame R-FCN is measured against one
 ``"adaptive"`` row (:func:`measure_adaptive`) instead of rows per key interval; :func:`time_partial_update`
 times the partial feature update forced to cover given fractions of the feature map against the full key-frame
 feature network (any DFF model: the mask is forced, no Q needed).

@@ -291,7 +291,7 @@ def sample_key_frame(entry: dict[str, Any], rng: np.random.Generator | np.random
 
 def sample_previous_key(entry: dict[str, Any], key_frame: int | None, rng: np.random.Generator,
                         min_offset: int = -10, max_offset: int = -1) -> int | None:
-    """THP's previous key frame for a training pair (docs/design.md §8.4): clamp(key + o, 0, L - 1) with o
+    """THP's previous key frame for a training pair (docs/design.md §9.4): clamp(key + o, 0, L - 1) with o
     uniform in [min_offset, max_offset]; None (no video) for DET entries."""
     if key_frame is None or "frame_seg_len" not in entry:
         return None

@@ -7,7 +7,7 @@ frame size changes. Only the current key frame's input and feature are cached, s
 over any video length.
 
 A DFF model trained with ``network.THP`` also runs the three options of "Towards High Performance Video
-Object Detection" (docs/design.md §8), each a ``TEST`` key: the adaptive key-frame schedule
+Object Detection" (docs/design.md §9), each a ``TEST`` key: the adaptive key-frame schedule
 (``KEY_FRAME_SCHEDULE: adaptive``), the partial feature update (``PARTIAL_UPDATE``) and the key frames'
 aggregation (``AGGREGATION``). With all three off the engine runs exactly the DFF path. The cache is
 still one reference frame (its input and feature): the key frame, or with ``PARTIAL_UPDATE_PROPAGATE``
@@ -37,7 +37,7 @@ SCHEDULES = ("fixed", "adaptive")
 
 @dataclasses.dataclass(frozen=True)
 class THPOptions:
-    """The engine's THP settings, from ``cfg.TEST`` (docs/design.md §8)."""
+    """The engine's THP settings, from ``cfg.TEST`` (docs/design.md §9)."""
 
     schedule: str = "fixed"
     tau: float = 0.3
@@ -255,7 +255,7 @@ class VideoDetector:
         return out
 
     def _thp_feature(self, data: Tensor, times: dict) -> tuple[Tensor, bool]:
-        """THP's feature of one frame (docs/design.md §8.3): the adaptive or fixed key-frame decision, the
+        """THP's feature of one frame (docs/design.md §9.3): the adaptive or fixed key-frame decision, the
         key frame's aggregation with the reference feature warped to it, the non-key frame's warp and
         partial update. Fills ``times``; returns (feature, is_key)."""
         o = self.thp
@@ -273,7 +273,7 @@ class VideoDetector:
             is_key = o.schedule == "adaptive" and adaptive_is_key(q, o.tau, o.gamma)
         self._last_update = (0.0, None)
         if is_key:
-            if o.partial:  # the backbone map is kept for the updates (docs/design.md §8.2)
+            if o.partial:  # the backbone map is kept for the updates (docs/design.md §9.2)
                 backbone = self.runner.backbone(data)
                 feat = self.runner.feature_head(backbone)
             else:

@@ -30,7 +30,7 @@ Q_INIT_BIAS = 3.0
 def feature_consistency(warped: Tensor, own: Tensor, sigma: float) -> Tensor:
     """Q's training target, (N, C, h, w) x 2 -> (N, 1, h, w) in (0, 1]: ``exp(-(r / sigma)^2)`` with ``r`` the
     distance of the warped key feature from the frame's own feature at a position, relative to the own
-    feature's mean norm over the frame (1 = identical; docs/design.md §8.1 says why not the cosine)."""
+    feature's mean norm over the frame (1 = identical; docs/design.md §9.1 says why not the cosine)."""
     dist = (warped - own).norm(dim=1, keepdim=True)
     ref = own.norm(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     return torch.exp(-(dist / (ref * sigma)) ** 2)
@@ -87,7 +87,7 @@ class DFF(RFCN):
         return out
 
     def thp_train_feature(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """THP's training feature and Q's loss (docs/design.md §8.4).
+        """THP's training feature and Q's loss (docs/design.md §9.4).
 
         ``batch`` as :meth:`train_feature` plus ``data_prev`` (1, 3, H, W), a key frame before the key
         frame, and ``prev_flag`` (1 when there is none: a DET image or the video's start).

@@ -76,7 +76,7 @@ class FlowNet(nn.Module):
         width: channel multiplier of every layer (1.0 = the reference; smaller for the tiny CPU
             models, whose embedded checkpoints must stay small). Layer names do not change.
         q_output: also predict the feature temporal consistency map Q (:meth:`forward_q`), a third
-            1x1 head on the last concatenation beside the flow and the scale map (THP, docs/design.md §8).
+            1x1 head on the last concatenation beside the flow and the scale map (THP, docs/design.md §9).
     """
 
     def __init__(self, feat_dim: int = 1024, avg_pool: str = "valid", width: float = 1.0,
