@@ -36,7 +36,7 @@ from dff.config import Config, ConfigError, load_config, update_config
 from dff.deploy import DeployUnavailable, cached_export, make_detector
 from dff.engine.fastpath import FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError, frames_from_arrays
-from dff.engine.partial import forced_mask, partial_update
+from dff.engine.partial import forced_mask
 from dff.engine.postprocess import im_detect_boxes, pred_eval_frame
 from dff.engine.video import THPOptions, VideoDetector, per_frame_config, schedule_overrides
 from dff.models.builder import FIXTURE, load_model
@@ -356,7 +356,6 @@ def time_partial_update(bench: Bench, fractions: Sequence[float], repeats: int =
     # the PyTorch engine's runner also under --backend onnxruntime: the crops run the PyTorch feature network
     runner = (bench.base if bench.backend == "torch" else bench.detector(1, backend="torch")).runner
     margin = int(bench.cfg.TEST.PARTIAL_UPDATE_MARGIN)
-    reach = int(bench.model.feature_head_reach)
     data = bench.prepared[0][0]
     with torch.inference_mode():
         full_ms, feat = _median_ms(lambda: runner.feature(data), bench.device, repeats)
@@ -364,16 +363,11 @@ def time_partial_update(bench: Bench, fractions: Sequence[float], repeats: int =
         backbone = runner.backbone(data)  # stands in for the reference's backbone map (any of its shape would)
         flow, _ = runner.flow(data, data)
         warp_ms, _ = _median_ms(lambda: runner.warp(backbone, flow, None), bench.device, repeats)
-
-        def update(mask: torch.Tensor) -> tuple:
-            warped_backbone = runner.warp(backbone, flow, None)
-            return partial_update(runner.backbone, runner.feature_head, reach, data, feat, warped_backbone, mask,
-                                  margin)
-
         rows = {}
         for f in fractions:
             mask = forced_mask(h, w, f, device=feat.device)
-            ms, (_, _, info) = _median_ms(lambda m=mask: update(m), bench.device, repeats)
+            ms, (_, _, info) = _median_ms(lambda m=mask: runner.update(data, feat, backbone, flow, m, margin),
+                                          bench.device, repeats)
             rows[str(f)] = {"area_fraction": info.area_fraction,
                             "crop_cells_fraction": info.crop_cells / info.total_cells, "crops": len(info.crops),
                             "batched": info.batched, "ms": ms, "ratio": ms / full_ms}

@@ -36,6 +36,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
+from dff.engine.partial import UpdateInfo, partial_update
 from dff.ops.backend import resolve
 from dff.ops.prepack import packing, prepack_available, prepack_convolutions
 
@@ -289,6 +290,14 @@ class StageRunner:
         crops' sizes change from frame to frame)."""
         with self._precision(), self._autocast(), self._packing():
             return _float32(self.model.backbone(self._input(data)))
+
+    def update(self, data: Tensor, warped: Tensor, ref_backbone: Tensor, flow: Tensor, mask: Tensor,
+               margin: int) -> tuple[Tensor, Tensor, UpdateInfo]:
+        """THP's partial update of the ``mask`` cells: the reference's backbone map warped by ``flow``, then
+        :func:`dff.engine.partial.partial_update` with this runner's backbone and last layer."""
+        warped_backbone = self.warp(ref_backbone, flow, None)
+        return partial_update(self.backbone, self.feature_head, self.model.feature_head_reach, data, warped,
+                              warped_backbone, mask, margin)
 
     def feature_head(self, x: Tensor) -> Tensor:
         """THP: the feature network's last layer on a backbone map (or a window of one), float32."""

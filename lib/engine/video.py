@@ -27,7 +27,6 @@ from torch import Tensor
 from dff.config import Config, update_config
 from dff.engine.fastpath import FastPath, StageRunner
 from dff.engine.frames import Frame
-from dff.engine.partial import partial_update
 from dff.engine.postprocess import im_detect_boxes, pred_eval_fixed, rows_to_dets
 from dff.utils.image import preprocess
 
@@ -263,6 +262,7 @@ class VideoDetector:
         t = self._tick()
         have_ref = self._key_feat is not None and self._key_data.shape == data.shape
         flow = scale = q = None
+        low = 0.0
         is_key = not have_ref or self._since_key >= cap
         if not is_key:
             if o.needs_q:
@@ -270,7 +270,8 @@ class VideoDetector:
             else:
                 flow, scale = self.runner.flow(data, self._key_data)
             t, times["flow"] = self._lap(t, times["flow"])
-            is_key = o.schedule == "adaptive" and adaptive_is_key(q, o.tau, o.gamma)
+            low = low_q_fraction(q, o.tau) if o.needs_q else 0.0  # one host sync serves both uses
+            is_key = o.schedule == "adaptive" and low > o.gamma
         self._last_update = (0.0, None)
         if is_key:
             if o.partial:  # the backbone map is kept for the updates (docs/design.md §9.2)
@@ -292,12 +293,9 @@ class VideoDetector:
         else:
             feat = self.runner.warp(self._key_feat, flow, scale)
             t, times["warp"] = self._lap(t, times["warp"])
-            mask = q[0, 0] <= o.tau if o.partial else None
-            if mask is not None and bool(mask.any()):
-                warped_backbone = self.runner.warp(self._key_backbone, flow, None)
-                feat, backbone, info = partial_update(self.runner.backbone, self.runner.feature_head,
-                                                      self.model.feature_head_reach, data, feat, warped_backbone,
-                                                      mask, o.margin)
+            if o.partial and low > 0:
+                mask = q[0, 0] <= o.tau
+                feat, backbone, info = self.runner.update(data, feat, self._key_backbone, flow, mask, o.margin)
                 t, times["update"] = self._lap(t, times["update"])
                 self._last_update = (info.area_fraction, mask.cpu().numpy() if self.keep_images else None)
                 if o.propagate:

@@ -101,9 +101,7 @@ class DFF(RFCN):
            (the partial update; the mask carries no gradient, Q learns from its target alone).
         """
         data, data_ref = batch["data"], batch["data_ref"]
-        if data_ref.shape != data.shape:
-            raise ValueError(f"forward_train: data_ref {tuple(data_ref.shape)} must have the shape of data "
-                             f"{tuple(data.shape)}")
+        _check_same_shape(data, data_ref)
         key_feat = self.extract_feature(data_ref)
         if not _flag(batch.get("prev_flag", 1), "prev_flag"):
             data_prev = batch["data_prev"]
@@ -157,9 +155,7 @@ class DFF(RFCN):
         gradients instead of ``None``.)
         """
         data, data_ref = batch["data"], batch["data_ref"]
-        if data_ref.shape != data.shape:
-            raise ValueError(f"forward_train: data_ref {tuple(data_ref.shape)} must have the shape of data "
-                             f"{tuple(data.shape)}")
+        _check_same_shape(data, data_ref)
         key_feat = self.extract_feature(data_ref)
         if _flag(batch["eq_flag"], "eq_flag"):
             return key_feat
@@ -173,3 +169,9 @@ def _flag(value: object, name: str) -> bool:
     if flag.numel() != 1 or float(flag[0]) not in (0.0, 1.0):
         raise ValueError(f"forward_train: {name} must be a single 0 or 1, got {value!r}")
     return float(flag[0]) == 1.0
+
+
+def _check_same_shape(data: Tensor, data_ref: Tensor) -> None:
+    if data_ref.shape != data.shape:
+        raise ValueError(f"forward_train: data_ref {tuple(data_ref.shape)} must have the shape of data "
+                         f"{tuple(data.shape)}")
