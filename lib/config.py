@@ -121,6 +121,18 @@ def default_config() -> Config:
         # feature temporal consistency map Q and the key frames' aggregation embedding
         "THP": False,
         "THP_EMBED_DIM": 256,  # channels of the aggregation embedding network's output
+        # port ("... Video Object Detection for Mobiles", docs/design.md §10): the mobile variant's parts.
+        # BACKBONE mobilenet_v2 with this width multiplier; the flow network (flownet: DFF's FlowNetS,
+        # light_flow: Light Flow; FLOWNET_WIDTH multiplies either); the task head (rfcn: the reference's
+        # position-sensitive score maps; light: Light-Head R-CNN's thin maps of LIGHT_HEAD_DIM x 7 x 7
+        # channels and one LIGHT_HEAD_FC-wide fully connected layer); the flow-guided ConvGRU that
+        # aggregates the key frames (used at test time when TEST.AGGREGATION is on)
+        "MOBILENET_WIDTH": 1.0,
+        "FLOW_NETWORK": "flownet",
+        "HEAD": "rfcn",
+        "LIGHT_HEAD_DIM": 10,
+        "LIGHT_HEAD_FC": 256,
+        "GRU_AGGREGATION": False,
     }
 
     c.dataset = {
@@ -294,6 +306,8 @@ NO_EFFECT: dict[str, Callable[[Config, Any], str | None]] = {
 # value would be ignored or contradict the weights, so update_config(..., fixed=MODEL_KEYS) refuses it.
 MODEL_KEYS = ("CLASS_AGNOSTIC", "dataset.NUM_CLASSES", "dataset.CLASSES", "network.BACKBONE", "network.DFF_FEAT_DIM",
               "network.FLOWNET_WIDTH", "network.FLOW_AVG_POOL", "network.THP", "network.THP_EMBED_DIM",
+              "network.MOBILENET_WIDTH", "network.FLOW_NETWORK", "network.HEAD", "network.LIGHT_HEAD_DIM",
+              "network.LIGHT_HEAD_FC", "network.GRU_AGGREGATION",
               "network.ANCHOR_SCALES", "network.ANCHOR_RATIOS", "TRAIN.BBOX_MEANS", "TRAIN.BBOX_STDS")
 
 
@@ -477,3 +491,13 @@ def set_class_names(cfg: Config, names: Sequence[str]) -> list[str]:
 def config_stem(cfg_path: str | os.PathLike | None) -> str:
     """The YAML's file name without extension: it names the experiment's output folder."""
     return os.path.splitext(os.path.basename(os.fspath(cfg_path)))[0] if cfg_path else "config"
+
+
+def mobile_parts(cfg: Config) -> list[str]:
+    """The parts of ``cfg``'s network that the reference does not have (the mobile variant's, docs/design.md §10):
+    they have no MXNet parameter names and no stage graph in the ONNX export."""
+    net = cfg.network
+    return [part for part, on in (("network.BACKBONE mobilenet_v2", str(net.BACKBONE) == "mobilenet_v2"),
+                                  ("network.HEAD light", str(net.HEAD) != "rfcn"),
+                                  ("network.FLOW_NETWORK light_flow", str(net.FLOW_NETWORK) != "flownet"),
+                                  ("network.GRU_AGGREGATION", bool(net.GRU_AGGREGATION))) if on]

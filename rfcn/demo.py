@@ -1,4 +1,6 @@
-"""Per-frame R-FCN demo: ``python rfcn/demo.py FRAMES_OR_VIDEO --model rfcn_vid-0000.params``."""
+"""Per-frame R-FCN demo: ``python rfcn/demo.py FRAMES_OR_VIDEO --model rfcn_vid-0000.params``.
+
+With no --model: the embedded mobile per-frame model (data/models/rfcn_mobile_synthetic.pth)."""
 import os
 import sys
 
@@ -11,4 +13,4 @@ if __name__ == "__main__":
         sys.argv[1:], name="rfcn/demo.py", kind="rfcn",
         default_cfg=os.path.join(REPO, "experiments", "rfcn", "cfgs", "rfcn_vid_demo.yaml"),
         default_out=os.path.join("demo_out", "rfcn"), what="rfcn_vid-0000.params",
-        default_model=os.path.join(REPO, "data", "models", "rfcn_synthetic_tiny.pth")))
+        default_model=os.path.join(REPO, "data", "models", "rfcn_mobile_synthetic.pth")))

@@ -7,7 +7,10 @@ For every key interval it reports network-only fps (frames decoded, preprocessed
 device; feature network, FlowNet, warp and task network, without NMS post-processing), end-to-end
 fps (decoding the file and post-processing included), the per-stage split, peak memory, and the
 speed-up over per-frame (network-only DFF fps / per-frame fps, both measured in this run on the same
-frames). Without ``--model`` the networks get deterministic initial weights: enough to measure speed.
+frames). Without ``--model`` and ``--cfg`` it measures the embedded mobile DFF
+(``data/models/dff_mobile_synthetic.pth``, docs/design.md §10) against its per-frame twin
+(``data/models/rfcn_mobile_synthetic.pth``, ``--per-frame-model``); with ``--cfg`` and no ``--model`` the
+networks get deterministic initial weights: enough to measure speed.
 
 ``--backend onnxruntime`` measures the engine on the model's ONNX export (``--onnx DIR``, or exported to
 a cache first, docs/onnx.md) and then the PyTorch engine on the same frames: both network-only fps per
@@ -21,6 +24,7 @@ of the feature map against the full key-frame feature network.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -30,14 +34,28 @@ from dff.deploy import BACKENDS
 from dff.engine.fastpath import FAST_NAMES
 from dff.engine.video import add_schedule_option
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE_CFG = os.path.join(REPO, "experiments", "dff_rfcn", "cfgs",
+                             "resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml")
+# the embedded mobile DFF and its per-frame twin (docs/design.md §10): measured when neither --model nor --cfg is given
+DEFAULT_MODEL = os.path.join(REPO, "data", "models", "dff_mobile_synthetic.pth")
+DEFAULT_TWIN = os.path.join(REPO, "data", "models", "rfcn_mobile_synthetic.pth")
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cfg", default="experiments/dff_rfcn/cfgs/resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml")
+    ap.add_argument("--cfg", default=None,
+                    help="YAML config (default: the ResNet-101 reference's; a native --model brings its own config)")
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                     help="override config keys after the YAML (and after a native checkpoint's own config), "
                          "e.g. --set TEST.RPN_POST_NMS_TOP_N=100 (values read as YAML)")
-    ap.add_argument("--model", default=None, help="MXNet .params or native checkpoint (default: initial weights)")
+    ap.add_argument("--model", default=None,
+                    help="MXNet .params or native checkpoint (default: the embedded mobile DFF "
+                         "data/models/dff_mobile_synthetic.pth; with --cfg: deterministic initial weights)")
+    ap.add_argument("--per-frame-model", default=None,
+                    help="the per-frame baseline: an R-FCN checkpoint with the same backbone and head (default: "
+                         "data/models/rfcn_mobile_synthetic.pth with the embedded mobile DFF, else the --model at "
+                         "key interval 1)")
     ap.add_argument("--video", default=None, help="video file or frame folder (default: a generated clip)")
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--key-intervals", default="1,2,5,10,20",
@@ -74,7 +92,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="e.g. 0.1,0.25: also time THP's partial feature update forced to cover these fractions of "
                          "the feature map (TEST.PARTIAL_UPDATE_MARGIN cells of context) against the full key-frame "
                          "feature network, on the first frame (any DFF model)")
-    return run_benchmark(ap.parse_args(argv), argv)
+    args = ap.parse_args(argv)
+    if args.model is None and args.cfg is None and os.path.isfile(DEFAULT_MODEL):
+        args.model = DEFAULT_MODEL
+        print(f"model: {os.path.relpath(args.model)} (the embedded mobile DFF)")
+    embedded = args.model is not None and os.path.abspath(args.model) == DEFAULT_MODEL
+    if embedded and args.per_frame_model is None and args.backend == "torch" and os.path.isfile(DEFAULT_TWIN):
+        args.per_frame_model = DEFAULT_TWIN  # like with like: the twin's own weights
+    args.cfg = args.cfg or REFERENCE_CFG
+    return run_benchmark(args, argv)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,7 @@ class Bench:
     backend: str = "torch"
     onnx_dir: str | None = None
     thp: THPOptions | None = None
+    per_frame_model: str | None = None  # the per-frame twin measured as the baseline (None: the model at interval 1)
 
     @property
     def adaptive(self) -> bool:
@@ -185,7 +186,8 @@ def _engine(model: torch.nn.Module, cfg: Config, backend: str, onnx_dir: str | N
 
 def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, device: torch.device,
                scale: str | None, fast_name: str | None, video: str | None, frames: int, backend: str = "torch",
-               onnx_dir: str | None = None, onnx_cache: str | None = None) -> Bench:
+               onnx_dir: str | None = None, onnx_cache: str | None = None,
+               per_frame_model: str | None = None) -> Bench:
     """The model (``model_path``, or the fixture weights, which keep activations O(1) like a trained net)
     with ``cfg_path`` and then ``overrides`` (``--set``) and ``scale`` (``"short,max-long"``) applied, and
     ``frames`` frames of ``video`` (default: a generated clip), preprocessed on ``device``.
@@ -196,6 +198,10 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
     With THP options on in the config (``TEST.KEY_FRAME_SCHEDULE`` adaptive, ``PARTIAL_UPDATE``,
     ``AGGREGATION``) the model must be a THP one and the backend PyTorch; the per-frame detector runs with them
     off.
+
+    ``per_frame_model``: the per-frame twin (an R-FCN checkpoint with the same backbone and head, e.g.
+    ``data/models/rfcn_mobile_synthetic.pth``) is the baseline instead of the model at key interval 1; PyTorch
+    engine only.
 
     Raises ``ConfigError``, ``CheckpointError``, ``VideoReadError``, ``OSError``, ``ValueError`` or
     :class:`~dff.deploy.DeployUnavailable`."""
@@ -219,14 +225,26 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
     elif onnx_dir is not None:
         raise ValueError("--onnx is for --backend onnxruntime")
     base = _engine(model, cfg, backend, onnx_dir, 1, device, fast)  # with THP: checks that the model has Q
-    if thp.active:
+    if per_frame_model is not None:
+        if backend != "torch":
+            raise ValueError("--per-frame-model runs on the PyTorch engine only; leave out --backend onnxruntime")
+        twin, twin_cfg = load_model(per_frame_model, load_config(cfg_path, overrides), kind="rfcn", device=device,
+                                    overrides=overrides)
+        if scale:
+            update_config(twin_cfg, {"SCALES": [int(v) for v in scale.split(",")]}, "--scale")
+        if list(twin_cfg.SCALES) != list(cfg.SCALES):
+            raise ValueError(f"--per-frame-model {per_frame_model}: its SCALES {list(twin_cfg.SCALES)} are not the "
+                             f"model's {list(cfg.SCALES)}: the two would not run on the same input")
+        base = _engine(twin, twin_cfg, backend, onnx_dir, 1, device, fast)
+    elif thp.active:
         base = _engine(model, per_frame_config(cfg),
                        backend, onnx_dir, 1, device, fast)
     clip = [f.image for f in FrameSource(video, max_frames=frames)] if video else synthetic_clip(frames)
     if len(clip) < frames:
         print(f"note: the video has only {len(clip)} frames", file=sys.stderr)
     prepared = [tuple(t.to(device) for t in base.prepare(im)) for im in clip]
-    return Bench(model, cfg, device, fast, clip, prepared, base, backend, onnx_dir, thp if thp.active else None)
+    return Bench(model, cfg, device, fast, clip, prepared, base, backend, onnx_dir, thp if thp.active else None,
+                 per_frame_model)
 
 
 # the measurements -----------------------------------------------------------------------------------------
@@ -516,7 +534,8 @@ def format_header(bench: Bench) -> str:
     h, w = bench.network_input
     im = bench.frames[0]
     return (f"{len(bench.frames)} frames {im.shape[1]}x{im.shape[0]} -> network input {w}x{h}, "
-            f"{bench.cfg.network.BACKBONE}, device {describe_hardware(bench.device)}, {bench.describe()}")
+            f"{bench.cfg.network.BACKBONE}, device {describe_hardware(bench.device)}, {bench.describe()}"
+            + (f"; per-frame baseline: the twin {bench.per_frame_model}" if bench.per_frame_model else ""))
 
 
 def format_post(post_methods: dict[str, float]) -> str:
@@ -613,6 +632,7 @@ def build_report(bench: Bench, results: dict[str, dict[str, Any]], post_methods:
         "backend": bench.backend,
         "engine": bench.describe(),
         "post_methods_ms": post_methods,
+        "per_frame_model": bench.per_frame_model,
     }
     if bench.onnx_dir:
         report["onnx_dir"] = bench.onnx_dir
@@ -692,7 +712,8 @@ def run_benchmark(args: argparse.Namespace, argv: Sequence[str] | None = None) -
         overrides = [*args.set, *schedule_overrides(getattr(args, "schedule", None))]
         bench = load_bench(args.cfg, overrides, args.model, device, args.scale, args.fast, args.video, args.frames,
                            backend=backend, onnx_dir=getattr(args, "onnx", None),
-                           onnx_cache=getattr(args, "onnx_cache", None))
+                           onnx_cache=getattr(args, "onnx_cache", None),
+                           per_frame_model=getattr(args, "per_frame_model", None))
         # the adaptive schedule has no key interval: per-frame and one adaptive row
         intervals = [1] if bench.adaptive else sorted({int(k) for k in args.key_intervals.split(",")})
     except (ConfigError, CheckpointError, VideoReadError, OSError, ValueError, DeployUnavailable) as e:

@@ -1,17 +1,30 @@
 """The demo command shared by ``rfcn/demo.py`` (per-frame) and ``dff_rfcn/demo.py`` (DFF).
 
-Input: a video file, a folder of frames (ordered by frame number), a camera (``--camera N`` or ``cam:N``) or
-a stream URL (RTSP, HTTP(S) MJPEG, anything OpenCV's FFmpeg backend opens; read newest-frame-first, see
-``docs/live.md``). Output: annotated frames (files and folders) and an ``.mp4`` in ``--out``, a per-frame log
-line, optionally one JSON line per frame (``--json-out``) and the annotated stream over HTTP (``--serve``),
-and a summary with fps, the per-stage time split and, for a live source, dropped frames, latency and
-reconnects. SIGINT / SIGTERM stop the run cleanly: every output is finalised. A DFF model trained with
-``network.THP`` runs THP's options (``--schedule adaptive``, ``--set TEST.PARTIAL_UPDATE=true``): the frames
-drawn mark the key frames and tint the feature cells recomputed on the others.
+Model: ``--model`` (an MXNet ``.params`` file, a native ``.pth`` that brings its own config and kind, or
+``fixture``); without it the embedded mobile models (``data/models/dff_mobile_synthetic.pth`` and its per-frame
+twin ``data/models/rfcn_mobile_synthetic.pth``: MobileNetV2, Light Flow, ConvGRU key-frame aggregation, a light
+head, trained on the synthetic mini-VID). Input: a video file, a folder of frames (ordered by frame number), a
+camera (``--camera N`` or ``cam:N``) or a stream URL (RTSP, HTTP(S) MJPEG, anything OpenCV's FFmpeg backend
+opens; read newest-frame-first, see ``docs/live.md``); with the embedded model and no input, a held-out
+synthetic clip generated at the model's input size (320 x 512 for the mobile models). Output: annotated frames
+(files and folders) and an ``.mp4`` in ``--out``, a per-frame log line, optionally one JSON line per frame
+(``--json-out``) and the annotated stream over HTTP (``--serve``), and a summary with fps, the per-stage time
+split and, for a live source, dropped frames, latency and reconnects. SIGINT / SIGTERM stop the run cleanly:
+every output is finalised. A DFF model trained with ``network.THP`` runs THP's options (``--schedule adaptive``,
+``--set TEST.PARTIAL_UPDATE=true``): the frames drawn mark the key frames and tint the feature cells recomputed
+on the others.
+
+``--compare`` (DFF, a file or a folder) then runs a per-frame R-FCN over the same frames: ``--compare-model``,
+by default the embedded twin for the embedded DFF model, else the DFF model's own weights with every frame a
+key frame. It writes ``compare.mp4`` (per-frame | DFF side by side, each panel with its running network fps,
+DFF's key frames marked) and ``summary.png`` (ms per frame per stage, the fps of both and the speed-up, the
+detections per frame of both), and the printed summary ends with the speed-up and where the time goes
+(:mod:`dff.apps.compare`).
 
 Exit status: 0 when the run ends (the input ends, ``--max-frames``, a stop by signal); 1 when a live
 source dropped and did not come back (the outputs hold what came before); 2 when the run cannot start
-(bad input, a source that does not open, a missing model).
+(bad input, a source that does not open, a missing model, a ``--compare-model`` that is not a per-frame
+R-FCN of the DFF model's classes).
 """
 from __future__ import annotations
 
@@ -31,6 +44,7 @@ import cv2
 import torch
 from tqdm import tqdm
 
+from dff.apps.compare import Comparison, annotate, speedup_line, summary_figure, time_split_line, write_png
 from dff.apps.reporting import JsonLines, RunStats, boxes_above, current_rss_mb, frame_record, peak_rss_mb
 from dff.apps.serve import StreamServer
 from dff.config import Config, ConfigError, load_config
@@ -42,10 +56,9 @@ from dff.engine.live import Backoff, LiveSource, SourceLost, is_live
 from dff.engine.video import FrameResult, VideoDetector, add_schedule_option, per_frame_config, schedule_overrides
 from dff.models.builder import load_model
 from dff.utils.checkpoint import CheckpointError
-from dff.utils.image import compute_scale
-from dff.utils.vis import draw_detections, draw_updated_cells, update_label
+from dff.utils.vis import update_label
 
-__all__ = ["DemoError", "build_parser", "demo_class_names", "load_demo_model", "peak_rss_mb", "run_demo",
+__all__ = ["DemoError", "build_parser", "clip_size", "demo_class_names", "load_demo_model", "peak_rss_mb", "run_demo",
            "synthetic_clip"]
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_ERROR = 0, 1, 2
@@ -98,7 +111,13 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
                         help="key frame every N frames (default: TEST.KEY_FRAME_INTERVAL of the config)")
         add_schedule_option(ap)
         ap.add_argument("--compare", action="store_true",
-                        help="also run per-frame R-FCN (same weights, every frame a key frame) and report the speed-up")
+                        help="also run per-frame R-FCN on the same frames: writes compare.mp4 (per-frame | DFF side "
+                             "by side, running fps, key frames marked) and summary.png, and reports the speed-up")
+        ap.add_argument("--compare-model", default=None, metavar="PATH",
+                        help="--compare's per-frame R-FCN (implies --compare): an R-FCN checkpoint with the DFF "
+                             "model's classes; default: the embedded per-frame twin "
+                             "(data/models/rfcn_mobile_synthetic.pth) for the embedded DFF model, else the DFF "
+                             "model's own weights with every frame a key frame")
     add_live_arguments(ap)
     return ap
 
@@ -185,7 +204,8 @@ class Outputs:
 
     def __init__(self, class_names: Sequence[str], vis_thresh: float, mark_keys: bool, frames_dir: str | None = None,
                  video_path: str | None = None, json_out: JsonLines | None = None,
-                 server: StreamServer | None = None, scales: Sequence[int] | None = None) -> None:
+                 server: StreamServer | None = None, scales: Sequence[int] | None = None,
+                 sinks: Sequence[Callable[[FrameResult], None]] = ()) -> None:
         self.class_names = class_names
         self.scales = scales  # the config's (target, max) size: maps THP's update mask back to the frame
         self.vis_thresh = vis_thresh
@@ -194,6 +214,7 @@ class Outputs:
         self.video_path = video_path
         self.json_out = json_out
         self.server = server
+        self.sinks = tuple(sinks)  # more consumers of each result while it still has its frame (--compare)
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
 
@@ -204,13 +225,9 @@ class Outputs:
     def add(self, r: FrameResult, record: dict | None, status: dict | None) -> None:
         """One processed frame: drawn (when an output shows it), written, served; ``record`` its JSON line."""
         if self.draws:
-            im, note = r.image, None
-            if r.update_mask is not None and self.scales is not None:
-                scale = compute_scale(im.shape[0], im.shape[1], int(self.scales[0]), int(self.scales[1]))
-                im = draw_updated_cells(im, r.update_mask, scale)
-                note = update_label(r.updated_fraction)
-            im = draw_detections(im, r.detections, self.class_names, self.vis_thresh,
-                                 key_frame=r.is_key if self.mark_keys else None, note=note)
+            im = annotate(r.image, r.detections, self.class_names, self.vis_thresh,
+                          key_frame=r.is_key if self.mark_keys else None, update_mask=r.update_mask,
+                          updated_fraction=r.updated_fraction, scales=self.scales)
             if self.frames_dir is not None:
                 cv2.imwrite(os.path.join(self.frames_dir, os.path.splitext(r.name)[0] + ".jpg"), im)
             if self.video_path is not None:
@@ -222,6 +239,8 @@ class Outputs:
                     self._writer.write(im)
             if self.server is not None:
                 self.server.publish(im, status or {})
+        for sink in self.sinks:
+            sink(r)
         if self.json_out is not None and record is not None:
             self.json_out.write(record)
 
@@ -335,11 +354,27 @@ class StopRequest:
                 signal.signal(s, handler)
 
 
-def synthetic_clip(out_dir: str, frames: int = 60, seed: int = 2017) -> str:
-    """Generate one held-out synthetic video (a seed the embedded models never saw) and return its frame folder."""
+CLIP_SIZE = (160, 256)  # (height, width) of the synthetic mini-VID's frames, the embedded models' training data
+CLIP_MOTION = 0.35  # the training set's motion (docs/training.md): slow, medium and fast objects, as in VID val
 
+
+def clip_size(scales: Sequence[int]) -> tuple[int, int]:
+    """(height, width) of the synthetic clip for a model whose input size is ``scales`` = (target short side,
+    max long side): the training frames' 160:256 aspect, as large as the network's input (short side ``target``,
+    long side at most ``max``), so the clip is shown at the resolution the network sees it: 320 x 512 for
+    (320, 512)."""
+    s = min(int(scales[0]) / CLIP_SIZE[0], int(scales[1]) / CLIP_SIZE[1])
+    return round(CLIP_SIZE[0] * s), round(CLIP_SIZE[1] * s)
+
+
+def synthetic_clip(out_dir: str, frames: int = 60, seed: int = 2017, scales: Sequence[int] | None = None) -> str:
+    """Generate one held-out synthetic video (a seed the embedded models never saw) of ``frames`` frames at
+    :func:`clip_size` of ``scales`` (default: the training frames' size), with the training set's motion, and
+    return its frame folder."""
+    height, width = clip_size(scales) if scales is not None else CLIP_SIZE
     root = os.path.join(out_dir, "synthetic_clip")
-    generate(root, SynthConfig(seed=seed, train_videos=0, val_videos=1, frames=frames, det_images=0))
+    generate(root, SynthConfig(seed=seed, train_videos=0, val_videos=1, frames=frames, det_images=0,
+                               height=height, width=width, motion=CLIP_MOTION))
     videos = os.path.join(root, "Data", "VID", "val")
     return os.path.join(videos, sorted(os.listdir(videos))[0])
 
@@ -364,10 +399,73 @@ def _schedule_text(detector: VideoDetector) -> str:
     return f"key interval {detector.key_interval}"
 
 
+def _same_file(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and os.path.realpath(a) == os.path.realpath(b)
+
+
+def _names(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def load_baseline(path: str, args: argparse.Namespace, dff_model: torch.nn.Module,
+                  dff_cfg: Config) -> tuple[torch.nn.Module, Config]:
+    """``--compare``'s per-frame R-FCN from ``path``: an R-FCN (kind ``rfcn``) with the DFF model's class list, or a
+    :class:`DemoError` that says which of the two it is not. A native checkpoint brings its config (``--set``
+    applies to it as to the DFF model's); an MXNet file takes ``--cfg``."""
+    where = "--compare-model (the per-frame R-FCN)"
+    try:
+        model, cfg = load_model(path, load_config(args.cfg, args.set), kind="rfcn", device=args.device,
+                                overrides=args.set)
+    except CheckpointError as e:
+        raise DemoError(f"{where}: {e}") from None
+    mine, theirs = demo_class_names(model)[1:], demo_class_names(dff_model)[1:]
+    if tuple(mine) != tuple(theirs):
+        raise DemoError(f"{where}: {path}: detects {len(mine)} classes ({_names(mine)}), the DFF model "
+                        f"{len(theirs)} ({_names(theirs)}); the two must have the same class list")
+    if tuple(cfg.SCALES[0]) != tuple(dff_cfg.SCALES[0]):
+        print(f"warning: {where} {path}: input size {tuple(cfg.SCALES[0])}, the DFF model's "
+              f"{tuple(dff_cfg.SCALES[0])}: the two do not see the same pixels", file=sys.stderr, flush=True)
+    return model, cfg
+
+
+def _run_baseline(args: argparse.Namespace, comparison: Comparison, model: torch.nn.Module, cfg: Config,
+                  onnx_dir: str | None, fast: FastPath | None, stop: threading.Event,
+                  dff_summary: dict, say: Callable[[str], None]) -> list[str]:
+    """``--compare``: the per-frame run over the frames the DFF run read, drawn beside it into compare.mp4, then
+    summary.png. Prints the run's summary; returns the lines that end the printed summary (the speed-up and
+    where the time goes)."""
+    base = make_detector(model, cfg, backend=args.backend, onnx_dir=onnx_dir, key_interval=1, device=args.device,
+                         thresh=args.thresh, keep_images=comparison.video is not None, fast=fast)
+    source = FrameSource(args.input, prepare=base.prepare, max_frames=args.max_frames, on_error="skip")
+    _warm_up(base, source)
+    stats = RunStats(comparison.base.label)
+    try:
+        _run(base, source, "per-frame", stats, Outputs((), args.vis_thresh, False, sinks=[comparison.add_base]),
+             True, stop)
+    finally:
+        comparison.close()  # compare.mp4 is finalised however the run ends
+    base_summary = stats.summary()
+    _print_summary(base_summary, say)
+    if base_summary["frames"] == 0 or dff_summary["frames"] == 0:
+        return ["no frames to compare"]
+    png = os.path.join(args.out, "summary.png")
+    write_png(summary_figure(comparison, base_summary, dff_summary, source=os.path.basename(str(args.input))), png)
+    if comparison.video is not None:
+        say(f"side by side: {comparison.video.path} ({comparison.video.frames} frames); summary page: {png}")
+    else:
+        say(f"summary page: {png}")
+    return [speedup_line(base_summary, dff_summary), time_split_line(base_summary, dff_summary)]
+
+
 def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, default_out: str, what: str,
-             default_model: str | None = None) -> int:
+             default_model: str | None = None, default_compare_model: str | None = None) -> int:
+    """The demo's command line (see the module's docstring); returns the exit status. ``default_model``: the
+    embedded model used when no --model is given (and its input, with no input, a synthetic clip);
+    ``default_compare_model``: DFF only, the per-frame twin --compare runs for that embedded model."""
     dff = kind == "dff"
     args = build_parser(name, default_cfg, default_out, dff).parse_args(argv)
+    compare = dff and (args.compare or args.compare_model is not None)
     # one line per warning (skipped frames, operator fallback), not the source line that raised it
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
     # OpenCV's and FFmpeg's own logs would repeat, in several lines, what the one-line messages say (a refused
@@ -384,24 +482,37 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
                     raise DemoError(f"give either an input ({args.input}) or --camera {args.camera}, not both")
                 args.input = f"cam:{args.camera}"
             live = args.input is not None and is_live(args.input)
-            if live and dff and args.compare:
+            if live and compare:
                 raise DemoError("--compare runs the input twice: it needs a video file or a folder of frames, "
                                 "not a camera or a stream")
             if args.model is None and default_model is not None and os.path.isfile(default_model):
                 args.model = default_model
                 say(f"model: {os.path.relpath(default_model)} (the embedded model, trained on the synthetic mini-VID)")
-            if args.input is None:
-                if args.model != default_model:
-                    raise DemoError("no input given: pass a video file or a folder of frames, "
-                                    "e.g. ../shared/data/ILSVRC2015_val_00007010")
-                os.makedirs(args.out, exist_ok=True)
-                args.input = synthetic_clip(args.out)
-                say(f"input: {args.input} (a synthetic clip generated now, unseen in training)")
+            synthetic = args.input is None
+            if synthetic and not _same_file(args.model, default_model):
+                raise DemoError("no input given: pass a video file or a folder of frames, "
+                                "e.g. ../shared/data/ILSVRC2015_val_00007010")
             if live:  # opened before the model: a source that does not open is an error at once
                 source = _open_live(args, stop.event)
                 say(f"input: {source.name} (live: the newest frame each time, older ones dropped)")
             overrides = [*args.set, *schedule_overrides(getattr(args, "schedule", None))]
             model, cfg = load_demo_model(kind, args.cfg, args.model, args.device, what, overrides)
+            baseline: tuple[torch.nn.Module, Config] | None = None
+            if compare:  # loaded before anything runs: a baseline that does not fit is an error at once
+                base_path = args.compare_model
+                if (base_path is None and default_compare_model is not None and _same_file(args.model, default_model)
+                        and os.path.isfile(default_compare_model)):
+                    base_path = default_compare_model
+                if base_path is not None:
+                    baseline = load_baseline(base_path, args, model, cfg)
+                    say(f"per-frame baseline: {base_path}")
+            if synthetic:  # at the model's input size, known once its config is
+                os.makedirs(args.out, exist_ok=True)
+                frames = 60 if args.max_frames is None else max(1, min(60, args.max_frames))
+                args.input = synthetic_clip(args.out, frames=frames, scales=cfg.SCALES[0])
+                height, width = clip_size(cfg.SCALES[0])
+                say(f"input: {args.input} (a synthetic clip generated now at the model's input size, {width}x{height}, "
+                    "unseen in training)")
             interval = args.key_interval if dff else 1
             fast = FastPath.from_name(args.fast, args.device)
             detector = make_detector(model, cfg, backend=args.backend, onnx_dir=args.onnx, log=say,
@@ -412,10 +523,19 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
             os.makedirs(args.out, exist_ok=True)
             _warm_up(detector, source)
             label = "dff" if dff else "rfcn"
+            comparison = None
+            if compare:
+                mobile = baseline is not None and str(baseline[1].network.BACKBONE).startswith("mobilenet")
+                base_label = ("per-frame R-FCN (same weights)" if baseline is None
+                              else f"per-frame R-FCN ({'mobile twin' if mobile else 'twin'})")
+                comparison = Comparison(demo_class_names(model), args.vis_thresh, base_label,
+                                        f"DFF, {_schedule_text(detector)}",
+                                        video_path=None if args.no_video else os.path.join(args.out, "compare.mp4"),
+                                        scales=detector.cfg.SCALES[0])
             outputs = Outputs(demo_class_names(model), args.vis_thresh, dff,
                               frames_dir=None if args.no_frames or live else args.out,
                               video_path=None if args.no_video else os.path.join(args.out, "demo.mp4"),
-                              scales=detector.cfg.SCALES[0])
+                              scales=detector.cfg.SCALES[0], sinks=[comparison.add_dff] if comparison else ())
             lost: SourceLost | None = None
             try:
                 if args.json_out is not None:
@@ -435,19 +555,16 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
             _print_summary(summary, say)
             if isinstance(source, LiveSource):
                 _print_live_summary(summary, source, say)
+            tail: list[str] = []
+            if comparison is not None and stop.signal is None:
+                base_model, base_cfg = baseline if baseline is not None else (model, per_frame_config(cfg))
+                tail = _run_baseline(args, comparison, base_model, base_cfg, args.onnx if baseline is None else None,
+                                     fast, stop.event, summary, say)
             if stop.signal is not None:
                 say(f"stopped by {stop.signal}; outputs finalised")
-            elif dff and args.compare:
-                base = make_detector(model, per_frame_config(cfg), backend=args.backend, onnx_dir=args.onnx, key_interval=1,
-                                     device=args.device, thresh=args.thresh, fast=fast)
-                for _ in base.run(FrameSource(args.input, prepare=base.prepare, max_frames=2, on_error="skip")):
-                    pass
-                base_src = FrameSource(args.input, prepare=base.prepare, max_frames=args.max_frames, on_error="skip")
-                b = RunStats("per-frame R-FCN (same weights)")
-                _run(base, base_src, "per-frame", b, Outputs((), args.vis_thresh, False), True, stop.event)
-                _print_summary(b.summary(), say)
-                say(f"speed-up of DFF over per-frame (network only): {b.summary()['net_ms'] / summary['net_ms']:.2f}x")
             say(f"peak RSS {peak_rss_mb():.0f} MB; wrote {args.out}")
+            for line in tail:  # the printed summary ends with the speed-up and where the time goes
+                say(line)
             if lost is not None:
                 print(f"error: {lost}", file=sys.stderr)
                 return EXIT_SOURCE_LOST

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import torch
 
-from dff.config import Config, ConfigError, load_config
+from dff.config import Config, ConfigError, load_config, mobile_parts
 from dff.deploy.graphs import GRAPHS, STAGE_IO, STAGE_PARAMS, STAGE_SETTINGS, build_stage
 from dff.deploy.ops import TRANSLATIONS, psroi_pool_std
 from dff.models.builder import FIXTURE, load_model
@@ -346,6 +346,11 @@ def export_onnx(model: RFCN, out_dir: str | os.PathLike, cfg: Config | None = No
     """
     require(onnx, onnxscript)
     cfg = cfg if cfg is not None else model.cfg
+    unsupported = [p for p in mobile_parts(cfg) if not p.startswith("network.BACKBONE")]
+    if unsupported:
+        raise ValueError(f"ONNX export covers the reference's networks (FlowNet, the R-FCN head, no key-frame "
+                         f"aggregation); this model has {', '.join(unsupported)} (the mobile variant runs on the "
+                         f"PyTorch engine)")
     say = log or (lambda _msg: None)
     files = graph_files(model.kind)
     cache = os.fspath(stage_cache) if stage_cache is not None else None

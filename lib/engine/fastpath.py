@@ -216,6 +216,7 @@ class StageRunner:
             stages["warp"] = self._warp
         if getattr(model, "thp", False):
             stages["flow_q"] = self._flow_q
+        if getattr(model, "aggregation", None) is not None:
             stages["aggregate"] = self._aggregate
         if f.cuda_graphs:
             stages = {k: _Graphed(fn, k) for k, fn in stages.items()}

@@ -169,9 +169,12 @@ class VideoDetector:
         self.has_flow = model.kind == "dff"
         self.key_interval = key_frame_interval(cfg, key_interval, self.has_flow)
         self.thp = THPOptions.from_config(cfg) if self.has_flow else THPOptions()
-        if self.thp.active and not getattr(model, "thp", False):
-            raise ValueError("TEST.KEY_FRAME_SCHEDULE adaptive, TEST.PARTIAL_UPDATE and TEST.AGGREGATION need a model "
-                             "trained with network.THP (e.g. data/models/thp_synthetic_tiny.pth); this one has no Q output")
+        if self.thp.needs_q and not getattr(model, "thp", False):
+            raise ValueError("TEST.KEY_FRAME_SCHEDULE adaptive and TEST.PARTIAL_UPDATE need a model trained with "
+                             "network.THP (e.g. data/models/thp_synthetic_tiny.pth); this one has no Q output")
+        if self.thp.aggregate and getattr(model, "aggregation", None) is None:
+            raise ValueError("TEST.AGGREGATION needs a model with a key-frame aggregation (network.THP or "
+                             "network.GRU_AGGREGATION, e.g. data/models/dff_mobile_synthetic.pth); this one has none")
         self.sync = sync
         self.keep_images = keep_images
         self.reset()

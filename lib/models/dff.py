@@ -17,8 +17,9 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from dff.config import Config
-from dff.models.aggregation import KeyFrameAggregation
+from dff.models.aggregation import FlowGuidedGRU, KeyFrameAggregation
 from dff.models.flownet import FlowNet
+from dff.models.light_flow import LightFlow
 from dff.models.rfcn import RFCN
 from dff.ops import warp_scale
 
@@ -36,18 +37,39 @@ def feature_consistency(warped: Tensor, own: Tensor, sigma: float) -> Tensor:
     return torch.exp(-(dist / (ref * sigma)) ** 2)
 
 
+def build_flow_network(cfg: Config, q_output: bool = False) -> FlowNet | LightFlow:
+    """``network.FLOW_NETWORK``: ``flownet`` (DFF's FlowNetS, optionally with THP's Q output) or
+    ``light_flow`` (:class:`~dff.models.light_flow.LightFlow`); ``FLOWNET_WIDTH`` multiplies either's channels."""
+    net = cfg.network
+    kind, feat_dim, width = str(net.FLOW_NETWORK), int(net.DFF_FEAT_DIM), float(net.FLOWNET_WIDTH)
+    if kind == "flownet":
+        return FlowNet(feat_dim=feat_dim, avg_pool=net.FLOW_AVG_POOL, width=width, q_output=q_output)
+    if kind == "light_flow":
+        if q_output:
+            raise ValueError("network.THP needs FlowNet's Q output: set network.FLOW_NETWORK to flownet")
+        return LightFlow(feat_dim=feat_dim, width=width)
+    raise ValueError(f"network.FLOW_NETWORK must be flownet or light_flow, got {kind!r}")
+
+
 class DFF(RFCN):
-    """R-FCN + FlowNet. Parameter names: those of :class:`RFCN` plus ``flownet.<MXNet layer>``."""
+    """R-FCN + a flow network. Parameter names: those of :class:`RFCN` plus ``flownet.<layer>`` (FlowNet's are
+    the MXNet layer names) and, with a key-frame aggregation, ``aggregation.<layer>``."""
 
     kind = "dff"
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         self.thp = bool(cfg.network.THP)
-        self.flownet = FlowNet(feat_dim=self.feat_dim, avg_pool=cfg.network.FLOW_AVG_POOL,
-                               width=float(cfg.network.FLOWNET_WIDTH), q_output=self.thp)
-        # THP's key-frame aggregation (None for plain DFF: no parameters, the reference's state dict)
-        self.aggregation = KeyFrameAggregation(self.feat_dim, int(cfg.network.THP_EMBED_DIM)) if self.thp else None
+        if self.thp and cfg.network.GRU_AGGREGATION:
+            raise ValueError("network.THP and network.GRU_AGGREGATION are two key-frame aggregations: choose one")
+        self.flownet = build_flow_network(cfg, q_output=self.thp)
+        # the key frames' aggregation: THP's (FGFA weights) or the mobile variant's flow-guided ConvGRU; None
+        # for plain DFF (no parameters, the reference's state dict)
+        self.aggregation: KeyFrameAggregation | FlowGuidedGRU | None = None
+        if self.thp:
+            self.aggregation = KeyFrameAggregation(self.feat_dim, int(cfg.network.THP_EMBED_DIM))
+        elif cfg.network.GRU_AGGREGATION:
+            self.aggregation = FlowGuidedGRU(self.feat_dim)
 
     def frozen_parameters(self, fixed_prefixes: Sequence[str] | None = None) -> set[str]:
         """:meth:`RFCN.frozen_parameters` plus FlowNet's own (the scale map's bias stays 1)."""
@@ -64,22 +86,26 @@ class DFF(RFCN):
     def aggregate(self, key_feat: Tensor, prev_warped: Tensor) -> Tensor:
         """THP: the new key frame's feature blended with the previous aggregated key feature warped to it."""
         if self.aggregation is None:
-            raise RuntimeError("aggregate: the model has no aggregation network (network.THP is false)")
+            raise RuntimeError("aggregate: the model has no aggregation network (network.THP and "
+                               "network.GRU_AGGREGATION are false)")
         return self.aggregation(key_feat, prev_warped)
 
     @torch.no_grad()
     def init_thp_layers(self) -> None:
-        """Q's head: weight 0 and bias :data:`Q_INIT_BIAS` (Q starts high everywhere); the embedding keeps
-        PyTorch's default initialisation."""
+        """The video layers a DFF checkpoint lacks, initialised so the model starts as that DFF: Q's head
+        weight 0 and bias :data:`Q_INIT_BIAS` (Q starts high everywhere; THP's embedding keeps PyTorch's
+        default initialisation); the ConvGRU as the identity on the key frame's own feature."""
         if self.flownet.Convolution5_q is not None:
             self.flownet.Convolution5_q.weight.zero_()
             self.flownet.Convolution5_q.bias.fill_(Q_INIT_BIAS)
+        if isinstance(self.aggregation, FlowGuidedGRU):
+            self.aggregation.init_identity()
 
     def forward_train(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """DFF: :meth:`RFCN.forward_train`. THP: the same losses on the partially updated, aggregated feature,
         plus ``q_loss`` (in ``loss``); see :meth:`thp_train_feature`."""
         if not self.thp:
-            return super().forward_train(batch, generator)
+            return super().forward_train(batch, generator)  # with the GRU: train_feature aggregates
         feat, q_loss = self.thp_train_feature(batch)
         out = self.task_losses(feat, batch["im_info"], batch["gt_boxes"], generator)
         out["q_loss"] = q_loss
@@ -102,12 +128,7 @@ class DFF(RFCN):
         """
         data, data_ref = batch["data"], batch["data_ref"]
         _check_same_shape(data, data_ref)
-        key_feat = self.extract_feature(data_ref)
-        if not _flag(batch.get("prev_flag", 1), "prev_flag"):
-            data_prev = batch["data_prev"]
-            prev_feat = self.extract_feature(data_prev)
-            flow, scale = self.estimate_flow(data_ref, data_prev)
-            key_feat = self.aggregate(key_feat, self.warp(prev_feat, flow, scale))
+        key_feat = self.key_frame_feature(batch)
         zero = key_feat.new_zeros(())
         if _flag(batch["eq_flag"], "eq_flag"):
             return key_feat, zero
@@ -145,7 +166,8 @@ class DFF(RFCN):
         (offset 0, clamped, or a DET image), else 0; a bool, int or 1-element tensor (the reference's
         ``eq_flag`` (1,) input).
 
-        The feature network runs on ``data_ref`` only. With ``eq_flag`` 0 the key feature is warped by
+        The feature network runs on ``data_ref`` only (and ``data_prev`` with a key-frame aggregation:
+        :meth:`key_frame_feature`). With ``eq_flag`` 0 the key feature is warped by
         FlowNet(data, data_ref) and multiplied by the scale map; gradients reach the ResNet through the
         bilinear warp and FlowNet through flow and scale. With ``eq_flag`` 1 the unwarped key feature is
         used and FlowNet is **not run**: the reference computes FlowNet and the warp anyway and then
@@ -156,11 +178,23 @@ class DFF(RFCN):
         """
         data, data_ref = batch["data"], batch["data_ref"]
         _check_same_shape(data, data_ref)
-        key_feat = self.extract_feature(data_ref)
+        key_feat = self.key_frame_feature(batch)
         if _flag(batch["eq_flag"], "eq_flag"):
             return key_feat
         flow, scale = self.estimate_flow(data, data_ref)
         return self.warp(key_feat, flow, scale)
+
+    def key_frame_feature(self, batch: dict[str, Tensor]) -> Tensor:
+        """The key frame's feature in training: the feature network on ``data_ref``; with a key-frame
+        aggregation and ``prev_flag`` 0, aggregated with the feature of ``data_prev`` (the key frame before,
+        (1, 3, H, W)) warped to it by the flow network (data_ref -> data_prev), as the engine does at test time."""
+        key_feat = self.extract_feature(batch["data_ref"])
+        if self.aggregation is None or _flag(batch.get("prev_flag", 1), "prev_flag"):
+            return key_feat
+        data_prev = batch["data_prev"]
+        _check_same_shape(batch["data_ref"], data_prev)
+        flow, scale = self.estimate_flow(batch["data_ref"], data_prev)
+        return self.aggregate(key_feat, self.warp(self.extract_feature(data_prev), flow, scale))
 
 
 def _flag(value: object, name: str) -> bool:

@@ -251,6 +251,12 @@ class FlowNet(nn.Module):
         if freeze_bias:
             self.Convolution5_scale.bias.requires_grad_(False)
 
+    @torch.no_grad()
+    def zero_flow_output(self) -> None:
+        """The flow predictor ``Convolution5`` to 0: the flow starts at 0 (training from scratch)."""
+        self.Convolution5.weight.zero_()
+        self.Convolution5.bias.zero_()
+
     @staticmethod
     def frozen_parameter_names() -> list[str]:
         """state_dict names (relative to this module) that are never trained: ``['Convolution5_scale.bias']``."""

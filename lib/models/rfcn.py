@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from dff.config import Config, class_names
 from dff.models.loss import ohem_select, rcnn_losses, rpn_losses
+from dff.models.mobilenet import MobileNetV2Backbone
 from dff.models.resnet import ResNetV1
 from dff.models.rpn import rpn_inv_normalize
 from dff.models.rpn.proposal import proposal_candidates, proposal_select
@@ -67,19 +68,75 @@ class RFCNHead(nn.Module):
         self.rfcn_cls = nn.Conv2d(in_channels, g2 * num_classes, 1)
         self.rfcn_bbox = nn.Conv2d(in_channels, g2 * 4 * num_reg_classes, 1)
 
-    def score_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x (N, C, h, w) -> (cls maps (N, 49*num_classes, h, w), bbox maps (N, 49*4*num_reg_classes, h, w))."""
-        return self.rfcn_cls(x), self.rfcn_bbox(x)
+    def score_maps(self, x: Tensor) -> dict[str, Tensor]:
+        """x (N, C, h, w) -> ``cls_maps`` (N, 49*num_classes, h, w), ``bbox_maps`` (N, 49*4*num_reg_classes, h, w)."""
+        return {"cls_maps": self.rfcn_cls(x), "bbox_maps": self.rfcn_bbox(x)}
 
-    def pool(self, cls_maps: Tensor, bbox_maps: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+    def pool(self, maps: dict[str, Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
         """Score maps + rois (R, 5) -> (cls_score (R, num_classes), bbox_pred (R, 4*num_reg_classes))."""
-        cls = psroi_pool(cls_maps, rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP, self.num_classes)
-        box = psroi_pool(bbox_maps, rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP, 4 * self.num_reg_classes)
+        cls = psroi_pool(maps["cls_maps"], rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP, self.num_classes)
+        box = psroi_pool(maps["bbox_maps"], rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP,
+                         4 * self.num_reg_classes)
         return cls.mean(dim=(2, 3)), box.mean(dim=(2, 3))
 
     def forward(self, x: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
         """x (N, C, h, w), rois (R, 5) -> (cls_score (R, num_classes), bbox_pred (R, 4*num_reg_classes))."""
-        return self.pool(*self.score_maps(x), rois)
+        return self.pool(self.score_maps(x), rois)
+
+
+class LightHead(nn.Module):
+    """Light-Head R-CNN's head, the detection head of the mobile variant (docs/design.md §10.3).
+
+    A 1x1 convolution makes a *thin* position-sensitive map of ``dim`` x 7 x 7 channels (its cost does not
+    depend on the classes), PSROI pooling gives each roi a (dim, 7, 7) feature, and one fully connected
+    layer (``fc_dim``, ReLU) feeds the two sibling outputs ``rfcn_cls`` and ``rfcn_bbox`` (named as R-FCN's,
+    so the class-dependent layers, the box de-normalisation and the new-layer initialisation are shared).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, num_reg_classes: int, dim: int = 10,
+                 fc_dim: int = 256) -> None:
+        super().__init__()
+        if dim < 1 or fc_dim < 1:
+            raise ValueError(f"network.LIGHT_HEAD_DIM and LIGHT_HEAD_FC must be >= 1, got {dim}, {fc_dim}")
+        self.num_classes = num_classes
+        self.num_reg_classes = num_reg_classes
+        self.dim = dim
+        self.thin = nn.Conv2d(in_channels, dim * PSROI_GROUP * PSROI_GROUP, 1)
+        self.fc = nn.Linear(dim * PSROI_GROUP * PSROI_GROUP, fc_dim)
+        self.rfcn_cls = nn.Linear(fc_dim, num_classes)
+        self.rfcn_bbox = nn.Linear(fc_dim, 4 * num_reg_classes)
+
+    def score_maps(self, x: Tensor) -> dict[str, Tensor]:
+        """x (N, C, h, w) -> ``thin_maps`` (N, dim*49, h, w)."""
+        return {"thin_maps": self.thin(x)}
+
+    def pool(self, maps: dict[str, Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
+        """Thin maps + rois (R, 5) -> (cls_score (R, num_classes), bbox_pred (R, 4*num_reg_classes))."""
+        x = psroi_pool(maps["thin_maps"], rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP, self.dim)
+        x = F.relu(self.fc(x.flatten(1)))
+        return self.rfcn_cls(x), self.rfcn_bbox(x)
+
+    def forward(self, x: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        """x (N, C, h, w), rois (R, 5) -> (cls_score (R, num_classes), bbox_pred (R, 4*num_reg_classes))."""
+        return self.pool(self.score_maps(x), rois)
+
+
+def build_backbone(net: Config) -> nn.Module:
+    """``network.BACKBONE``: a ResNet-v1 of :mod:`dff.models.resnet` or ``mobilenet_v2`` (``MOBILENET_WIDTH``).
+    Either has ``arch`` and ``out_channels`` and maps (N, 3, H, W) to stride 16."""
+    if str(net.BACKBONE) == "mobilenet_v2":
+        return MobileNetV2Backbone(float(net.MOBILENET_WIDTH))
+    return ResNetV1(net.BACKBONE)
+
+
+def build_head(net: Config, in_channels: int, num_classes: int, num_reg_classes: int) -> nn.Module:
+    """``network.HEAD``: ``rfcn`` (the reference's) or ``light`` (:class:`LightHead`)."""
+    kind = str(net.HEAD)
+    if kind == "rfcn":
+        return RFCNHead(in_channels, num_classes, num_reg_classes)
+    if kind == "light":
+        return LightHead(in_channels, num_classes, num_reg_classes, int(net.LIGHT_HEAD_DIM), int(net.LIGHT_HEAD_FC))
+    raise ValueError(f"network.HEAD must be rfcn or light, got {kind!r}")
 
 
 class RFCN(nn.Module):
@@ -105,10 +162,10 @@ class RFCN(nn.Module):
         if feat_dim % 2:
             raise ValueError(f"network.DFF_FEAT_DIM must be even (split RPN/R-FCN), got {feat_dim}")
         self.feat_dim = feat_dim
-        self.backbone = ResNetV1(net.BACKBONE)
+        self.backbone = build_backbone(net)
         self.feat_conv_3x3 = nn.Conv2d(self.backbone.out_channels, feat_dim, 3, padding=6, dilation=6)
         self.rpn_head = RPNHead(feat_dim // 2, self.num_anchors)
-        self.rfcn_head = RFCNHead(feat_dim // 2, self.num_classes, self.num_reg_classes)
+        self.rfcn_head = build_head(net, feat_dim // 2, self.num_classes, self.num_reg_classes)
 
     # feature network ------------------------------------------------------------------------------
     def extract_feature(self, data: Tensor) -> Tensor:
@@ -147,9 +204,8 @@ class RFCN(nn.Module):
         """
         half = self.feat_dim // 2
         rpn_cls_prob, rpn_bbox_pred = self.rpn(feat)
-        cls_maps, bbox_maps = self.rfcn_head.score_maps(feat[:, half:])
         return {"rpn_cls_prob": rpn_cls_prob, "rpn_bbox_pred": rpn_bbox_pred,
-                "cls_maps": cls_maps, "bbox_maps": bbox_maps}
+                **self.rfcn_head.score_maps(feat[:, half:])}
 
     def candidates(self, maps: dict[str, Tensor], im_info: Tensor, train: bool = False) -> dict[str, Tensor]:
         """The fixed-shape half of the proposals (no host synchronisation): ``rpn_bbox_pred_inv``,
@@ -183,7 +239,7 @@ class RFCN(nn.Module):
             maps = {**maps, **self.candidates(maps, im_info)}
         if rois is None:
             rois = self._select(maps, train=False)
-        cls_score, bbox_pred = self.rfcn_head.pool(maps["cls_maps"], maps["bbox_maps"], rois)
+        cls_score, bbox_pred = self.rfcn_head.pool(maps, rois)
         n = maps["rpn_cls_prob"].shape[0]
         return {
             "rois": rois,

@@ -38,6 +38,7 @@ and :func:`write_outputs` (the checkpoint, the MXNet copy, the report).
 from __future__ import annotations
 
 import argparse
+import copy
 import glob
 import json
 import math
@@ -56,7 +57,9 @@ from tqdm import tqdm
 
 from dff.config import Config, ConfigError, load_config, parse_overrides, update_config
 from dff.dataset.synthetic import GT_DIR, SyntheticVID
+from dff.models.dff import build_flow_network
 from dff.models.flownet import FlowNet
+from dff.models.light_flow import LightFlow
 from dff.utils.checkpoint import (
     CheckpointError,
     LoadReport,
@@ -75,6 +78,8 @@ __all__ = [
     "resolve_config", "check_data", "build_flownet", "measure_and_pretrain", "pretrain_report", "write_outputs",
     "run_pretraining",
 ]
+
+FlowNetwork = FlowNet | LightFlow  # either flow network (network.FLOW_NETWORK)
 
 # FlowNet's output grid has stride 16 by construction (resize_data /2, the encoder down to /128, the
 # deconvs back up to Concat5 at /8, resize_concat5 /16: ceil(H/16)); it is not a config value
@@ -263,7 +268,7 @@ def epe(pred: Tensor, gt: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def init_flownet(flownet: FlowNet, seed: int = 0) -> None:
+def init_flownet(flownet: FlowNetwork, seed: int = 0) -> None:
     """Random initialisation for training from scratch: MSRA (He) normal weights for the LeakyReLU(0.1)
     layers, zero biases, and the scale map's identity (weight 0, bias 1 frozen; docs/design.md §2.3).
 
@@ -275,14 +280,14 @@ def init_flownet(flownet: FlowNet, seed: int = 0) -> None:
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and not name.startswith("Convolution5_scale"):
             # fan_in of a stride-2 transposed conv: each output sums in_channels * (k/2)^2 products
             k = m.kernel_size[0] * m.kernel_size[1]
-            fan_in = m.in_channels * k / (4 if isinstance(m, nn.ConvTranspose2d) else 1)
+            fan_in = m.in_channels // m.groups * k / (4 if isinstance(m, nn.ConvTranspose2d) else 1)
             std = math.sqrt(2.0 / ((1 + 0.1 ** 2) * fan_in))
             m.weight.normal_(0.0, std, generator=gen)
             m.bias.zero_()
     flownet.init_scale_identity()
 
 
-def trainable_parameters(flownet: FlowNet) -> list[tuple[str, nn.Parameter]]:
+def trainable_parameters(flownet: FlowNetwork) -> list[tuple[str, nn.Parameter]]:
     """The parameters the EPE trains: everything but the scale map (no gradient reaches it)."""
     return [(n, p) for n, p in flownet.named_parameters() if p.requires_grad and not n.startswith(_SCALE_PREFIX)]
 
@@ -297,7 +302,7 @@ def _fused_if_possible(flownet: nn.Module) -> dict[str, bool]:
     return {"fused": True} if ok else {}
 
 
-def pretrain(flownet: FlowNet, root: str, cfg: Config, iters: int, *, batch_size: int = 4, lr: float = 3e-4,
+def pretrain(flownet: FlowNetwork, root: str, cfg: Config, iters: int, *, batch_size: int = 4, lr: float = 3e-4,
              weight_decay: float = 0.0, seed: int = 0, split: str = "train", min_offset: int | None = None,
              max_offset: int | None = None, flip: bool = True, pairs: Sequence[FlowPair] | None = None,
              progress: bool = False, on_step: Callable[[int, float], None] | None = None,
@@ -371,7 +376,7 @@ def _eval_batches(root: str, split: str, pairs: int | Sequence[FlowPair], cfg: C
 
 
 @torch.no_grad()
-def evaluate_epe(flownet: FlowNet, root: str, split: str, pairs: int | Sequence[FlowPair], cfg: Config, *,
+def evaluate_epe(flownet: FlowNetwork, root: str, split: str, pairs: int | Sequence[FlowPair], cfg: Config, *,
                  seed: int = EVAL_SEED, batch_size: int = 8, min_offset: int | None = None,
                  max_offset: int | None = None) -> float:
     """EPE of ``flownet`` in image pixels at the network input resolution (grid EPE x 16).
@@ -408,12 +413,12 @@ def zero_flow_epe(root: str, split: str, pairs: int | Sequence[FlowPair], cfg: C
 # ------------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------------
-def flownet_state_for_dff(flownet: FlowNet) -> dict[str, Tensor]:
+def flownet_state_for_dff(flownet: FlowNetwork) -> dict[str, Tensor]:
     """``flownet``'s state_dict under the DFF model's names: ``flownet.<layer>.weight|bias``."""
     return {f"flownet.{k}": v for k, v in flownet.state_dict().items()}
 
 
-def save_flownet_checkpoint(path: str, flownet: FlowNet, extra: dict[str, Any] | None = None) -> None:
+def save_flownet_checkpoint(path: str, flownet: FlowNetwork, extra: dict[str, Any] | None = None) -> None:
     """Write the FlowNet weights (only) as a native checkpoint with DFF key names, atomically.
 
     No config is stored: the file is not a whole model, so ``checkpoint_config`` must not offer it as
@@ -427,7 +432,7 @@ def save_flownet_checkpoint(path: str, flownet: FlowNet, extra: dict[str, Any] |
 class _Holder(nn.Module):
     """Puts a bare FlowNet under the name ``flownet`` so its keys match the checkpoint's."""
 
-    def __init__(self, flownet: FlowNet) -> None:
+    def __init__(self, flownet: FlowNetwork) -> None:
         super().__init__()
         self.flownet = flownet
 
@@ -444,11 +449,11 @@ def load_flownet_weights(model: nn.Module, path: str, *, allow_missing_scale: bo
     :class:`CheckpointError` names the path and the keys). The report's ``unexpected`` lists the
     file's non-FlowNet keys.
     """
-    target = model if isinstance(model, FlowNet) else getattr(model, "flownet", None)
-    if not isinstance(target, FlowNet):
-        raise TypeError(f"load_flownet_weights: {type(model).__name__} is neither a FlowNet nor has a .flownet")
-    # load into a scratch FlowNet first: a strict load checks everything before copying anything
-    scratch = _Holder(FlowNet(feat_dim=target.feat_dim, avg_pool=target.avg_pool, width=target.width))
+    target = model if isinstance(model, (FlowNet, LightFlow)) else getattr(model, "flownet", None)
+    if not isinstance(target, (FlowNet, LightFlow)):
+        raise TypeError(f"load_flownet_weights: {type(model).__name__} is neither a flow network nor has a .flownet")
+    # load into a scratch copy first: a strict load checks everything before copying anything
+    scratch = _Holder(copy.deepcopy(target))
     ignore = ("*.num_batches_tracked",) + (("flownet." + _SCALE_PREFIX + "*",) if allow_missing_scale else ())
     try:
         report = load_model_weights(scratch, path, strict=True, ignore_missing=ignore, allow_unexpected=True)
@@ -531,12 +536,12 @@ def _torch_device(name: str) -> torch.device:
         raise PretrainArgumentError(f"--device {name!r}: {e}") from None
 
 
-def build_flownet(cfg: Config, seed: int, init: str | None = None) -> tuple[FlowNet, LoadReport | None]:
-    """A FlowNet shaped by ``cfg`` (``DFF_FEAT_DIM`` scale channels, ``FLOW_AVG_POOL``, ``FLOWNET_WIDTH``)
-    with the MSRA init of ``seed``, then the weights of ``init`` if given (with their load report)."""
+def build_flownet(cfg: Config, seed: int, init: str | None = None) -> tuple[FlowNetwork, LoadReport | None]:
+    """The flow network of ``cfg`` (``FLOW_NETWORK``; ``DFF_FEAT_DIM`` scale channels, ``FLOW_AVG_POOL``,
+    ``FLOWNET_WIDTH``) with the MSRA init of ``seed``, then the weights of ``init`` if given (with their load
+    report)."""
     torch.manual_seed(seed)
-    flownet = FlowNet(feat_dim=int(cfg.network.DFF_FEAT_DIM), avg_pool=cfg.network.FLOW_AVG_POOL,
-                      width=float(cfg.network.FLOWNET_WIDTH))
+    flownet = build_flow_network(cfg)
     init_flownet(flownet, seed)
     report = None
     if init:
@@ -547,7 +552,7 @@ def build_flownet(cfg: Config, seed: int, init: str | None = None) -> tuple[Flow
     return flownet, report
 
 
-def measure_and_pretrain(flownet: FlowNet, args: argparse.Namespace, cfg: Config, eval_data: str) -> PretrainRun:
+def measure_and_pretrain(flownet: FlowNetwork, args: argparse.Namespace, cfg: Config, eval_data: str) -> PretrainRun:
     """The held-out EPE of zero flow and of ``flownet``, :func:`pretrain` with the command's options, the
     held-out EPE again; prints the EPE before training (stderr)."""
     ev = {"seed": args.eval_seed, "min_offset": args.min_offset, "max_offset": args.max_offset}
@@ -591,7 +596,7 @@ def pretrain_report(args: argparse.Namespace, cfg_path: str, cfg: Config, eval_d
     }
 
 
-def write_outputs(flownet: FlowNet, report: dict[str, Any], out: str, json_path: str | None = None,
+def write_outputs(flownet: FlowNetwork, report: dict[str, Any], out: str, json_path: str | None = None,
                   mxnet_prefix: str | None = None) -> str:
     """Move ``flownet`` to the CPU and write, each atomically: ``mxnet_prefix``-0000.params when given (its
     path goes into ``report`` as ``mxnet_params``), the checkpoint ``out`` with ``report`` as

@@ -100,7 +100,7 @@ def build_param_groups(model: nn.Module, fixed_prefixes: Sequence[str] | None = 
     """Split ``model``'s parameters by the reference's rules (module docstring).
 
     The frozen ones are the model's :meth:`~dff.models.rfcn.RFCN.frozen_parameters` (``fixed_prefixes``
-    defaults to ``network.FIXED_PARAMS``). With ``freeze`` they get ``requires_grad=False``. A parameter without an MXNet name is an error
+    defaults to ``network.FIXED_PARAMS``). With ``freeze`` they get ``requires_grad=False``. A parameter with neither an MXNet name nor a ``.weight``/``.bias`` name is an error
     (its weight-decay scope would be undefined).
     """
     frozen_names = model.frozen_parameters(fixed_prefixes)
@@ -112,8 +112,12 @@ def build_param_groups(model: nn.Module, fixed_prefixes: Sequence[str] | None = 
     for key, p in model.named_parameters():
         mx = mxnet_param_name(key)
         if mx is None:
-            unnamed.append(key)
-            continue
+            # layers the reference never had (the mobile variant's): PyTorch's names, by the same rule
+            # (weights and BatchNorm scales decay, biases do not)
+            if not key.endswith((".weight", ".bias")):
+                unnamed.append(key)
+                continue
+            mx = key.rsplit(".", 1)[0] + ("_weight" if key.endswith(".weight") else "_bias")
         names[key] = mx
         if key in frozen_names:
             frozen.append(key)

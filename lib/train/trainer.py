@@ -56,7 +56,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from tqdm import tqdm
 
 from dff.classes import VID_CLASSES, format_class_diff
-from dff.config import Config, class_names, config_from_dict, config_stem
+from dff.config import Config, class_names, config_from_dict, config_stem, mobile_parts
 from dff.dataset.cocovid import CocoVideoError
 from dff.dataset.factory import ClassListMismatch, adopt_class_list, image_set_name, open_dataset
 from dff.dataset.imagenet_vid import missing_dataset_message
@@ -70,6 +70,7 @@ from dff.dataset.loader import (
     worker_init,
 )
 from dff.models.builder import build_model, fold_bbox_state, tiled_bbox_stats, unfold_bbox_state, weights_tag
+from dff.train.flow_pretrain import init_flownet, load_flownet_weights
 from dff.train.optim import MXNetSGD, ParamGroups, build_param_groups, lr_schedule
 from dff.utils.checkpoint import (
     DEFAULT_IGNORE_MISSING,
@@ -240,6 +241,22 @@ def _init_other_classes(model: nn.Module, path: str, saved: dict[str, Any], cfg:
             f"({format_class_diff(names, model.class_names, path, 'the data')})")
 
 
+def _init_flow_from_twin(model: nn.Module, cfg: Config, generator: torch.Generator) -> str:
+    """A DFF model started from its per-frame twin: the flow network from ``network.pretrained_flow`` when that is
+    a native checkpoint (``tools/pretrain_flownet.py --out``), else from scratch with the flow at 0."""
+    path = str(cfg.network.get("pretrained_flow", "") or "")
+    if path.endswith(".pth"):
+        try:
+            load_flownet_weights(model, path)
+        except (CheckpointError, OSError) as e:
+            raise TrainingError(f"network.pretrained_flow: {e}") from None
+        model.flownet.init_scale_identity()
+        return f"the flow network from {path}"
+    init_flownet(model.flownet, int(generator.initial_seed()) % (2 ** 31))
+    model.flownet.zero_flow_output()
+    return "the flow network from scratch (flow 0; network.pretrained_flow names no .pth)"
+
+
 def _load_init(model: nn.Module, path: str, cfg: Config, generator: torch.Generator) -> str:
     """``--init PATH``: every model weight from a native checkpoint or an MXNet file (training form). A native
     checkpoint with another class list (fine-tuning to new classes) gives all but the class-dependent layers."""
@@ -255,21 +272,28 @@ def _load_init(model: nn.Module, path: str, cfg: Config, generator: torch.Genera
             params = {k: v for k, v in read_params(path).items() if not k.endswith("_test")}
             load_mxnet_checkpoint(model, params, strict=True)
             return f"all weights from {path} (MXNet)"
-        # a THP model fine-tuned from a DFF checkpoint: the THP layers start from their initialisation
-        thp_new = THP_LAYER_PATTERNS if getattr(model, "thp", False) else ()
-        report = load_model_weights(model, path, ignore_missing=(*DEFAULT_IGNORE_MISSING, *thp_new))
+        # a THP or ConvGRU model fine-tuned from a DFF checkpoint: the video layers start from their
+        # initialisation; a DFF model from its per-frame twin (an R-FCN checkpoint): the flow network too
+        video_new = THP_LAYER_PATTERNS if getattr(model, "aggregation", None) is not None else ()
+        from_twin = model.kind == "dff" and fmt == "native" and load_checkpoint(path).get("model_kind") == "rfcn"
+        report = load_model_weights(model, path, ignore_missing=(*DEFAULT_IGNORE_MISSING, *video_new,
+                                                                 *(("flownet.*",) if from_twin else ())))
         tag = weights_tag(path)
     except (CheckpointError, MXNetParamsError) as e:
         raise TrainingError(f"--init: {e}") from None
     if tag != "train":
         # inference weights have the box de-normalisation folded in: undo it for training
         model.load_state_dict(unfold_bbox_state(model.state_dict(), cfg))
-    fresh = [k for k in report.ignored_missing if not k.endswith("num_batches_tracked")]
+    source = f"the per-frame twin, {tag or 'test'} weights" if from_twin else f"native, {tag or 'test'} weights"
+    line = f"all weights from {path} ({source})"
+    fresh = [k for k in report.ignored_missing if not k.endswith("num_batches_tracked") and not k.startswith("flownet.")]
     if fresh:
         model.init_thp_layers()
-        return (f"all weights from {path} (native, {tag or 'test'} weights) but the THP layers "
-                f"{sorted({k.rsplit('.', 1)[0] for k in fresh})}, initialised (Q high everywhere)")
-    return f"all weights from {path} (native, {tag or 'test'} weights)"
+        line += (f" but the video layers {sorted({k.rsplit('.', 1)[0] for k in fresh})}, initialised (THP's Q high "
+                 f"everywhere, the ConvGRU as the identity)")
+    if from_twin:
+        line += f"; {_init_flow_from_twin(model, cfg, generator)}"
+    return line
 
 
 def initialize(model: nn.Module, cfg: Config, opts: TrainOptions) -> list[str]:
@@ -295,9 +319,7 @@ def initialize(model: nn.Module, cfg: Config, opts: TrainOptions) -> list[str]:
         if opts.from_scratch or not prefix:
             lines.append(f"{what}: random initialisation ({'--from-scratch' if opts.from_scratch else f'network.{key} is empty'})")
             if part == "flownet.":
-                with torch.no_grad():
-                    model.flownet.Convolution5.weight.zero_()
-                    model.flownet.Convolution5.bias.zero_()
+                model.flownet.zero_flow_output()
             continue
         path = _pretrained_path(prefix, int(net.pretrained_epoch))
         if not os.path.isfile(path):
@@ -768,11 +790,13 @@ def _save_epoch_end(run: _Run) -> None:
         _link_or_copy(base + ".state.pth", run.state_path)
         run.weights_path = base + ".pth"
         _save_weights(run, run.weights_path)
-        if run.opts.mxnet_checkpoints:
+        # the mobile variant's layers have no MXNet counterpart: its weights are native only
+        mxnet = run.opts.mxnet_checkpoints and not mobile_parts(run.cfg)
+        if mxnet:
             means_t, stds_t = tiled_bbox_stats(run.cfg)
             save_mxnet_checkpoint(run.model, base + ".params", bbox_stds=stds_t.tolist(), bbox_means=means_t.tolist())
         log.info("epoch %d done (%d updates): %s.pth, .state.pth%s", run.epoch, run.iteration, base,
-                 ", .params" if run.opts.mxnet_checkpoints else "")
+                 ", .params" if mxnet else "")
     if run.dctx.world > 1:
         dist.barrier()
 
