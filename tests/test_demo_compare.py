@@ -209,3 +209,27 @@ def test_ctrl_c_in_the_per_frame_run_finalises_the_comparison(models, frames, tm
     assert (tmp_path / "summary.png").is_file()
     *_, speed, split = _nonempty_lines(out)
     assert SPEEDUP.match(speed) and split.startswith("where the time goes")
+
+
+EMBEDDED_DFF = REPO / "data" / "models" / "dff_mobile_synthetic.pth"
+EMBEDDED_TWIN = REPO / "data" / "models" / "rfcn_mobile_synthetic.pth"
+
+
+def test_the_readme_command_with_the_embedded_models_shows_the_objects(tmp_path):
+    """``python dff_rfcn/demo.py --compare`` as a new user runs it (here 20 frames): the embedded mobile DFF and its
+    twin on a 320x512 clip of an unseen seed; at the default drawing threshold (0.7) both draw most of the clip's
+    objects (the clip's own annotations count them), not "zero or one box" per frame."""
+    assert EMBEDDED_DFF.is_file() and EMBEDDED_TWIN.is_file()
+    p = subprocess.run([sys.executable, "dff_rfcn/demo.py", "--compare", "--max-frames", "20", "--out", str(tmp_path),
+                        "--no-frames", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "dff_mobile_synthetic.pth" in out and "rfcn_mobile_synthetic.pth" in out
+    xmls = sorted((tmp_path / "synthetic_clip" / "Annotations" / "VID" / "val").glob("*/*.xml"))[:20]
+    objects = sum(x.read_text().count("<object>") for x in xmls)
+    drawn = [int(n) for n in re.findall(r"(\d+) boxes drawn", out)]
+    assert objects >= 20 and len(drawn) == 2, (objects, drawn)
+    assert all(n >= objects // 2 for n in drawn), (drawn, objects)
+    video, width, height = _video(tmp_path / "compare.mp4")
+    assert len(video) == 20 and width == 2 * 512 and height == 320 + caption_height(512)
+    assert (tmp_path / "summary.png").stat().st_size > 20_000

@@ -3,6 +3,9 @@ light head, their config switches, training from the per-frame twin and the engi
 from __future__ import annotations
 
 import math
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,10 +21,12 @@ from dff.models.rfcn import LightHead
 from dff.train.flow_pretrain import save_flownet_checkpoint
 from dff.train.optim import build_param_groups
 from dff.train.trainer import _load_init
-from dff.utils.checkpoint import save_checkpoint
+from dff.utils.checkpoint import checkpoint_config, save_checkpoint
 
-DFF_CFG = "experiments/dff_rfcn/cfgs/dff_mobile_synthetic.yaml"
-RFCN_CFG = "experiments/rfcn/cfgs/rfcn_mobile_synthetic.yaml"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+DFF_CFG = str(REPO / "experiments/dff_rfcn/cfgs/dff_mobile_synthetic.yaml")
+RFCN_CFG = str(REPO / "experiments/rfcn/cfgs/rfcn_mobile_synthetic.yaml")
 SMALL = {"network": {"MOBILENET_WIDTH": 0.35, "FLOWNET_WIDTH": 0.25, "DFF_FEAT_DIM": 32, "LIGHT_HEAD_FC": 32},
          "dataset": {"NUM_CLASSES": 6, "CLASSES": ["ellipse", "box", "triangle", "star", "ring"]},
          "TEST": {"RPN_PRE_NMS_TOP_N": 200, "RPN_POST_NMS_TOP_N": 20}}
@@ -194,3 +199,17 @@ def test_dff_starts_from_its_per_frame_twin_and_the_pretrained_flow(tmp_path):
     x = torch.rand(1, 32, 4, 5)
     with torch.no_grad():  # the GRU starts as the identity: the model begins as plain DFF
         assert torch.allclose(model.aggregate(x, x), x, atol=1e-6)
+
+
+def test_export_changes_test_settings_and_refuses_network_keys(tmp_path):
+    twin = build_model("rfcn", small_cfg(RFCN_CFG))
+    src = tmp_path / "twin.pth"
+    save_checkpoint(src, model_state=twin, config=twin.cfg, extra={"weights": "test", "model_kind": "rfcn"})
+    dst = tmp_path / "out.pth"
+    cmd = [sys.executable, "tools/export_model.py", str(src), str(dst), "--half"]
+    p = subprocess.run([*cmd, "--set", "TEST.RPN_PRE_NMS_TOP_N=300"], cwd=REPO, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert checkpoint_config(dst)["TEST"]["RPN_PRE_NMS_TOP_N"] == 300
+    assert checkpoint_config(src)["TEST"]["RPN_PRE_NMS_TOP_N"] == 200
+    p = subprocess.run([*cmd, "--set", "network.HEAD=rfcn"], cwd=REPO, capture_output=True, text=True)
+    assert p.returncode == 2 and "network.HEAD" in p.stderr

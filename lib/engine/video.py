@@ -11,7 +11,9 @@ Object Detection" (docs/design.md §9), each a ``TEST`` key: the adaptive key-fr
 (``KEY_FRAME_SCHEDULE: adaptive``), the partial feature update (``PARTIAL_UPDATE``) and the key frames'
 aggregation (``AGGREGATION``). With all three off the engine runs exactly the DFF path. The cache is
 still one reference frame (its input and feature): the key frame, or with ``PARTIAL_UPDATE_PROPAGATE``
-the last partially updated frame, whose updates then carry over to the frames warped from it.
+the last partially updated frame, whose updates then carry over to the frames warped from it. The mobile
+variant's flow-guided ConvGRU (``network.GRU_AGGREGATION``, docs/design.md §10.4) runs through the same key-frame
+aggregation step (``AGGREGATION`` on, the schedule fixed, no partial update).
 """
 from __future__ import annotations
 

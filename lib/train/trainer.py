@@ -241,9 +241,9 @@ def _init_other_classes(model: nn.Module, path: str, saved: dict[str, Any], cfg:
             f"({format_class_diff(names, model.class_names, path, 'the data')})")
 
 
-def _init_flow_from_twin(model: nn.Module, cfg: Config, generator: torch.Generator) -> str:
-    """A DFF model started from its per-frame twin: the flow network from ``network.pretrained_flow`` when that is
-    a native checkpoint (``tools/pretrain_flownet.py --out``), else from scratch with the flow at 0."""
+def _init_flow_network(model: nn.Module, cfg: Config, generator: torch.Generator) -> str:
+    """The flow network from ``network.pretrained_flow`` when that is a native checkpoint (``tools/pretrain_flownet.py
+    --out``), else from scratch with the flow at 0 (a DFF model started from its per-frame twin). Returns the log line."""
     path = str(cfg.network.get("pretrained_flow", "") or "")
     if path.endswith(".pth"):
         try:
@@ -251,10 +251,10 @@ def _init_flow_from_twin(model: nn.Module, cfg: Config, generator: torch.Generat
         except (CheckpointError, OSError) as e:
             raise TrainingError(f"network.pretrained_flow: {e}") from None
         model.flownet.init_scale_identity()
-        return f"the flow network from {path}"
+        return f"flow network from {path}"
     init_flownet(model.flownet, int(generator.initial_seed()) % (2 ** 31))
     model.flownet.zero_flow_output()
-    return "the flow network from scratch (flow 0; network.pretrained_flow names no .pth)"
+    return "flow network from scratch (flow 0; network.pretrained_flow names no .pth)"
 
 
 def _load_init(model: nn.Module, path: str, cfg: Config, generator: torch.Generator) -> str:
@@ -292,7 +292,7 @@ def _load_init(model: nn.Module, path: str, cfg: Config, generator: torch.Genera
         line += (f" but the video layers {sorted({k.rsplit('.', 1)[0] for k in fresh})}, initialised (THP's Q high "
                  f"everywhere, the ConvGRU as the identity)")
     if from_twin:
-        line += f"; {_init_flow_from_twin(model, cfg, generator)}"
+        line += f"; {_init_flow_network(model, cfg, generator)}"
     return line
 
 
@@ -320,6 +320,9 @@ def initialize(model: nn.Module, cfg: Config, opts: TrainOptions) -> list[str]:
             lines.append(f"{what}: random initialisation ({'--from-scratch' if opts.from_scratch else f'network.{key} is empty'})")
             if part == "flownet.":
                 model.flownet.zero_flow_output()
+            continue
+        if part == "flownet." and prefix.endswith(".pth"):  # a native flow pre-training (tools/pretrain_flownet.py)
+            lines.append(_init_flow_network(model, cfg, gen))
             continue
         path = _pretrained_path(prefix, int(net.pretrained_epoch))
         if not os.path.isfile(path):

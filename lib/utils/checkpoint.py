@@ -474,14 +474,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     return ckpt
 
 
-def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False) -> int:
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False,
+                      config: Mapping[str, Any] | None = None) -> int:
     """Copy the native checkpoint ``src`` to ``dst`` for distribution: the model state (floating-point tensors
-    as float16 with ``half``; the loader casts them back), its config and its extra keys. Returns the number
-    of stored numbers; :class:`CheckpointError` when ``src`` is not a native checkpoint."""
+    as float16 with ``half``; the loader casts them back), its config (or ``config``, e.g. the same with other
+    test settings) and its extra keys. Returns the number of stored numbers; :class:`CheckpointError` when
+    ``src`` is not a native checkpoint."""
     ckpt = load_checkpoint(src)
     state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["model"].items()}
     keep = {k: v for k, v in ckpt.items() if k not in RESERVED_KEYS}
-    save_checkpoint(dst, model_state=state, config=ckpt.get("config"), extra=keep)
+    save_checkpoint(dst, model_state=state, config=ckpt.get("config") if config is None else config, extra=keep)
     return sum(v.numel() for v in state.values())
 
 
