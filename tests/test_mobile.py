@@ -2,8 +2,10 @@
 light head, their config switches, training from the per-frame twin and the engine's key-frame aggregation."""
 from __future__ import annotations
 
+import json
 import math
 import pathlib
+import runpy
 import subprocess
 import sys
 
@@ -213,3 +215,32 @@ def test_export_changes_test_settings_and_refuses_network_keys(tmp_path):
     assert checkpoint_config(src)["TEST"]["RPN_PRE_NMS_TOP_N"] == 200
     p = subprocess.run([*cmd, "--set", "network.HEAD=rfcn"], cwd=REPO, capture_output=True, text=True)
     assert p.returncode == 2 and "network.HEAD" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def benchmark_main():
+    return runpy.run_path(str(REPO / "tools" / "benchmark.py"))["main"]
+
+
+def test_benchmark_defaults_to_the_embedded_mobile_dff_against_its_twin(benchmark_main, tmp_path):
+    out = tmp_path / "bench.json"
+    rc = benchmark_main(["--frames", "3", "--key-intervals", "2", "--device", "cpu", "--no-end-to-end",
+                         "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["input"]["backbone"] == "mobilenet_v2" and report["input"]["network_input"][0] == 320
+    assert report["per_frame_model"].endswith("rfcn_mobile_synthetic.pth")
+    row = report["intervals"]["2"]
+    assert row["key_frames"] == 2 and row["stages"]["aggregate_ms"] > 0  # the ConvGRU ran on the second key frame
+
+
+def test_benchmark_per_frame_model_must_see_the_same_input(benchmark_main, tmp_path, capsys):
+    cfg = small_cfg(RFCN_CFG)
+    update_config(cfg, {"SCALES": [160, 256]}, "test")
+    twin = build_model("rfcn", cfg)
+    path = tmp_path / "twin.pth"
+    save_checkpoint(path, model_state=twin, config=cfg, extra={"weights": "test", "model_kind": "rfcn"})
+    rc = benchmark_main(["--model", str(REPO / "data/models/dff_mobile_synthetic.pth"), "--per-frame-model", str(path),
+                         "--frames", "2", "--key-intervals", "2", "--device", "cpu", "--no-end-to-end"])
+    assert rc == 2
+    assert "would not run on the same input" in capsys.readouterr().err

@@ -574,8 +574,8 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     lines.append("(stage columns: mean ms per frame over all frames; network-only fps excludes decoding and "
                  "post-processing)")
     if thp:
-        lines.append("(THP: interval 1 is the per-frame R-FCN with the THP options off; keys: key frames; updated: "
-                     "mean fraction of the feature map recomputed on the non-key frames)")
+        lines.append("(THP options / key-frame aggregation: the per-frame baseline runs with them off; keys: key frames; "
+                     "updated: mean fraction of the feature map recomputed on the non-key frames)")
     return "\n".join(lines)
 
 
