@@ -47,7 +47,7 @@ from tqdm import tqdm
 from dff.apps.compare import Comparison, annotate, speedup_line, summary_figure, time_split_line, write_png
 from dff.apps.reporting import JsonLines, RunStats, boxes_above, current_rss_mb, frame_record, peak_rss_mb
 from dff.apps.serve import StreamServer
-from dff.config import Config, ConfigError, load_config
+from dff.config import Config, ConfigError, load_config, mobile_parts
 from dff.dataset.synthetic import SynthConfig, generate
 from dff.deploy import BACKENDS, DeployUnavailable, make_detector
 from dff.engine.fastpath import FAST_NAMES, FastPath
@@ -525,7 +525,7 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
             label = "dff" if dff else "rfcn"
             comparison = None
             if compare:
-                mobile = baseline is not None and str(baseline[1].network.BACKBONE).startswith("mobilenet")
+                mobile = baseline is not None and bool(mobile_parts(baseline[1]))
                 base_label = ("per-frame R-FCN (same weights)" if baseline is None
                               else f"per-frame R-FCN ({'mobile twin' if mobile else 'twin'})")
                 comparison = Comparison(demo_class_names(model), args.vis_thresh, base_label,

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from dff.models.layers import SeparableConv2d
+
 
 class KeyFrameAggregation(nn.Module):
     """Embedding ``em_conv1`` (1x1) -> ReLU -> ``em_conv2`` (3x3) -> ReLU -> ``em_conv3`` (1x1), as FGFA.
@@ -47,18 +49,6 @@ class KeyFrameAggregation(nn.Module):
         """key_feat, prev_warped (N, C, h, w) -> the aggregated key feature (N, C, h, w)."""
         w_key, w_prev = self.weights(key_feat, prev_warped)
         return w_key * key_feat + w_prev * prev_warped
-
-
-class SeparableConv2d(nn.Module):
-    """3x3 depthwise then 1x1 pointwise convolution, no activation (the GRU's gates add their own)."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.depthwise = nn.Conv2d(cin, cin, 3, padding=1, groups=cin)
-        self.pointwise = nn.Conv2d(cin, cout, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pointwise(self.depthwise(x))
 
 
 class FlowGuidedGRU(nn.Module):

@@ -95,7 +95,7 @@ class DFF(RFCN):
         """The video layers a DFF checkpoint lacks, initialised so the model starts as that DFF: Q's head
         weight 0 and bias :data:`Q_INIT_BIAS` (Q starts high everywhere; THP's embedding keeps PyTorch's
         default initialisation); the ConvGRU as the identity on the key frame's own feature."""
-        if self.flownet.Convolution5_q is not None:
+        if self.thp:  # Q exists with network.THP only (FlowNet's q_output)
             self.flownet.Convolution5_q.weight.zero_()
             self.flownet.Convolution5_q.bias.fill_(Q_INIT_BIAS)
         if isinstance(self.aggregation, FlowGuidedGRU):
@@ -192,7 +192,7 @@ class DFF(RFCN):
         if self.aggregation is None or _flag(batch.get("prev_flag", 1), "prev_flag"):
             return key_feat
         data_prev = batch["data_prev"]
-        _check_same_shape(batch["data_ref"], data_prev)
+        _check_same_shape(batch["data_ref"], data_prev, "data_prev", "data_ref")
         flow, scale = self.estimate_flow(batch["data_ref"], data_prev)
         return self.aggregate(key_feat, self.warp(self.extract_feature(data_prev), flow, scale))
 
@@ -205,7 +205,7 @@ def _flag(value: object, name: str) -> bool:
     return float(flag[0]) == 1.0
 
 
-def _check_same_shape(data: Tensor, data_ref: Tensor) -> None:
-    if data_ref.shape != data.shape:
-        raise ValueError(f"forward_train: data_ref {tuple(data_ref.shape)} must have the shape of data "
+def _check_same_shape(data: Tensor, other: Tensor, other_name: str = "data_ref", name: str = "data") -> None:
+    if other.shape != data.shape:
+        raise ValueError(f"forward_train: {other_name} {tuple(other.shape)} must have the shape of {name} "
                          f"{tuple(data.shape)}")

@@ -19,18 +19,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from dff.models.layers import SeparableConv2d
 from dff.ops.prepack import conv_leaky_relu
 
 _INPUT_SCALE = 1.0 / 128.0  # the mean-subtracted 0..255 input brought to about +-1 (no BatchNorm follows)
 
 
-class SeparableConv(nn.Module):
-    """3x3 depthwise convolution (``stride``) and 1x1 pointwise convolution, each followed by LeakyReLU(0.1)."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.depthwise = nn.Conv2d(cin, cin, 3, stride=stride, padding=1, groups=cin)
-        self.pointwise = nn.Conv2d(cin, cout, 1)
+class SeparableConv(SeparableConv2d):
+    """:class:`~dff.models.layers.SeparableConv2d` with LeakyReLU(0.1) after each of its two convolutions."""
 
     def forward(self, x: Tensor) -> Tensor:
         # conv_leaky_relu: one oneDNN call with the activation fused inside the CPU fast path, the same values
@@ -66,7 +62,6 @@ class LightFlow(nn.Module):
         self.predict4 = nn.Conv2d(c4, 2, 3, padding=1)
         self.predict3 = nn.Conv2d(c3, 2, 3, padding=1)
         self.Convolution5_scale = nn.Conv2d(c3, feat_dim, 1)
-        self.Convolution5_q = None  # no THP Q output: DFF.init_thp_layers looks for it
 
     def forward(self, cur: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
         # scaled after the pooling (the same numbers): a quarter of the multiplications
