@@ -18,10 +18,10 @@ SOURCE_DIRS = ("lib", "rfcn", "dff_rfcn", "experiments", "tools")
 
 # (file, imported module): the only imports allowed inside functions, each for a reason
 ALLOWED_LOCAL_IMPORTS = {
-    ("lib/ops/build.py", "torch.utils"),  # cpp_extension reads CUDA_HOME at import; build() sets it first
-    ("lib/apps/benchmark.py", "matplotlib"),  # optional: --plot only
-    ("lib/apps/benchmark.py", "matplotlib.pyplot"),
-    ("lib/train/trainer.py", "torch.utils.tensorboard"),  # optional: needs the tensorboard package
+    ("lib/dff/ops/build.py", "torch.utils"),  # cpp_extension reads CUDA_HOME at import; build() sets it first
+    ("lib/dff/apps/benchmark.py", "matplotlib"),  # optional: --plot only
+    ("lib/dff/apps/benchmark.py", "matplotlib.pyplot"),
+    ("lib/dff/train/trainer.py", "torch.utils.tensorboard"),  # optional: needs the tensorboard package
 }
 
 

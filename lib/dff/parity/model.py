@@ -22,7 +22,7 @@ from dff.parity import TOL_BOX, TOL_FEATURE, TOL_PROB, Result, compare, not_impl
 from dff.utils.checkpoint import load_mxnet_checkpoint
 from dff.utils.fixture_weights import make_param
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))))
 RFCN_CFG = os.path.join(REPO, "experiments", "rfcn", "cfgs", "rfcn_vid_demo.yaml")
 DFF_CFG = os.path.join(REPO, "experiments", "dff_rfcn", "cfgs", "dff_rfcn_vid_demo.yaml")
 # the fixtures' test threshold (README section 3: tester.pred_eval with thresh 1e-4)

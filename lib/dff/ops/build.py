@@ -1,4 +1,4 @@
-"""Build the compiled operator library (``operator_cxx/`` -> ``lib/ops/_ext/dff_ops.so``).
+"""Build the compiled operator library (``operator_cxx/`` -> ``lib/dff/ops/_ext/dff_ops.so``).
 
     python -m dff.ops.build [--cpu-only] [--force] [--verbose]
 
@@ -41,8 +41,8 @@ LD_FLAGS = ["-fopenmp"]
 
 
 def source_dir() -> pathlib.Path:
-    """``operator_cxx/`` of the repository (this package is ``<repo>/lib``)."""
-    return pathlib.Path(__file__).resolve().parents[2] / "operator_cxx"
+    """``operator_cxx/`` of the repository (this package is ``<repo>/lib/dff``)."""
+    return pathlib.Path(__file__).resolve().parents[3] / "operator_cxx"
 
 
 def _sources(cuda: bool) -> list[pathlib.Path]:

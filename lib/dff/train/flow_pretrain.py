@@ -471,7 +471,7 @@ def load_flownet_weights(model: nn.Module, path: str, *, allow_missing_scale: bo
 # ------------------------------------------------------------------------------------------------
 # the command (tools/pretrain_flownet.py)
 # ------------------------------------------------------------------------------------------------
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TINY_CFG = os.path.join(_REPO, "experiments", "dff_rfcn", "cfgs", "dff_rfcn_synthetic_tiny.yaml")
 DEMO_CFG = os.path.join(_REPO, "experiments", "dff_rfcn", "cfgs", "dff_rfcn_vid_demo.yaml")
 DEMO_SCALES = [160, 256]

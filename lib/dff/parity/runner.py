@@ -20,7 +20,7 @@ __all__ = ["AREAS", "DEFAULT_FIXTURE_DIR", "run_parity"]
 # area -> (module in dff.parity, sub-folder it needs, whether it runs custom operators)
 AREAS = [("ops_psroi", "ops", True), ("ops_warp", "ops", True), ("ops_proposal", "ops", False),
          ("params", "params", False), ("flownet", "model", False), ("model", "model", True), ("eval", "eval", False)]
-DEFAULT_FIXTURE_DIR = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "reference"
+DEFAULT_FIXTURE_DIR = pathlib.Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "reference"
 
 
 def _area_rows(area: str, sub: str, fixture_dir: str, backend: str) -> list[Result]:

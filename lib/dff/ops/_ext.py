@@ -31,12 +31,12 @@ class CompiledOpsWarning(UserWarning):
 
 
 def build_dir() -> pathlib.Path:
-    """Where ``python -m dff.ops.build`` puts the library (``lib/ops/_ext/``, git-ignored)."""
+    """Where ``python -m dff.ops.build`` puts the library (``lib/dff/ops/_ext/``, git-ignored)."""
     return pathlib.Path(__file__).resolve().parent / "_ext"
 
 
 def library_path() -> pathlib.Path:
-    """The library to load: ``$DFF_OPS_LIBRARY`` if set, else ``lib/ops/_ext/dff_ops.so``."""
+    """The library to load: ``$DFF_OPS_LIBRARY`` if set, else ``lib/dff/ops/_ext/dff_ops.so``."""
     env = os.environ.get(LIBRARY_ENV)
     return pathlib.Path(env) if env else build_dir() / LIBRARY_NAME
 
