@@ -9,7 +9,13 @@
   ``<repo>/../shared/data``) and skips, naming the variable, where the folder does not exist.
 * ``--no-skips-except-cuda`` (CI): the run fails when any test skipped for a reason that is not a
   missing CUDA device/toolkit.
+* ``-m "not slow"``: the developer's run (a few minutes on 2 cores). The ``slow`` marker (``pyproject.toml``) is on
+  the tests that start subprocesses, serve or read live streams, run torchrun/DDP, export to ONNX or run
+  onnxruntime, and the long loops (full training runs, memory-flatness loops over many frames); CI runs them all.
+* Each test starts with the ``dff`` logger tree as the previous one found it (:func:`_isolated_dff_logging`):
+  an in-process entry point's ``setup_logging()`` (console handler, level, propagate) does not outlive its test.
 """
+import logging
 import os
 import pathlib
 import re
@@ -36,6 +42,38 @@ def shared_data_dir() -> pathlib.Path:
     if not SHARED_DATA_DIR.is_dir():
         pytest.skip(SHARED_DATA_SKIP)
     return SHARED_DATA_DIR
+
+
+# --------------------------------------------------------------------------------------------------
+# test isolation: the ``dff`` logger tree
+
+
+def _dff_loggers() -> dict[str, logging.Logger]:
+    """The ``dff`` logger and every ``dff.*`` logger created so far (placeholders excluded)."""
+    loggers = {"dff": logging.getLogger("dff")}
+    for name, lg in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("dff.") and isinstance(lg, logging.Logger):
+            loggers[name] = lg
+    return loggers
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dff_logging():
+    """Snapshot the ``dff`` logger tree (handlers, level, propagate, disabled) before each test and restore it
+    after: the entry scripts' ``setup_logging()`` run in-process (``runpy``/``main(argv)``) installs a console
+    handler on ``dff`` that is never closed, and it must not reach the next test. Handlers a test added and left
+    behind are closed (a log file in the test's ``tmp_path``)."""
+    saved = {name: (list(lg.handlers), lg.level, lg.propagate, lg.disabled) for name, lg in _dff_loggers().items()}
+    yield
+    kept = {id(h) for handlers, *_ in saved.values() for h in handlers}
+    for name, lg in _dff_loggers().items():
+        handlers, level, propagate, disabled = saved.get(name, ([], logging.NOTSET, True, False))
+        for h in lg.handlers:
+            if id(h) not in kept:
+                h.close()
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
 
 
 # --------------------------------------------------------------------------------------------------

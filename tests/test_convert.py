@@ -193,8 +193,38 @@ def test_single_list_to_json_path_and_cli(synth_root, tmp_path, capsys):
     assert len(json.loads(out.read_text())["images"]) == 12
     assert _cli(out, tmp_path / "rt", "--to", "vid", "--split", "val") == 0
     assert (tmp_path / "rt" / "ImageSets" / "VID_val_videos.txt").read_text().splitlines() == [
-        "val/val/ILSVRC2015_val_00000000 1 0 6", "val/val/ILSVRC2015_val_00000001 7 0 6"]
+        "val/ILSVRC2015_val_00000000 1 0 6", "val/ILSVRC2015_val_00000001 7 0 6"]
     assert "no bad data" in capsys.readouterr().out
+
+
+def test_split_carried_by_the_video_names_is_not_doubled(synth_root, tmp_path):
+    """``--to vid --split val`` on a JSON whose video names already start with ``val/`` (made from a VID root's
+    val list) writes ``Data/VID/val/<video>``, not ``Data/VID/val/val/<video>``; names without it still get it."""
+    out = tmp_path / "VID_val_videos.json"
+    assert _cli(synth_root, out, "--to", "cocovid", "--image-sets", "VID_val_videos") == 0
+    names = [v["name"] for v in json.loads(out.read_text())["videos"]]
+    assert names == ["val/ILSVRC2015_val_00000000", "val/ILSVRC2015_val_00000001"]
+    rt = tmp_path / "rt"
+    assert _cli(out, rt, "--to", "vid", "--split", "val") == 0
+    assert not (rt / "Data" / "VID" / "val" / "val").exists()
+    assert not (rt / "Annotations" / "VID" / "val" / "val").exists()
+    for kind, ext in (("Data", "JPEG"), ("Annotations", "xml")):
+        for k in range(6):
+            assert (rt / kind / "VID" / "val" / "ILSVRC2015_val_00000000" / f"{k:06d}.{ext}").is_file()
+    assert (rt / "Data" / "VID" / "val" / "ILSVRC2015_val_00000000" / "000003.JPEG").read_bytes() == (
+        synth_root / "Data" / "VID" / "val" / "ILSVRC2015_val_00000000" / "000003.JPEG").read_bytes()
+    # the same layout as the original root: its list reads back with the same videos and test ids
+    want = ImageNetVID("VID_val_videos", str(synth_root), verbose=False).test_videos()
+    got = ImageNetVID("VID_val_videos", str(rt), verbose=False).test_videos()
+    assert [(v.name, v.frame_ids, v.indices) for v in got] == [(v.name, v.frame_ids, v.indices) for v in want]
+    assert (rt / "ImageSets" / "VID_val_videos.txt").read_text() == (
+        synth_root / "ImageSets" / "VID_val_videos.txt").read_text()
+    # another split name: the names do not carry it, so it is still added
+    other = tmp_path / "other"
+    assert _cli(out, other, "--to", "vid", "--split", "test") == 0
+    assert (other / "Data" / "VID" / "test" / "val" / "ILSVRC2015_val_00000000" / "000000.JPEG").is_file()
+    assert (other / "ImageSets" / "VID_test_videos.txt").read_text().splitlines()[0] == (
+        "test/val/ILSVRC2015_val_00000000 1 0 6")
 
 
 # ------------------------------------------------------------------------------------------------ bad data
@@ -222,7 +252,7 @@ def test_bad_vid_data_reported_and_skipped(root_copy, tmp_path):
     rt = tmp_path / "rt"
     back = cocovid_to_vid(str(tmp_path / "c" / "VID_val_videos.json"), str(rt), split="val", progress=False)
     assert not back.problems.counts
-    assert (rt / "ImageSets" / "VID_val_videos.txt").read_text().splitlines()[0] == "val/val/ILSVRC2015_val_00000000 1 0 5"
+    assert (rt / "ImageSets" / "VID_val_videos.txt").read_text().splitlines()[0] == "val/ILSVRC2015_val_00000000 1 0 5"
 
 
 def _write_image(path: pathlib.Path, w: int = 64, h: int = 48, value: int = 100) -> None:

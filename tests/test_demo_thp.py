@@ -13,7 +13,8 @@ import torch
 
 from dff.apps.demo import build_parser
 from dff.config import load_config
-from dff.engine.video import THPOptions, per_frame_config
+from dff.engine.video import per_frame_config
+from dff.temporal import LoopOptions
 from dff.utils.vis import UPDATE_COLOR, cell_pixels, draw_updated_cells, update_label
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -93,9 +94,9 @@ def test_schedule_flag_on_the_dff_demo_only():
 
 def test_compare_baseline_runs_without_thp():
     cfg = load_config(THP_CFG)
-    assert THPOptions.from_config(cfg).active
-    assert not THPOptions.from_config(per_frame_config(cfg)).active
-    assert THPOptions.from_config(cfg).active  # the run's own config is untouched
+    assert LoopOptions.from_config(cfg).active
+    assert not LoopOptions.from_config(per_frame_config(cfg)).active
+    assert LoopOptions.from_config(cfg).active  # the run's own config is untouched
 
 
 @pytest.fixture(scope="module")

@@ -175,7 +175,7 @@ def test_cuda_graph_replays_equal_eager_runs(reference_dir):
     device = torch.device("cuda")
     with tf32_mode(False), torch.inference_mode():
         model = _build("dff", str(reference_dir)).to(device).eval()
-        post = VideoDetector(model, model.cfg, device=device)._post_fixed
+        post = VideoDetector(model, model.cfg, device=device).post_function
         eager = StageRunner(model, FastPath(), post=post)
         graphed = StageRunner(model, FastPath(cuda_graphs=True), post=post)
         assert graphed.sync_free

@@ -180,7 +180,7 @@ def test_checkpoint_initialises_dff_flownet_only(tmp_path):
 
     dst = Holder()
     other = dst.feat_conv_3x3.weight.clone()
-    load_flownet_weights(dst, path)
+    load_flownet_weights(dst.flownet, path)
     for k, v in src.state_dict().items():
         assert torch.equal(dst.flownet.state_dict()[k], v), k
     assert torch.equal(dst.feat_conv_3x3.weight, other)

@@ -14,12 +14,12 @@ import torch
 
 from dff.config import ConfigError, load_config, mobile_parts, update_config
 from dff.engine.video import VideoDetector
-from dff.models.aggregation import FlowGuidedGRU
+from dff.temporal.gru import FlowGuidedGRU
 from dff.models.builder import build_model
 from dff.models.flownet import FlowNet
 from dff.models.light_flow import LightFlow
 from dff.models.mobilenet import MobileNetV2Backbone
-from dff.models.rfcn import LightHead
+from dff.models.heads import LightHead
 from dff.train.flow_pretrain import save_flownet_checkpoint
 from dff.train.optim import build_param_groups
 from dff.train.trainer import _load_init
@@ -110,7 +110,7 @@ def test_config_switches_build_the_mobile_parts_and_refuse_bad_combinations():
     assert isinstance(model.flownet, LightFlow)
     assert isinstance(model.rfcn_head, LightHead)
     assert isinstance(model.aggregation, FlowGuidedGRU)
-    assert build_model("dff", small_cfg(DFF_CFG, GRU_AGGREGATION=False)).aggregation is None
+    assert "aggregation" not in dict(build_model("dff", small_cfg(DFF_CFG, GRU_AGGREGATION=False)).named_children())
     with pytest.raises(ValueError, match="choose one"):
         build_model("dff", small_cfg(DFF_CFG, THP=True))
     with pytest.raises(ValueError, match="FLOW_NETWORK"):
@@ -141,7 +141,7 @@ def _batch(prev_flag: int, eq_flag: int = 0) -> dict:
 @pytest.mark.parametrize("prev_flag", [0, 1])
 def test_training_aggregates_the_previous_key_frame_only_when_there_is_one(prev_flag):
     model = build_model("dff", small_cfg(DFF_CFG))
-    model.init_thp_layers()
+    model.init_video_layers()
     out = model.forward_train(_batch(prev_flag), torch.Generator().manual_seed(1))
     assert torch.isfinite(out["loss"])
     out["loss"].backward()

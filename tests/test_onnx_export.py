@@ -25,10 +25,10 @@ from dff.config import update_config
 from dff.deploy import (
     DEPLOY_HINT,
     DeployUnavailable,
-    OnnxVideoDetector,
     cached_export,
     export_onnx,
     make_detector,
+    onnx_detector,
     read_manifest,
 )
 from dff.deploy import runtime as deploy_runtime
@@ -263,7 +263,7 @@ def test_graphs_use_standard_operators_dynamic_sizes_and_describe_themselves(emb
 
 def test_whole_graphs_give_what_the_stage_sessions_give(embedded_dff, embedded_dff_dir):
     """key.onnx and nonkey.onnx run whole (as another runtime would) equal the backend's per-stage runs."""
-    det = OnnxVideoDetector(embedded_dff_dir, embedded_dff.cfg, key_interval=2)
+    det = onnx_detector(embedded_dff_dir, embedded_dff.cfg, key_interval=2)
     whole = {g: _session(onnx.load(os.path.join(embedded_dff_dir, f"{g}.onnx"))) for g in ("key", "nonkey")}
     g = torch.Generator().manual_seed(4)
     frames = [(torch.randn(1, 3, 160, 224, generator=g) * 40, torch.tensor([[160.0, 224.0, 0.8]])) for _ in range(2)]
@@ -333,7 +333,7 @@ def test_make_detector_backends_cache_and_mismatches(embedded_dff, embedded_dff_
     cfg = load_model(EMBEDDED["dff"])[1]
     update_config(cfg, {"TEST": {"RPN_POST_NMS_TOP_N": 100}})
     with pytest.raises(ValueError, match="TEST.RPN_POST_NMS_TOP_N"):
-        OnnxVideoDetector(embedded_dff_dir, cfg)
+        onnx_detector(embedded_dff_dir, cfg)
     with pytest.raises(ValueError, match="proposals"):
         make_detector(None, None, backend="onnxruntime", onnx_dir=embedded_dff_dir).step(
             torch.zeros(1, 3, 64, 64), torch.tensor([[64.0, 64.0, 1.0]]), rois=torch.zeros(1, 5))

@@ -82,3 +82,13 @@ def test_default_fixture_dir_is_the_repository_copy():
     assert rc == 0, out[-2000:] + err[-2000:]
     assert re.fullmatch(r"[1-9]\d* passed, 0 failed", out.strip().splitlines()[-1]), out[-500:]
     assert "ops/rpn_inv_normalize" in out
+
+
+@pytest.mark.parametrize("only", ["ops/psroi", "ops_psroi,nonsense"])
+def test_unknown_area_is_an_error(only):
+    """An unknown ``--only`` area (e.g. the path-like ``ops/psroi`` for the area ``ops_psroi``) is an error that
+    lists the valid areas, not a silent ``0 passed``."""
+    rc, out, err = run_parity("--only", only, "--backend", "fallback")
+    assert rc == 2, out[-500:] + err[-500:]
+    assert "unknown area" in err and "ops_psroi" in err and "ops_proposal" in err, err
+    assert "passed" not in out, out

@@ -10,8 +10,10 @@ import torch
 from dff.config import ConfigError, default_config, update_config
 from dff.engine.frames import frames_from_arrays
 from dff.engine.partial import forced_mask, partial_update, plan_crops
-from dff.engine.video import VideoDetector, adaptive_is_key
-from dff.models.dff import DFF, feature_consistency
+from dff.engine.video import VideoDetector
+from dff.temporal import adaptive_is_key
+from dff.models.dff import DFF
+from dff.temporal.thp import feature_consistency
 from dff.utils.fixture_weights import fixture_state_dict
 
 THP_OFF = {"KEY_FRAME_SCHEDULE": "fixed", "PARTIAL_UPDATE": False, "AGGREGATION": False}
@@ -232,7 +234,7 @@ def test_thp_training_step_trains_q_and_the_aggregation():
     cfg = _cfg()
     update_config(cfg, {"TRAIN": {"RPN_MIN_SIZE": 0}}, "test")
     m = DFF(cfg).train()
-    m.init_thp_layers()
+    m.init_video_layers()
     torch.manual_seed(0)
     batch = {"data": torch.randn(1, 3, 96, 160) * 40, "data_ref": torch.randn(1, 3, 96, 160) * 40,
              "data_prev": torch.randn(1, 3, 96, 160) * 40, "eq_flag": 0, "prev_flag": 0,
@@ -280,7 +282,7 @@ def test_memory_is_flat_over_1000_frames(thp_model):
         results += 1
         if i in (199, 999):
             rss.append(_rss_mb())
-            cached.append(sum(t.numel() for t in (det._key_data, det._key_feat)))
+            cached.append(sum(t.numel() for t in (det.loop._ref_data, det.loop._ref_feat)))
     assert results == 1000
     assert cached[0] == cached[1]  # one reference frame, whatever happened
     assert rss[1] - rss[0] < 30.0, rss

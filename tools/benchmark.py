@@ -16,7 +16,7 @@ networks get deterministic initial weights: enough to measure speed.
 a cache first, docs/onnx.md) and then the PyTorch engine on the same frames: both network-only fps per
 key interval and their ratio.
 
-THP models (docs/design.md §8): ``--schedule adaptive`` measures the per-frame R-FCN and one "adaptive" row
+THP models (docs/design.md §9): ``--schedule adaptive`` measures the per-frame R-FCN and one "adaptive" row
 (key frames chosen by Q) instead of rows per key interval, with the key frames and the mean updated area.
 ``--partial-area 0.1,0.25`` (any DFF model) times the partial feature update forced to cover those fractions
 of the feature map against the full key-frame feature network.

@@ -1,12 +1,14 @@
 """Check this port against numerical fixtures made with the original MXNet code.
 
-    python tools/parity.py [FIXTURE_DIR] [--backend compiled|fallback|both] [--only ops/psroi]
+    python tools/parity.py [FIXTURE_DIR] [--backend compiled|fallback|both] [--only AREA[,AREA...]]
 
 FIXTURE_DIR (default: the repository's copy, ``tests/fixtures/reference``) has the layout of the fixture
 set made with the original code (``ops/``, ``model/``, ``params/``, ``eval/``); any directory in that
 format works (other seeds, inputs and scales). One line per compared tensor:
 ``<case> <tensor> max_abs=<x> max_rel=<y> PASS|FAIL``, then ``N passed, M failed``. Exit status 1 on
-any failure. Tolerances: the fixtures README, section 7.
+any failure. ``--only`` takes area names (``ops_psroi``, ``ops_warp``, ``ops_proposal``, ``params``,
+``flownet``, ``model``, ``eval``; e.g. ``--only ops_psroi,ops_warp``); an unknown area is an error (exit
+status 2, the valid areas listed). Tolerances: the fixtures README, section 7.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="directory with ops/, model/, params/, eval/ fixtures (default: %(default)s)")
     ap.add_argument("--backend", default="both", choices=["compiled", "fallback", "both"],
                     help="operator implementation(s) to check (default: both)")
-    ap.add_argument("--only", default="", help="comma-separated areas: " + ",".join(a for a, _, _ in AREAS))
+    ap.add_argument("--only", default="", help="comma-separated areas (default: all): "
+                    + ",".join(a for a, _, _ in AREAS))
     return run_parity(ap.parse_args(argv))
 
 

@@ -18,7 +18,7 @@ scale channels and ``network.FLOW_AVG_POOL``, so the checkpoint fits a DFF model
 To start DFF training from it::
 
     from dff.train.flow_pretrain import load_flownet_weights
-    load_flownet_weights(dff_model, "model/flownet_synthetic.pth")  # fills dff_model.flownet only
+    load_flownet_weights(dff_model.flownet, "model/flownet_synthetic.pth")
 
 or write it in the MXNet layout too (``--mxnet-prefix model/flownet_synthetic`` ->
 ``model/flownet_synthetic-0000.params``) and set ``network.pretrained_flow: model/flownet_synthetic``

@@ -133,6 +133,9 @@ def default_config() -> Config:
         "LIGHT_HEAD_DIM": 10,
         "LIGHT_HEAD_FC": 256,
         "GRU_AGGREGATION": False,
+        # port: the temporal scheme of a model with a flow network, by name (dff.temporal.registry: dff, gru,
+        # thp); empty: the one THP / GRU_AGGREGATION name (dff when both are false), as the reference's YAMLs
+        "TEMPORAL": "",
     }
 
     c.dataset = {
@@ -307,7 +310,7 @@ NO_EFFECT: dict[str, Callable[[Config, Any], str | None]] = {
 MODEL_KEYS = ("CLASS_AGNOSTIC", "dataset.NUM_CLASSES", "dataset.CLASSES", "network.BACKBONE", "network.DFF_FEAT_DIM",
               "network.FLOWNET_WIDTH", "network.FLOW_AVG_POOL", "network.THP", "network.THP_EMBED_DIM",
               "network.MOBILENET_WIDTH", "network.FLOW_NETWORK", "network.HEAD", "network.LIGHT_HEAD_DIM",
-              "network.LIGHT_HEAD_FC", "network.GRU_AGGREGATION",
+              "network.LIGHT_HEAD_FC", "network.GRU_AGGREGATION", "network.TEMPORAL",
               "network.ANCHOR_SCALES", "network.ANCHOR_RATIOS", "TRAIN.BBOX_MEANS", "TRAIN.BBOX_STDS")
 
 
@@ -500,4 +503,5 @@ def mobile_parts(cfg: Config) -> list[str]:
     return [part for part, on in (("network.BACKBONE mobilenet_v2", str(net.BACKBONE) == "mobilenet_v2"),
                                   ("network.HEAD light", str(net.HEAD) != "rfcn"),
                                   ("network.FLOW_NETWORK light_flow", str(net.FLOW_NETWORK) != "flownet"),
-                                  ("network.GRU_AGGREGATION", bool(net.GRU_AGGREGATION))) if on]
+                                  ("network.GRU_AGGREGATION", bool(net.GRU_AGGREGATION) or str(net.TEMPORAL) == "gru"))
+            if on]

@@ -38,9 +38,10 @@ from dff.engine.fastpath import FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError, frames_from_arrays
 from dff.engine.partial import forced_mask
 from dff.engine.postprocess import im_detect_boxes, pred_eval_frame
-from dff.engine.video import THPOptions, VideoDetector, per_frame_config, schedule_overrides
+from dff.engine.video import VideoDetector, per_frame_config, schedule_overrides
 from dff.models.builder import FIXTURE, load_model
 from dff.ops import compiled_available
+from dff.temporal import LoopOptions
 from dff.utils.checkpoint import CheckpointError
 from dff.utils.hardware import describe_hardware
 from dff.utils.io import atomic_write_text
@@ -132,7 +133,7 @@ class Bench:
     """What every measurement shares: the model and its config, the device and fast path, the clip (BGR
     frames), the clip preprocessed and already on the device, the per-frame (key interval 1) detector, the
     engine's backend (``"torch"`` or ``"onnxruntime"`` on the export in ``onnx_dir``) and the config's THP
-    options where any is on (``thp``; ``base`` then runs with them off)."""
+    options where any is on (``options``; ``base`` then runs with them off)."""
 
     model: torch.nn.Module
     cfg: Config
@@ -143,18 +144,18 @@ class Bench:
     base: VideoDetector
     backend: str = "torch"
     onnx_dir: str | None = None
-    thp: THPOptions | None = None
+    options: LoopOptions | None = None  # the loop options where any of THP's is on
     per_frame_model: str | None = None  # the per-frame twin measured as the baseline (None: the model at interval 1)
 
     @property
     def adaptive(self) -> bool:
         """The config's key-frame schedule is THP's adaptive one."""
-        return self.thp is not None and self.thp.schedule == "adaptive"
+        return self.options is not None and self.options.schedule == "adaptive"
 
     @property
     def stages(self) -> tuple[str, ...]:
         """The network stages of the per-stage split."""
-        return THP_STAGES if self.thp is not None else NET_STAGES
+        return THP_STAGES if self.options is not None else NET_STAGES
 
     def detector(self, key_interval: int, backend: str | None = None) -> VideoDetector:
         """A new DFF detector at ``key_interval`` with the benchmark's settings (no per-stage sync), of the
@@ -212,8 +213,8 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
     if scale:
         short, long_ = (int(v) for v in scale.split(","))
         update_config(cfg, {"SCALES": [short, long_]}, "--scale")
-    thp = THPOptions.from_config(cfg)
-    if thp.active and backend != "torch":  # the onnxruntime engine would silently run plain DFF
+    options = LoopOptions.from_config(cfg)
+    if options.active and backend != "torch":  # the onnxruntime engine would silently run plain DFF
         raise ValueError("the THP options (TEST.KEY_FRAME_SCHEDULE adaptive, TEST.PARTIAL_UPDATE, TEST.AGGREGATION) "
                          "run on the PyTorch engine only; leave out --backend onnxruntime or turn them off")
     fast = FastPath.from_name(fast_name, device)
@@ -236,14 +237,14 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
             raise ValueError(f"--per-frame-model {per_frame_model}: its SCALES {list(twin_cfg.SCALES)} are not the "
                              f"model's {list(cfg.SCALES)}: the two would not run on the same input")
         base = _engine(twin, twin_cfg, backend, onnx_dir, 1, device, fast)
-    elif thp.active:
+    elif options.active:
         base = _engine(model, per_frame_config(cfg),
                        backend, onnx_dir, 1, device, fast)
     clip = [f.image for f in FrameSource(video, max_frames=frames)] if video else synthetic_clip(frames)
     if len(clip) < frames:
         print(f"note: the video has only {len(clip)} frames", file=sys.stderr)
     prepared = [tuple(t.to(device) for t in base.prepare(im)) for im in clip]
-    return Bench(model, cfg, device, fast, clip, prepared, base, backend, onnx_dir, thp if thp.active else None,
+    return Bench(model, cfg, device, fast, clip, prepared, base, backend, onnx_dir, options if options.active else None,
                  per_frame_model)
 
 
@@ -275,7 +276,7 @@ def time_network(detector: VideoDetector, prepared: Prepared, warmup: int = 2,
             for s in stages:
                 per_stage[s].append(times[s])
             if not is_key:  # step() keeps it for run()'s FrameResult; the onnxruntime engine has none
-                updated.append(getattr(detector, "last_update_fraction", 0.0))
+                updated.append(detector.last_update_fraction)
         _sync(detector.device)
         return time.perf_counter() - t0, per_stage, keys
 
@@ -405,8 +406,7 @@ def profile(detector: VideoDetector, prepared: Prepared, path: str) -> str:
             detector.postprocess(out, im_info)
         _sync(detector.device)
     table = prof.key_averages()
-    thp = getattr(detector, "thp", None)
-    keys = "adaptive key frames" if thp is not None and thp.schedule == "adaptive" else \
+    keys = "adaptive key frames" if detector.loop.options.schedule == "adaptive" else \
         f"key interval {detector.key_interval}"
     text = [f"# {len(prepared)} frames, {keys}, {detector.runner.fast.describe()}",
             table.table(sort_by="self_cpu_time_total", row_limit=40)]
@@ -422,7 +422,7 @@ def measure_intervals(bench: Bench, intervals: Sequence[int], video: str | None,
     frames (measured once, before the intervals) and the speed-up, end-to-end fps (unless not
     ``end_to_end``), key frames, the per-stage split and peak memory since the interval began.
 
-    THP runs (``bench.thp``) add ``update`` and ``aggregate`` to the split and ``updated_area_fraction`` to
+    THP runs (``bench.options``) add ``update`` and ``aggregate`` to the split and ``updated_area_fraction`` to
     the rows; their interval 1 is the per-frame R-FCN with the THP options off.
 
     Returns the rows by interval (as a string) and the detector of the last interval (for
@@ -453,7 +453,7 @@ def _row(bench: Bench, det: VideoDetector, net: dict[str, Any], per_frame_fps: f
         "stages": {**{f"{s}_ms": v for s, v in net["stages_ms"].items()}, "post_ms": e2e.get("post_ms")},
         "peak_memory_mb": _peak_memory_mb(bench.device),
     }
-    if bench.thp is not None:
+    if bench.options is not None:
         row["updated_area_fraction"] = net["updated_area_fraction"]
     return row
 
@@ -552,28 +552,28 @@ def format_length(n: int, row: dict[str, float]) -> str:
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """The table of :func:`measure_intervals`' (or :func:`measure_adaptive`'s) rows: header, a line per interval
     and the footnote; THP rows add the update and aggregate stages, the key frames and the updated area."""
-    thp = any("updated_area_fraction" in r for r in results.values())
+    with_updates = any("updated_area_fraction" in r for r in results.values())
     header = (f"{'interval':>8} {'per-frame fps':>14} {'DFF fps':>9} {'speed-up':>9} {'end-to-end fps':>15} "
               f"{'feature':>8} {'flow':>7} {'warp':>7} ")
-    if thp:
+    if with_updates:
         header += f"{'update':>7} {'aggregate':>9} "
     header += f"{'head':>7} {'post':>7} {'RSS MB':>7}"
-    lines = [header + (f" {'keys':>5} {'updated':>8}" if thp else "")]
+    lines = [header + (f" {'keys':>5} {'updated':>8}" if with_updates else "")]
     for k, r in results.items():
         s = r["stages"]
         e2e = f"{r['end_to_end_fps']:.3f}" if r["end_to_end_fps"] is not None else "-"
         post = f"{s['post_ms']:.1f}" if s["post_ms"] is not None else "-"
         line = (f"{k:>8} {r['per_frame_fps']:>14.3f} {r['dff_fps']:>9.3f} {r['speedup']:>8.2f}x {e2e:>15} "
                 f"{s['feature_ms']:>8.1f} {s['flow_ms']:>7.1f} {s['warp_ms']:>7.1f} ")
-        if thp:
+        if with_updates:
             line += f"{s.get('update_ms', 0.0):>7.1f} {s.get('aggregate_ms', 0.0):>9.1f} "
         line += f"{s['head_ms']:>7.1f} {post:>7} {r['peak_memory_mb']['rss']:>7.0f}"
-        if thp:
+        if with_updates:
             line += f" {r['key_frames']:>5} {r.get('updated_area_fraction', 0.0):>8.3f}"
         lines.append(line)
     lines.append("(stage columns: mean ms per frame over all frames; network-only fps excludes decoding and "
                  "post-processing)")
-    if thp:
+    if with_updates:
         lines.append("(THP options / key-frame aggregation: the per-frame baseline runs with them off; keys: key frames; "
                      "updated: mean fraction of the feature map recomputed on the non-key frames)")
     return "\n".join(lines)
@@ -640,8 +640,8 @@ def build_report(bench: Bench, results: dict[str, dict[str, Any]], post_methods:
         report["lengths"] = lengths
     if backends:
         report["backend_comparison"] = backends
-    if bench.thp is not None:
-        report["thp"] = bench.thp.describe()
+    if bench.options is not None:
+        report["thp"] = bench.options.describe()
     if partial:
         report["partial_update"] = partial
     return report

@@ -44,8 +44,9 @@ import cv2
 import torch
 from tqdm import tqdm
 
+from dff.api import frame_record
 from dff.apps.compare import Comparison, annotate, speedup_line, summary_figure, time_split_line, write_png
-from dff.apps.reporting import JsonLines, RunStats, boxes_above, current_rss_mb, frame_record, peak_rss_mb
+from dff.apps.reporting import JsonLines, RunStats, boxes_above, current_rss_mb, peak_rss_mb
 from dff.apps.serve import StreamServer
 from dff.config import Config, ConfigError, load_config, mobile_parts
 from dff.dataset.synthetic import SynthConfig, generate
@@ -286,7 +287,7 @@ def _run(detector: VideoDetector, source: FrameSource | LiveSource, label: str, 
     (``stats.finish()`` on the way out). Raises what the source raises (:class:`~dff.engine.live.SourceLost`);
     the caller closes ``outputs``."""
     live = isinstance(source, LiveSource)
-    partial = bool(getattr(getattr(detector, "thp", None), "partial", False))
+    partial = detector.loop.options.partial
     stamps: dict[int, float] = {}  # frame index -> capture time; holds the one or two frames in the engine
     vis_thresh = outputs.vis_thresh
     frames = _stamped(source, stamps, stop)
@@ -393,9 +394,9 @@ def _start_server(args: argparse.Namespace, title: str, source: str) -> StreamSe
 
 
 def _schedule_text(detector: VideoDetector) -> str:
-    thp = getattr(detector, "thp", None)
-    if thp is not None and thp.schedule == "adaptive":
-        return f"adaptive key frames, at most {thp.max_interval} apart"
+    options = detector.loop.options
+    if options.schedule == "adaptive":
+        return f"adaptive key frames, at most {options.max_interval} apart"
     return f"key interval {detector.key_interval}"
 
 

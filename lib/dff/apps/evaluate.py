@@ -89,7 +89,7 @@ def format_interval_row(kind: str, k: int | str, row: dict[str, Any]) -> str:
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Config]:
     """The checkpoint with its own config, ``--set`` and ``--dataset-path`` applied to that config."""
     model, cfg = load_model(args.model, overrides=args.set)
-    if model.kind != "dff" and getattr(args, "schedule", None) not in (None, "fixed"):
+    if not model.has_flow and getattr(args, "schedule", None) not in (None, "fixed"):
         raise ValueError(f"{args.model}: a per-frame R-FCN has no key frames to schedule; leave out --schedule")
     if args.dataset_path:
         if not os.path.isdir(args.dataset_path):
@@ -104,9 +104,9 @@ def run_evaluate_intervals(args: argparse.Namespace) -> int:
     try:
         model, cfg = _load(args)
         kind = model.kind
-        intervals = [int(v) for v in args.intervals.split(",")] if kind == "dff" else [1]
+        intervals = [int(v) for v in args.intervals.split(",")] if model.has_flow else [1]
         schedule = getattr(args, "schedule", None) or str(cfg.TEST.KEY_FRAME_SCHEDULE)
-        schedules = [s for s in schedule.split(",") if s] if kind == "dff" else ["fixed"]
+        schedules = [s for s in schedule.split(",") if s] if model.has_flow else ["fixed"]
         out = args.out or tempfile.mkdtemp(prefix="dff_eval_")
         rows = {}
         for k, evaluation in evaluate_schedules(model, cfg, schedules, intervals, out, kind=kind):

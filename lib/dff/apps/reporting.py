@@ -17,6 +17,7 @@ from typing import IO, Sequence
 
 import numpy as np
 
+from dff.api import frame_record  # noqa: F401  (moved to dff.api, the layer below; kept importable here)
 from dff.engine.video import STAGES, FrameResult
 
 
@@ -116,33 +117,6 @@ class RunStats:
 def boxes_above(detections: Sequence[np.ndarray], thresh: float) -> int:
     """How many boxes (background excluded) score above ``thresh``."""
     return sum(int((np.asarray(d)[:, 4] > thresh).sum()) for d in detections[1:] if len(d))
-
-
-def frame_record(r: FrameResult, seq: int, timestamp: float, latency: float, dropped: int,
-                 class_names: Sequence[str], thresh: float) -> dict:
-    """One processed frame as a JSON object (``docs/frame_result.schema.json``): detections above ``thresh``,
-    best first, boxes ``[x1, y1, x2, y2]`` in the original frame's pixels."""
-    dets = []
-    for cls in range(1, len(r.detections)):
-        d = np.asarray(r.detections[cls])
-        if not len(d):
-            continue
-        name = class_names[cls] if cls < len(class_names) else str(cls)
-        for x1, y1, x2, y2, score in d[d[:, 4] > thresh].tolist():
-            dets.append({"class": name, "class_id": cls, "score": round(score, 5),
-                         "box": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)]})
-    dets.sort(key=lambda x: -x["score"])
-    return {
-        "index": r.index,
-        "seq": seq,
-        "name": r.name,
-        "timestamp": round(timestamp, 6),
-        "latency_ms": round(1000 * latency, 3),
-        "is_key": bool(r.is_key),
-        "dropped": dropped,
-        "net_ms": round(1000 * (r.times["total"] - r.times["post"]), 3),
-        "detections": dets,
-    }
 
 
 class JsonLines:

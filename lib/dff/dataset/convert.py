@@ -26,7 +26,9 @@ folder (nothing is copied).
 **COCO-video -> VID** (:func:`cocovid_to_vid`). DST is a new root. The split is the JSON's file stem (or
 ``split``). Video frames go to ``Data/VID/<split>/<video name>/%06d.JPEG`` (hard link, copy where linking
 fails) with ``Annotations/VID/<split>/<video>/%06d.xml`` in the ILSVRC2015 VID XML format, frames numbered
-0..n-1 by ``frame_id``; still images to ``Data/DET/<split>/<file stem>.JPEG`` with DET XML. Lists:
+0..n-1 by ``frame_id``; a video name that already starts with ``<split>/`` is not prefixed again
+(``val/ILSVRC2015_val_00000000`` with ``--split val`` goes to ``Data/VID/val/ILSVRC2015_val_00000000/``);
+still images to ``Data/DET/<split>/<file stem>.JPEG`` with DET XML. Lists:
 ``ImageSets/VID_<split>_videos.txt`` (``<split>/<video> <first id> 0 <n>``; first id = the video's image ids
 when they are consecutive in every video, else all videos renumbered from 1 as ``VID_val_videos`` is) and
 ``ImageSets/DET_<split>.txt`` (``<split>/<stem> <image id>``). ``classes.txt`` unless the categories are the 30
@@ -58,10 +60,10 @@ tool exits with 2). Every file is written atomically (:mod:`dff.utils.io`).
 numbers, sizes, boxes, classes (ids and names), track ids, ``occluded``. **Lossy:** the XML ``<generated>``
 flag (written 0), ``<folder>``/``<filename>``/``<source>`` (rewritten); the frame sampling of a list such as
 ``VID_train_15frames`` (all frames of its videos are converted); the original lists' names and paths (the
-VID root made from ``<split>.json`` nests the videos under ``<split>/``); category ids other than ``1..K``
-(renumbered in id order); ``frame_id`` gaps (frames renumbered ``0..n-1``); crowd/ignore annotations and
-extra COCO keys (dropped); float boxes round-trip as Python floats (``x + w`` may differ from the original
-``xmax`` in the last bit).
+VID root made from ``<split>.json`` nests the videos under ``<split>/`` unless their names start with it);
+category ids other than ``1..K`` (renumbered in id order); ``frame_id`` gaps (frames renumbered ``0..n-1``);
+crowd/ignore annotations and extra COCO keys (dropped); float boxes round-trip as Python floats (``x + w`` may
+differ from the original ``xmax`` in the last bit).
 """
 from __future__ import annotations
 
@@ -642,6 +644,13 @@ def _video_frames(frames: list[_CocoImage], name: str, problems: DataProblems) -
     return out
 
 
+def _split_index(split: str, video: str) -> str:
+    """A video's path under ``Data/VID``: ``<split>/<video>``, or the video name itself when it already starts
+    with ``<split>/`` (the names of a JSON made from a VID root's lists, ``val/ILSVRC2015_val_00000000``,
+    converted back with ``--split val``), so the split is not doubled."""
+    return video if video.startswith(f"{split}/") else f"{split}/{video}"
+
+
 def _write_vid_part(dst: str, split: str, video_frames: dict[str, list[_CocoImage]], progress: bool,
                     notes: list[str], stats: Counter[str]) -> None:
     """Frames, XMLs and ``VID_<split>_videos.txt`` of the video frames."""
@@ -649,14 +658,14 @@ def _write_vid_part(dst: str, split: str, video_frames: dict[str, list[_CocoImag
     if renumbered:
         notes.append(f"{len(renumbered)} videos have frame_id gaps (e.g. {renumbered[0]!r}): their frames are "
                      "renumbered 0..n-1 in frame_id order")
-    jobs = [(f"{split}/{v}", pos, im) for v, fr in video_frames.items() for pos, im in enumerate(fr)]
+    jobs = [(_split_index(split, v), pos, im) for v, fr in video_frames.items() for pos, im in enumerate(fr)]
     for index, pos, im in _progress(jobs, "writing VID frames", progress):
         stats["linked" if _place_image(im.path, os.path.join(dst, "Data", "VID", index, f"{pos:06d}.JPEG"))
               else "copied"] += 1
         xml = vid_frame_xml(index, f"{pos:06d}", im.width, im.height, im.objects)
         atomic_write_text(os.path.join(dst, "Annotations", "VID", index, f"{pos:06d}.xml"), xml)
         stats["objects"] += len(im.objects)
-    items = [(f"{split}/{v}", fr) for v, fr in video_frames.items()]
+    items = [(_split_index(split, v), fr) for v, fr in video_frames.items()]
     consecutive = all([im.id for im in fr] == list(range(fr[0].id, fr[0].id + len(fr))) for _, fr in items)
     if consecutive:
         lines: Iterable[str] = (f"{index} {fr[0].id} 0 {len(fr)}" for index, fr in items)

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from dff.dataset.imagenet_vid import ref_image_path, sample_key_frame, sample_previous_key
+from dff.temporal import build_scheme
 from dff.utils.image import ImageReadError, read_image, resize, transform
 
 __all__ = [
@@ -84,7 +85,7 @@ class TrainDataset(Dataset):
       scale (docs/design.md §5.2 **QUIRK**, kept per model);
     * DFF only: ``data_ref`` (1, 3, H, W) the key frame (the image itself for DET entries) and
       ``eq_flag`` (int, 1 when the key frame is the current frame);
-    * with a key-frame aggregation only (``network.THP``, ``GRU_AGGREGATION``): ``data_prev`` (1, 3, H, W) a previous key frame, drawn at
+    * for a scheme that aggregates key frames (``trains_on_previous_key``: thp, gru): ``data_prev`` (1, 3, H, W) a previous key frame, drawn at
       ``TRAIN.THP_PREV_KEY_MIN_OFFSET..MAX_OFFSET`` from the key frame, and ``prev_flag`` (int, 1 when it
       is the key frame itself: a DET entry or the video's start);
     * ``epoch``, ``index``, ``image`` (path), ``ref_image`` (DFF: key-frame path).
@@ -99,7 +100,7 @@ class TrainDataset(Dataset):
         self.stride = int(cfg.network.IMAGE_STRIDE)
         self.min_offset = int(cfg.TRAIN.MIN_OFFSET)
         self.max_offset = int(cfg.TRAIN.MAX_OFFSET)
-        self.prev_keys = pairs and bool(cfg.network.THP or cfg.network.GRU_AGGREGATION)
+        self.prev_keys = pairs and build_scheme(cfg).trains_on_previous_key
         self.prev_offsets = (int(cfg.TRAIN.THP_PREV_KEY_MIN_OFFSET), int(cfg.TRAIN.THP_PREV_KEY_MAX_OFFSET))
 
     def __len__(self) -> int:

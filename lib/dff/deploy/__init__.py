@@ -4,7 +4,7 @@
   network's outputs), ``nonkey.onnx`` (frame, key frame, key feature -> the same through FlowNet,
   warp x scale and the task network; DFF only) and ``model.json``; standard ONNX operators only.
 * :func:`make_detector`: the engine of a backend, ``"torch"`` (:class:`~dff.engine.video.VideoDetector`)
-  or ``"onnxruntime"`` (:class:`OnnxVideoDetector`, exporting to a cache first when no folder is given).
+  or ``"onnxruntime"`` (:class:`onnx_detector`, exporting to a cache first when no folder is given).
 
 onnx, onnxscript and onnxruntime are optional (``pip install -e .[deploy]``): this package imports
 without them, and what needs them raises :class:`DeployUnavailable` naming the install command.
@@ -19,7 +19,7 @@ from dff.deploy.export import (
     export_onnx,
     read_manifest,
 )
-from dff.deploy.runtime import BACKENDS, OnnxVideoDetector, make_detector
+from dff.deploy.runtime import BACKENDS, make_detector, onnx_detector
 
-__all__ = ["BACKENDS", "DEPLOY_HINT", "MANIFEST", "OPSET", "DeployUnavailable", "OnnxVideoDetector", "cached_export",
+__all__ = ["BACKENDS", "DEPLOY_HINT", "MANIFEST", "OPSET", "DeployUnavailable", "onnx_detector", "cached_export",
            "default_cache_dir", "export_onnx", "make_detector", "read_manifest"]

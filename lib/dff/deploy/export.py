@@ -130,7 +130,7 @@ def stage_signature(stage: str, model: RFCN, opset: int = OPSET) -> str:
 
 def export_signature(model: RFCN, opset: int = OPSET) -> str:
     """A digest of what the export of ``model`` depends on: its kind and its stages' :func:`stage_signature`."""
-    stages = dict.fromkeys(s for g in graph_files(model.kind) for s in GRAPHS[g])
+    stages = dict.fromkeys(s for g in graph_files(model.has_flow) for s in GRAPHS[g])
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([model.kind, {s: stage_signature(s, model, opset) for s in stages}], sort_keys=True).encode())
     return h.hexdigest()
@@ -248,7 +248,7 @@ def _manifest(model: RFCN, cfg: Config, graphs: dict[str, str], signature: str) 
     net, test = cfg.network, cfg.TEST
     post = int(test.RPN_POST_NMS_TOP_N)
     num_classes, reg = model.num_classes, model.num_reg_classes
-    names = getattr(model, "class_names", None)
+    names = model.class_names
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -289,7 +289,7 @@ def _manifest(model: RFCN, cfg: Config, graphs: dict[str, str], signature: str) 
         "input_size": {"scales": _jsonable(cfg.SCALES), "image_stride": int(net.IMAGE_STRIDE),
                        "pixel_means_bgr": _jsonable(net.PIXEL_MEANS), "feature_stride": int(net.RPN_FEAT_STRIDE),
                        "dynamic": ["height", "width"], "traced_example": list(_EXAMPLE_HW)},
-        "key_frame_interval": int(test.KEY_FRAME_INTERVAL) if model.kind == "dff" else 1,
+        "key_frame_interval": int(test.KEY_FRAME_INTERVAL) if model.has_flow else 1,
         "class_names": list(names) if names is not None else None,
         "in_graph": {"proposal_nms": "ONNX NonMaxSuppression on [x1, y1, x2 + 1, y2 + 1] with rank scores: the same "
                                      "keeps as dff.ops.nms_fixed (docs/onnx.md)",
@@ -308,9 +308,9 @@ def _manifest(model: RFCN, cfg: Config, graphs: dict[str, str], signature: str) 
     }
 
 
-def graph_files(kind: str) -> dict[str, str]:
-    """The graphs of a model kind: R-FCN has ``key`` only, DFF ``key`` and ``nonkey``."""
-    return {"key": "key.onnx"} if kind == "rfcn" else {"key": "key.onnx", "nonkey": "nonkey.onnx"}
+def graph_files(has_flow: bool) -> dict[str, str]:
+    """The graphs of a model: ``key``, and ``nonkey`` where it has a flow network (DFF)."""
+    return {"key": "key.onnx", "nonkey": "nonkey.onnx"} if has_flow else {"key": "key.onnx"}
 
 
 def _stage_model(stage: str, model: RFCN, opset: int, stage_cache: str | None, say) -> "onnx.ModelProto":
@@ -352,7 +352,7 @@ def export_onnx(model: RFCN, out_dir: str | os.PathLike, cfg: Config | None = No
                          f"aggregation); this model has {', '.join(unsupported)} (the mobile variant runs on the "
                          f"PyTorch engine)")
     say = log or (lambda _msg: None)
-    files = graph_files(model.kind)
+    files = graph_files(model.has_flow)
     cache = os.fspath(stage_cache) if stage_cache is not None else None
     was_training = model.training
     model.eval()

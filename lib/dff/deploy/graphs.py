@@ -27,7 +27,8 @@ from torch.nn import functional as F
 
 from dff.deploy.ops import proposal_pick, psroi_conv_std, warp_scale_std
 from dff.models.flownet import FLOW_SCALE, LEAKY_SLOPE, FlowNet
-from dff.models.rfcn import PSROI_GROUP, PSROI_SPATIAL_SCALE, RFCN
+from dff.models.heads import PSROI_GROUP, PSROI_SPATIAL_SCALE
+from dff.models.rfcn import RFCN
 from dff.models.rpn import generate_anchors, rpn_inv_normalize
 
 __all__ = ["STAGE_IO", "GRAPHS", "STAGE_PARAMS", "STAGE_SETTINGS", "FeatureStage", "FlowStage", "WarpStage",
@@ -113,8 +114,8 @@ class FlowStage(nn.Module):
 
     def __init__(self, model: RFCN) -> None:
         super().__init__()
-        if not isinstance(getattr(model, "flownet", None), FlowNet):
-            raise ValueError(f"the flow stage needs a DFF model (with FlowNet), got a {model.kind} model")
+        if not model.has_flow:
+            raise ValueError("the flow stage needs a DFF model (with FlowNet), got a per-frame model")
         self.flownet = model.flownet
 
     def forward(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,15 +1,14 @@
-"""The onnxruntime backend of the video engine, and :func:`make_detector`, which picks a backend.
+"""The onnxruntime backend of the video engine (:class:`OnnxStages`), and :func:`make_detector`, which picks a backend.
 
-:class:`OnnxVideoDetector` is a :class:`~dff.engine.video.VideoDetector` whose network is the exported
-``key.onnx`` / ``nonkey.onnx`` (:mod:`dff.deploy.export`) run by onnxruntime. The host does what the
-PyTorch engine does around the network: it decides key frames (the video's start, every
-``key_interval`` frames, any size change), keeps the current key frame's ``data`` and ``feat`` (the
-state ``model.json`` names) and post-processes the head's outputs with the same code
-(:func:`dff.engine.postprocess.pred_eval_fixed`), so the results are the same ``FrameResult`` objects.
+:class:`OnnxStages` is a stage runner for :class:`~dff.engine.video.VideoDetector`, like PyTorch's
+:class:`~dff.engine.fastpath.StageRunner`: its ``feature``, ``flow``, ``warp`` and ``head`` run the exported
+``key.onnx`` / ``nonkey.onnx`` (:mod:`dff.deploy.export`) with onnxruntime, and its ``post`` is the engine's
+own post-processing (:func:`dff.engine.postprocess.pred_eval_fixed`). The engine, its key-frame loop (the
+temporal scheme of the export's config) and its results are the PyTorch backend's: one key-frame rule.
 
 Each graph runs as one onnxruntime session per stage, cut at its named stage boundaries (``feat``;
-``flow`` and ``scale``): the nodes are those of the graph, nothing is recomputed, and the host can time
-the stages, so ``times`` has the engine's keys with the same meaning (feature, flow, warp, head, post).
+``flow`` and ``scale``): the nodes are those of the graph, nothing is recomputed, and the engine times
+the stages as it does PyTorch's (feature, flow, warp, head, post).
 """
 from __future__ import annotations
 
@@ -30,8 +29,9 @@ from dff.deploy.export import (
     require,
 )
 from dff.engine.fastpath import FastPath
-from dff.engine.video import STAGES, VideoDetector, key_frame_interval
+from dff.engine.video import VideoDetector
 from dff.models.rfcn import RFCN
+from dff.temporal import build_scheme, key_frame_interval
 
 try:  # optional: pip install -e .[deploy]
     import onnx
@@ -40,7 +40,7 @@ try:  # optional: pip install -e .[deploy]
 except ImportError:
     onnx = ort = None
 
-__all__ = ["BACKENDS", "OnnxEngine", "OnnxVideoDetector", "make_detector", "backend_description"]
+__all__ = ["BACKENDS", "OnnxEngine", "OnnxStages", "onnx_detector", "make_detector", "backend_description"]
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -56,68 +56,44 @@ class OnnxEngine(FastPath):
         return self.engine
 
 
-class _HostStages:
-    """What the inherited :meth:`VideoDetector.run` / :meth:`~VideoDetector.postprocess` use of a stage
-    runner: the post-processing on the host, synchronous."""
-
-    sync_free = False
-
-    def __init__(self, post, description: str) -> None:
-        self.post = post
-        self.fast = OnnxEngine(engine=description)
-
-
 def backend_description(session: "ort.InferenceSession", threads: int) -> str:
     """``onnxruntime 1.x (CPUExecutionProvider, 2 threads)``."""
     return f"onnxruntime {ort.__version__} ({', '.join(session.get_providers()[:1])}, {threads} threads)"
 
 
-class OnnxVideoDetector(VideoDetector):
-    """The video engine on an ONNX export (``onnx_dir``: the folder ``tools/export_onnx.py`` writes).
+class OnnxStages:
+    """The stages of an ONNX export (``onnx_dir``: the folder ``tools/export_onnx.py`` writes) on onnxruntime.
 
     Args:
         onnx_dir: the export folder (``model.json``, ``key.onnx``, DFF: ``nonkey.onnx``).
-        cfg: the config (scales, pixel means, the detection NMS, ``TEST.KEY_FRAME_INTERVAL``); default the
-            one in ``model.json``. Its settings that the graphs bake in (``dff.deploy.export.BAKED_KEYS``,
-            e.g. ``TEST.RPN_POST_NMS_TOP_N``) must be the export's: a ``ValueError`` names any that differ.
-        key_interval, thresh, sync, keep_images: as :class:`~dff.engine.video.VideoDetector`.
-        device: ``"cpu"`` (CPUExecutionProvider) or ``"cuda"`` (CUDAExecutionProvider); inputs, outputs
-            and the post-processing stay on the host.
-        fast: ignored (the PyTorch fast path); accepted so callers can pass the same arguments.
+        cfg: the config; its settings that the graphs bake in (``dff.deploy.export.BAKED_KEYS``, e.g.
+            ``TEST.RPN_POST_NMS_TOP_N``) must be the export's: a ``ValueError`` names any that differ.
+        post: the engine's post-processing (``VideoDetector.post_function``), run on the host.
+        graphs: the graphs to load (``key``; ``nonkey`` where non-key frames are warped).
+        device: ``"cpu"`` (CPUExecutionProvider) or ``"cuda"`` (CUDAExecutionProvider); inputs, outputs and
+            the post-processing stay on the host.
         threads: onnxruntime's intra-op threads (default ``torch.get_num_threads()``, as PyTorch uses).
     """
 
-    def __init__(self, onnx_dir: str | os.PathLike, cfg: Config | None = None, key_interval: int | None = None,
-                 device: str | torch.device = "cpu", thresh: float = 1e-4, sync: bool = True,
-                 keep_images: bool = False, fast: FastPath | None = None, threads: int | None = None) -> None:
+    sync_free = False  # the post-processing runs on the host, synchronously
+
+    def __init__(self, onnx_dir: str | os.PathLike, manifest: dict, cfg: Config, post, graphs: tuple[str, ...],
+                 device: str | torch.device = "cpu", threads: int | None = None) -> None:
         require(onnx, ort)
         self.onnx_dir = os.fspath(onnx_dir)
-        self.manifest = manifest = read_manifest(self.onnx_dir)
-        if cfg is None:
-            cfg = config_from_dict(manifest["config"], os.path.join(self.onnx_dir, "model.json"))
+        self.manifest = manifest
         differ = {k: (v, manifest["baked"].get(k)) for k, v in baked_settings(cfg).items()
                   if v != manifest["baked"].get(k)}
         if differ:
             what = "; ".join(f"{k} = {b!r} in the export, {a!r} in the config" for k, (a, b) in differ.items())
             raise ValueError(f"{self.onnx_dir}: the export has other values of settings it bakes in than the config: "
                              f"{what} (export again with this config)")
-        self.model = None
-        self.cfg = cfg
-        self.thresh = thresh
-        self.device = torch.device("cpu")  # where inputs, outputs and the post-processing live
-        self.has_flow = manifest["kind"] == "dff"
-        self.class_names = tuple(manifest["class_names"]) if manifest.get("class_names") else None
-        self.key_interval = key_frame_interval(cfg, key_interval, self.has_flow)
-        self.sync = sync
-        self.keep_images = keep_images
+        self.post = post
         self.threads = int(threads or torch.get_num_threads())
-        self.sessions = self._load_sessions(torch.device(device))
-        first = next(iter(self.sessions.values()))
-        self.runner = _HostStages(self._post_fixed, backend_description(first, self.threads))
-        self.reset()
+        self.sessions = self._load_sessions(torch.device(device), graphs)
+        self.fast = OnnxEngine(engine=backend_description(next(iter(self.sessions.values())), self.threads))
 
-    # sessions ---------------------------------------------------------------------------------------
-    def _load_sessions(self, device: torch.device) -> dict[tuple[str, str], "ort.InferenceSession"]:
+    def _load_sessions(self, device: torch.device, graphs: tuple[str, ...]) -> dict[tuple[str, str], "ort.InferenceSession"]:
         """One session per (graph, stage), cut out of the graph at the stage's named inputs and outputs."""
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -137,9 +113,6 @@ class OnnxVideoDetector(VideoDetector):
         # (decoding, post-processing) and from PyTorch in the same process
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions = {}
-        graphs = [g for g in ("key", "nonkey") if g in self.manifest["graphs"]]
-        if not self.has_flow or self.key_interval == 1:
-            graphs = ["key"]
         for g in graphs:
             spec = self.manifest["graphs"][g]
             model = onnx.load(os.path.join(self.onnx_dir, spec["file"]))
@@ -151,47 +124,47 @@ class OnnxVideoDetector(VideoDetector):
             del model, extractor
         return sessions
 
-    def _run(self, graph: str, stage: str, **inputs: np.ndarray) -> list[np.ndarray]:
-        return self.sessions[graph, stage].run(None, inputs)
+    def _run(self, graph: str, stage: str, **inputs: Tensor) -> list[Tensor]:
+        arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy(), dtype=np.float32) for k, v in inputs.items()}
+        return [torch.from_numpy(out) for out in self.sessions[graph, stage].run(None, arrays)]
 
-    # the engine's step ------------------------------------------------------------------------------
-    def reset(self) -> None:
-        super().reset()
-        self._key_data: np.ndarray | None = None
-        self._key_feat: np.ndarray | None = None
+    def feature(self, data: Tensor) -> Tensor:
+        (feat,) = self._run("key", "feature", data=data)
+        return feat
 
-    def step(self, data: Tensor, im_info: Tensor, rois: Tensor | None = None) -> tuple[dict, bool, dict]:
-        """One frame through the graphs. Returns (``rois``, ``cls_prob``, ``bbox_pred``, ``im_info`` as
-        CPU tensors, is_key, stage times), as :meth:`VideoDetector.step`."""
-        if rois is not None:
-            raise ValueError("the onnxruntime backend computes its own proposals; rois= is a PyTorch-engine option")
-        x = np.ascontiguousarray(data.detach().cpu().numpy(), dtype=np.float32)
-        info = np.ascontiguousarray(im_info.detach().cpu().numpy(), dtype=np.float32).reshape(1, 3)
-        times: dict[str, float] = dict.fromkeys(STAGES, 0.0)
-        t0 = self._tick()
-        is_key = self._key_feat is None or self._since_key >= self.key_interval or self._key_data.shape != x.shape
-        if is_key:
-            (feat,) = self._run("key", "feature", data=x)
-            t1 = self._tick()
-            times["feature"] = t1 - t0
-            keep = self.has_flow and self.key_interval > 1
-            self._key_data = x
-            self._key_feat = feat if keep else np.empty(0, np.float32)  # nothing to warp from: no cache
-            self._since_key = 1
-            graph = "key"
-        else:
-            flow, scale = self._run("nonkey", "flow", data=x, key_data=self._key_data)
-            tf = self._tick()
-            (feat,) = self._run("nonkey", "warp", key_feat=self._key_feat, flow=flow, scale=scale)
-            t1 = self._tick()
-            times["flow"], times["warp"] = tf - t0, t1 - tf
-            self._since_key += 1
-            graph = "nonkey"
-        rois_out, cls_prob, bbox_pred = self._run(graph, "head", feat=feat, im_info=info)
-        out = {"rois": torch.from_numpy(rois_out), "cls_prob": torch.from_numpy(cls_prob),
-               "bbox_pred": torch.from_numpy(bbox_pred), "im_info": torch.from_numpy(info)}
-        times["head"] = self._tick() - t1
-        return out, is_key, times
+    def flow(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:
+        flow, scale = self._run("nonkey", "flow", data=data, key_data=key_data)
+        return flow, scale
+
+    def warp(self, key_feat: Tensor, flow: Tensor, scale: Tensor) -> Tensor:
+        (feat,) = self._run("nonkey", "warp", key_feat=key_feat, flow=flow, scale=scale)
+        return feat
+
+    def head(self, feat: Tensor, im_info: Tensor) -> dict[str, Tensor]:
+        """feat, im_info -> ``rois``, ``cls_prob``, ``bbox_pred`` (CPU tensors); the graphs share the head, so the
+        key graph's serves every frame."""
+        rois, cls_prob, bbox_pred = self._run("key", "head", feat=feat, im_info=im_info.reshape(1, 3))
+        return {"rois": rois, "cls_prob": cls_prob, "bbox_pred": bbox_pred}
+
+
+def onnx_detector(onnx_dir: str | os.PathLike, cfg: Config | None = None, key_interval: int | None = None,
+                  device: str | torch.device = "cpu", thresh: float = 1e-4, sync: bool = True,
+                  keep_images: bool = False, fast: FastPath | None = None, threads: int | None = None) -> VideoDetector:
+    """The video engine on an ONNX export: a :class:`~dff.engine.video.VideoDetector` with :class:`OnnxStages`.
+
+    ``cfg``: default the one in ``model.json``. ``key_interval``, ``thresh``, ``sync``, ``keep_images``: as the
+    engine's; ``fast`` is ignored (PyTorch's fast path; accepted so callers can pass the same arguments);
+    ``device``: where onnxruntime runs (inputs, outputs and the post-processing stay on the host)."""
+    require(onnx, ort)
+    manifest = read_manifest(onnx_dir)
+    if cfg is None:
+        cfg = config_from_dict(manifest["config"], os.path.join(os.fspath(onnx_dir), "model.json"))
+    scheme = build_scheme(cfg, uses_flow=len(manifest["graphs"]) > 1)
+    interval = key_frame_interval(cfg, key_interval, scheme.uses_flow)
+    graphs = tuple(manifest["graphs"]) if interval > 1 else ("key",)
+    return VideoDetector(None, cfg, key_interval, device="cpu", thresh=thresh, sync=sync, keep_images=keep_images,
+                         stages=lambda post: OnnxStages(onnx_dir, manifest, cfg, post, graphs, device, threads),
+                         scheme=scheme)
 
 
 def make_detector(model: RFCN | None, cfg: Config | None, *, backend: str = "torch",
@@ -200,7 +173,7 @@ def make_detector(model: RFCN | None, cfg: Config | None, *, backend: str = "tor
     """The video engine of ``backend`` for ``model``.
 
     * ``"torch"``: :class:`~dff.engine.video.VideoDetector` (``model``, ``cfg``, ``**kwargs``).
-    * ``"onnxruntime"``: :class:`OnnxVideoDetector` on ``onnx_dir``, or without it on the export of
+    * ``"onnxruntime"``: :func:`onnx_detector` on ``onnx_dir``, or without it on the export of
       ``model`` in ``cache_dir`` (:func:`dff.deploy.export.cached_export`: exported once, then reused).
       With both ``model`` and ``onnx_dir`` the export must be of that model (its weights and baked
       settings): a ``ValueError`` says so otherwise. ``model`` may be None with ``onnx_dir``.
@@ -229,5 +202,5 @@ def make_detector(model: RFCN | None, cfg: Config | None, *, backend: str = "tor
                              "given (--model, --set); export it again (tools/export_onnx.py) or leave out --onnx")
     if cfg is None and model is not None:
         cfg = model.cfg
-    return OnnxVideoDetector(onnx_dir, cfg, threads=threads, **kwargs)
+    return onnx_detector(onnx_dir, cfg, threads=threads, **kwargs)
 

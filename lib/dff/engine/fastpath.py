@@ -207,17 +207,11 @@ class StageRunner:
         if f.prepack and self.device.type == "cpu":
             if not prepack_convolutions(model):
                 warnings.warn("fast path: this torch cannot pre-pack oneDNN weights; CPU convolutions run plain")
-        has_flow = model.kind == "dff"
-        stages = {"feature": self._feature, "maps": self._maps, "head": self._head}
+        # every stage of every scheme: a model lacking one (an R-FCN's flow) fails only if the scheme calls it
+        stages = {"feature": self._feature, "maps": self._maps, "head": self._head, "flow": self._flow,
+                  "warp": self._warp, "flow_q": self._flow_q, "aggregate": self._aggregate}
         if post is not None:
             stages["post"] = post
-        if has_flow:
-            stages["flow"] = self._flow
-            stages["warp"] = self._warp
-        if getattr(model, "thp", False):
-            stages["flow_q"] = self._flow_q
-        if getattr(model, "aggregation", None) is not None:
-            stages["aggregate"] = self._aggregate
         if f.cuda_graphs:
             stages = {k: _Graphed(fn, k) for k, fn in stages.items()}
         self._stages = stages

@@ -240,9 +240,8 @@ def _shard() -> tuple[int, int]:
 
 def _cache_signature(model: torch.nn.Module, cfg: Config, detector: VideoDetector, thresh: float) -> str:
     """What a cached video's detections depend on: the weights and every test setting."""
-    thp = getattr(detector, "thp", None)
     return json.dumps({"model": model_digest(model), "thresh": thresh, "key_interval": detector.key_interval,
-                       "thp": thp.describe() if thp is not None and thp.active else None,
+                       "thp": detector.describe_schedule(),
                        "scales": [list(s) for s in cfg.SCALES], "means": list(cfg.network.PIXEL_MEANS),
                        "nms": float(cfg.TEST.NMS), "max_per_image": int(cfg.TEST.max_per_image),
                        "fast_path": detector.runner.fast.describe(),

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dff.models.layers import SeparableConv2d
+from dff.ops.layers import SeparableConv2d
 from dff.ops.prepack import conv_leaky_relu
 
 _INPUT_SCALE = 1.0 / 128.0  # the mean-subtracted 0..255 input brought to about +-1 (no BatchNorm follows)

@@ -80,7 +80,7 @@ def block_names(stage: int, count: int, numbered: bool) -> list[str]:
 
 
 # depth -> (blocks per stage res2..res5, stages with numbered block ids, base width)
-_ARCHS: dict[str, tuple[Sequence[int], Sequence[int], int]] = {
+RESNET_ARCHS: dict[str, tuple[Sequence[int], Sequence[int], int]] = {
     "resnet_v1_101": ((3, 4, 23, 3), (3, 4), 64),
     "resnet_v1_50": ((3, 4, 6, 3), (), 64),
     # a small network of the same topology for CPU tests, demos and the synthetic mini-VID
@@ -96,9 +96,9 @@ class ResNetV1(nn.Module):
 
     def __init__(self, arch: str = "resnet_v1_101") -> None:
         super().__init__()
-        if arch not in _ARCHS:
-            raise ValueError(f"unknown backbone {arch!r}; choose one of {sorted(_ARCHS)}")
-        counts, numbered, width = _ARCHS[arch]
+        if arch not in RESNET_ARCHS:
+            raise ValueError(f"unknown backbone {arch!r}; choose one of {sorted(RESNET_ARCHS)}")
+        counts, numbered, width = RESNET_ARCHS[arch]
         self.arch = arch
         self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
         self.bn_conv1 = FrozenBatchNorm2d(width)

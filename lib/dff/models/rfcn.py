@@ -9,7 +9,8 @@ The network is split the way DFF needs it:
 * :meth:`RFCN.forward_train` / :meth:`RFCN.task_losses` -- the training forward (targets, OHEM and
   the four losses of docs/design.md §1.9) on a frame's own feature, or (DFF) on a warped key-frame feature.
 
-``dff.models.dff.DFF`` subclasses this class, so the heads are one piece of code for both models.
+``dff.models.dff.DFF`` subclasses this class, so the heads are one piece of code for both models; how the
+feature of a frame is made (per frame, warped, aggregated) is the temporal scheme's (:mod:`dff.temporal`).
 """
 from __future__ import annotations
 
@@ -20,18 +21,18 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from dff.config import Config, class_names
+from dff.models.heads import RPNHead
 from dff.models.loss import ohem_select, rcnn_losses, rpn_losses
-from dff.models.mobilenet import MobileNetV2Backbone
-from dff.models.resnet import ResNetV1
+from dff.models.registry import build_backbone, build_head
 from dff.models.rpn import rpn_inv_normalize
 from dff.models.rpn.proposal import proposal_candidates, proposal_select
 from dff.models.targets import anchor_target, proposal_target
-from dff.ops import psroi_pool
+from dff.temporal import build_scheme
 from dff.utils.checkpoint import mxnet_param_name
 
-# The reference hard-codes the PSROIPooling scale (1/16) and 7x7 bins.
-PSROI_SPATIAL_SCALE = 0.0625
-PSROI_GROUP = 7
+# task_losses' outputs, in the order the trainer logs them (reference names: RPNLogLoss, RPNL1Loss, RCNNLogLoss,
+# RCNNL1Loss, RPNAcc, RCNNAcc)
+TASK_LOSSES = ("loss", "rpn_cls_loss", "rpn_bbox_loss", "rcnn_cls_loss", "rcnn_bbox_loss", "rpn_acc", "rcnn_acc")
 
 
 def rpn_softmax(cls_score: Tensor) -> Tensor:
@@ -44,116 +45,26 @@ def rpn_softmax(cls_score: Tensor) -> Tensor:
     return F.softmax(cls_score.reshape(n, 2, (c // 2) * h, w), dim=1).view(n, c, h, w)
 
 
-class RPNHead(nn.Module):
-    """Two 1x1 convs on the first half of the feature (no 3x3 RPN conv in this model)."""
-
-    def __init__(self, in_channels: int, num_anchors: int) -> None:
-        super().__init__()
-        self.rpn_cls_score = nn.Conv2d(in_channels, 2 * num_anchors, 1)
-        self.rpn_bbox_pred = nn.Conv2d(in_channels, 4 * num_anchors, 1)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x (N, C, h, w) -> (cls_score (N, 2A, h, w), bbox_pred (N, 4A, h, w), normalised deltas)."""
-        return self.rpn_cls_score(x), self.rpn_bbox_pred(x)
-
-
-class RFCNHead(nn.Module):
-    """Position-sensitive score maps, PSROI pooling and voting (mean over the 7x7 bins)."""
-
-    def __init__(self, in_channels: int, num_classes: int, num_reg_classes: int) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.num_reg_classes = num_reg_classes
-        g2 = PSROI_GROUP * PSROI_GROUP
-        self.rfcn_cls = nn.Conv2d(in_channels, g2 * num_classes, 1)
-        self.rfcn_bbox = nn.Conv2d(in_channels, g2 * 4 * num_reg_classes, 1)
-
-    def score_maps(self, x: Tensor) -> dict[str, Tensor]:
-        """x (N, C, h, w) -> ``cls_maps`` (N, 49*num_classes, h, w), ``bbox_maps`` (N, 49*4*num_reg_classes, h, w)."""
-        return {"cls_maps": self.rfcn_cls(x), "bbox_maps": self.rfcn_bbox(x)}
-
-    def pool(self, maps: dict[str, Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
-        """Score maps + rois (R, 5) -> (cls_score (R, num_classes), bbox_pred (R, 4*num_reg_classes))."""
-        cls = psroi_pool(maps["cls_maps"], rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP, self.num_classes)
-        box = psroi_pool(maps["bbox_maps"], rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP,
-                         4 * self.num_reg_classes)
-        return cls.mean(dim=(2, 3)), box.mean(dim=(2, 3))
-
-    def forward(self, x: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
-        """x (N, C, h, w), rois (R, 5) -> (cls_score (R, num_classes), bbox_pred (R, 4*num_reg_classes))."""
-        return self.pool(self.score_maps(x), rois)
-
-
-class LightHead(nn.Module):
-    """Light-Head R-CNN's head, the detection head of the mobile variant (docs/design.md §10.3).
-
-    A 1x1 convolution makes a *thin* position-sensitive map of ``dim`` x 7 x 7 channels (its cost does not
-    depend on the classes), PSROI pooling gives each roi a (dim, 7, 7) feature, and one fully connected
-    layer (``fc_dim``, ReLU) feeds the two sibling outputs ``rfcn_cls`` and ``rfcn_bbox`` (named as R-FCN's,
-    so the class-dependent layers, the box de-normalisation and the new-layer initialisation are shared).
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, num_reg_classes: int, dim: int = 10,
-                 fc_dim: int = 256) -> None:
-        super().__init__()
-        if dim < 1 or fc_dim < 1:
-            raise ValueError(f"network.LIGHT_HEAD_DIM and LIGHT_HEAD_FC must be >= 1, got {dim}, {fc_dim}")
-        self.num_classes = num_classes
-        self.num_reg_classes = num_reg_classes
-        self.dim = dim
-        self.thin = nn.Conv2d(in_channels, dim * PSROI_GROUP * PSROI_GROUP, 1)
-        self.fc = nn.Linear(dim * PSROI_GROUP * PSROI_GROUP, fc_dim)
-        self.rfcn_cls = nn.Linear(fc_dim, num_classes)
-        self.rfcn_bbox = nn.Linear(fc_dim, 4 * num_reg_classes)
-
-    def score_maps(self, x: Tensor) -> dict[str, Tensor]:
-        """x (N, C, h, w) -> ``thin_maps`` (N, dim*49, h, w)."""
-        return {"thin_maps": self.thin(x)}
-
-    def pool(self, maps: dict[str, Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
-        """Thin maps + rois (R, 5) -> (cls_score (R, num_classes), bbox_pred (R, 4*num_reg_classes))."""
-        x = psroi_pool(maps["thin_maps"], rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP, self.dim)
-        x = F.relu(self.fc(x.flatten(1)))
-        return self.rfcn_cls(x), self.rfcn_bbox(x)
-
-    def forward(self, x: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
-        """x (N, C, h, w), rois (R, 5) -> (cls_score (R, num_classes), bbox_pred (R, 4*num_reg_classes))."""
-        return self.pool(self.score_maps(x), rois)
-
-
-def build_backbone(net: Config) -> nn.Module:
-    """``network.BACKBONE``: a ResNet-v1 of :mod:`dff.models.resnet` or ``mobilenet_v2`` (``MOBILENET_WIDTH``).
-    Either has ``arch`` and ``out_channels`` and maps (N, 3, H, W) to stride 16."""
-    if str(net.BACKBONE) == "mobilenet_v2":
-        return MobileNetV2Backbone(float(net.MOBILENET_WIDTH))
-    return ResNetV1(net.BACKBONE)
-
-
-def build_head(net: Config, in_channels: int, num_classes: int, num_reg_classes: int) -> nn.Module:
-    """``network.HEAD``: ``rfcn`` (the reference's) or ``light`` (:class:`LightHead`)."""
-    kind = str(net.HEAD)
-    if kind == "rfcn":
-        return RFCNHead(in_channels, num_classes, num_reg_classes)
-    if kind == "light":
-        return LightHead(in_channels, num_classes, num_reg_classes, int(net.LIGHT_HEAD_DIM), int(net.LIGHT_HEAD_FC))
-    raise ValueError(f"network.HEAD must be rfcn or light, got {kind!r}")
-
-
 class RFCN(nn.Module):
     """Per-frame R-FCN detector. ``cfg`` is the config object of :mod:`dff.config`.
 
     The protocol both detectors share (the engine, the trainer and the parity checks use only this):
-    ``kind``, ``class_names`` (background first); :meth:`extract_feature` (the feature network); :meth:`head_maps`, :meth:`candidates` and
-    :meth:`head_rois` (the task network, split where the fast path needs it), :meth:`detect` (both
-    halves); :meth:`forward_train` (one batch dictionary -> the losses). DFF adds ``propagate``.
+    ``class_names`` (background first) and the capabilities ``has_flow``, ``has_q``, ``task``, ``scheme`` (the
+    temporal scheme, :mod:`dff.temporal`) and ``loss_names``; :meth:`extract_feature` (the feature network);
+    :meth:`head_maps`, :meth:`candidates` and :meth:`head_rois` (the task network, split where the fast path
+    needs it), :meth:`detect` (both halves); :meth:`forward_train` (one batch dictionary -> the losses).
+    DFF adds the flow network (``estimate_flow``, ``warp``, ``propagate``).
     """
 
-    kind = "rfcn"
+    kind = "rfcn"  # the checkpoint's ``model_kind`` (dff.models.builder.MODEL_KINDS)
+    uses_flow = False
+    task = "det"
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         net = cfg.network
         self.cfg = cfg
+        self.scheme = build_scheme(cfg, self.uses_flow)
         self.class_names = class_names(cfg)  # background first; the checkpoint's config carries it
         self.num_classes = len(self.class_names)
         self.num_reg_classes = 2 if cfg.CLASS_AGNOSTIC else self.num_classes
@@ -166,6 +77,23 @@ class RFCN(nn.Module):
         self.feat_conv_3x3 = nn.Conv2d(self.backbone.out_channels, feat_dim, 3, padding=6, dilation=6)
         self.rpn_head = RPNHead(feat_dim // 2, self.num_anchors)
         self.rfcn_head = build_head(net, feat_dim // 2, self.num_classes, self.num_reg_classes)
+
+    # capabilities ---------------------------------------------------------------------------------
+    @property
+    def has_flow(self) -> bool:
+        """The model holds a flow network (non-key frames can be warped from a key frame)."""
+        return self.scheme.uses_flow
+
+    @property
+    def has_q(self) -> bool:
+        """The flow network also predicts THP's Q (adaptive key frames, partial update)."""
+        return self.scheme.has_q
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        """The keys of :meth:`forward_train`'s output that the trainer logs, in order: the task's, then the
+        temporal scheme's own."""
+        return TASK_LOSSES + self.scheme.loss_names
 
     # feature network ------------------------------------------------------------------------------
     def extract_feature(self, data: Tensor) -> Tensor:
@@ -336,20 +264,32 @@ class RFCN(nn.Module):
         }
 
     def forward_train(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Training forward on one image (the reference's ``get_train_symbol``); the same call for both models.
+        """Training forward on one image (the reference's ``get_train_symbol``); the same call for every model.
 
         ``batch``: ``data`` (1, 3, H, W) the preprocessed image, ``im_info`` (1, 3), ``gt_boxes`` (1, G, 5)
-        or (G, 5) in scaled-image pixels, on the model's device (DFF also reads ``data_ref`` and
-        ``eq_flag``). Returns the dict of :meth:`task_losses`; call ``out["loss"].backward()``.
+        or (G, 5) in scaled-image pixels, on the model's device, plus what the temporal scheme reads (DFF:
+        ``data_ref`` and ``eq_flag``; key-frame aggregation: ``data_prev`` and ``prev_flag``). Returns the
+        dict of :meth:`task_losses` with the scheme's own losses added (their sum in ``loss``); call
+        ``out["loss"].backward()``.
         """
         data = batch["data"]
         if data.dim() != 4 or data.shape[0] != 1:
             raise ValueError(f"forward_train: data must be one image (1, 3, H, W), got {tuple(data.shape)}")
-        return self.task_losses(self.train_feature(batch), batch["im_info"], batch["gt_boxes"], generator)
+        feat, scheme_losses = self.scheme.train_feature(self, batch)
+        out = self.task_losses(feat, batch["im_info"], batch["gt_boxes"], generator)
+        for name, value in scheme_losses.items():
+            out[name] = value
+            out["loss"] = out["loss"] + value
+        return out
 
     def train_feature(self, batch: dict[str, Tensor]) -> Tensor:
-        """The feature that carries the training losses: the image's own."""
-        return self.extract_feature(batch["data"])
+        """The feature that carries the training losses (the temporal scheme's)."""
+        return self.scheme.train_feature(self, batch)[0]
+
+    def init_video_layers(self) -> None:
+        """Start the temporal scheme's own layers (those a simpler model's checkpoint lacks) so that the model
+        begins as that simpler model."""
+        self.scheme.init_layers(self)
 
     def frozen_parameters(self, fixed_prefixes: Sequence[str] | None = None) -> set[str]:
         """Names of the parameters training keeps fixed: the one place this is decided.

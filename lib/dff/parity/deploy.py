@@ -3,7 +3,7 @@
 ``tools/check_fastpath.py --backend onnxruntime`` (and ``tests/test_onnx_export.py``): the R-FCN and
 DFF fixture models (``model/``, deterministic weights) on the fixture frames (DFF: frame 0 a key frame,
 the others warped from it), and the embedded trained models (``data/models``) on a generated synthetic
-clip, each exported (:func:`dff.deploy.export_onnx`) and run by :class:`dff.deploy.OnnxVideoDetector`
+clip, each exported (:func:`dff.deploy.export_onnx`) and run by :class:`dff.deploy.onnx_detector`
 and by the PyTorch engine in plain float32. Every detection above ``SCORE_THRESH`` of either run must
 have a partner in the other (same class, boxes within ``BOX_TOL`` px, score within ``SCORE_TOL``):
 :func:`dff.parity.fastpath.match_rows`, as the fast-path check counts.
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dff.apps.demo import synthetic_clip
-from dff.deploy import DeployUnavailable, OnnxVideoDetector, cached_export
+from dff.deploy import DeployUnavailable, cached_export, onnx_detector
 from dff.engine.fastpath import tf32_mode
 from dff.engine.frames import FrameSource
 from dff.engine.postprocess import dets_to_rows
@@ -54,7 +54,7 @@ def _compare(case: str, model, frames: list, interval: int, cache_dir: str, thre
     with tf32_mode(False):
         plain = detector_rows(VideoDetector(model, model.cfg, key_interval=interval, thresh=thresh), frames)
     onnx_dir = cached_export(model, cache_dir)
-    got = detector_rows(OnnxVideoDetector(onnx_dir, model.cfg, key_interval=interval, thresh=thresh), frames)
+    got = detector_rows(onnx_detector(onnx_dir, model.cfg, key_interval=interval, thresh=thresh), frames)
     yield from _match_results(case, plain, got)
 
 

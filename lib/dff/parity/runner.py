@@ -40,11 +40,17 @@ def _area_rows(area: str, sub: str, fixture_dir: str, backend: str) -> list[Resu
 def run_parity(args: argparse.Namespace) -> int:
     """``tools/parity.py``: the areas of ``args.only`` (all when empty; comma-separated) whose sub-folder
     ``args.fixture_dir`` has, through ``args.backend`` (compiled, fallback or both); one line per row, then the
-    counts. 0 when everything passed (and something ran), 1 otherwise, 2 without the fixture directory."""
+    counts. 0 when everything passed (and something ran), 1 otherwise, 2 without the fixture directory or with
+    an unknown area in ``args.only`` (the message lists the valid ones)."""
+    only = {a.strip() for a in args.only.split(",") if a.strip()}
+    unknown = sorted(only - {a for a, _, _ in AREAS})
+    if unknown:
+        print(f"error: --only: unknown area(s) {', '.join(unknown)}; valid areas: "
+              + ", ".join(a for a, _, _ in AREAS), file=sys.stderr)
+        return 2
     if not os.path.isdir(args.fixture_dir):
         print(f"error: {args.fixture_dir}: fixture directory not found", file=sys.stderr)
         return 2
-    only = {a for a in args.only.split(",") if a}
     backends = ["compiled", "fallback"] if args.backend == "both" else [args.backend]
     passed = failed = 0
     for area, sub, uses_ops in AREAS:

@@ -22,7 +22,7 @@ Using the result in DFF: :func:`save_flownet_checkpoint` writes a native checkpo
 ``flownet.<layer>.weight|bias`` (the DFF model's names), so either::
 
     from dff.train.flow_pretrain import load_flownet_weights
-    load_flownet_weights(dff_model, "model/flownet_synthetic.pth")   # fills model.flownet only
+    load_flownet_weights(dff_model.flownet, "model/flownet_synthetic.pth")
 
 or, with the generic loader, ``dff.utils.checkpoint.load_model_weights(dff_model, path, strict=False)``
 (its report then lists every non-FlowNet key as missing; :func:`load_flownet_weights` instead checks
@@ -57,9 +57,9 @@ from tqdm import tqdm
 
 from dff.config import Config, ConfigError, load_config, parse_overrides, update_config
 from dff.dataset.synthetic import GT_DIR, SyntheticVID
-from dff.models.dff import build_flow_network
 from dff.models.flownet import FlowNet
 from dff.models.light_flow import LightFlow
+from dff.models.registry import build_flow_network
 from dff.utils.checkpoint import (
     CheckpointError,
     LoadReport,
@@ -437,8 +437,8 @@ class _Holder(nn.Module):
         self.flownet = flownet
 
 
-def load_flownet_weights(model: nn.Module, path: str, *, allow_missing_scale: bool = True) -> LoadReport:
-    """Load FlowNet weights into a DFF model (``model.flownet``) or a bare :class:`FlowNet`.
+def load_flownet_weights(flownet: nn.Module, path: str, *, allow_missing_scale: bool = True) -> LoadReport:
+    """Load flow-network weights into ``flownet`` (a bare flow network, or a detector's ``model.flownet``).
 
     ``path``: a checkpoint of :func:`save_flownet_checkpoint`, a full DFF checkpoint (native or MXNet;
     only its ``flownet.*`` part is used), or an MXNet FlowNet ``.params`` file such as the reference's
@@ -449,9 +449,7 @@ def load_flownet_weights(model: nn.Module, path: str, *, allow_missing_scale: bo
     :class:`CheckpointError` names the path and the keys). The report's ``unexpected`` lists the
     file's non-FlowNet keys.
     """
-    target = model if isinstance(model, (FlowNet, LightFlow)) else getattr(model, "flownet", None)
-    if not isinstance(target, (FlowNet, LightFlow)):
-        raise TypeError(f"load_flownet_weights: {type(model).__name__} is neither a flow network nor has a .flownet")
+    target = flownet
     # load into a scratch copy first: a strict load checks everything before copying anything
     scratch = _Holder(copy.deepcopy(target))
     ignore = ("*.num_batches_tracked",) + (("flownet." + _SCALE_PREFIX + "*",) if allow_missing_scale else ())

@@ -87,21 +87,16 @@ from dff.utils.logging import progress_logging, setup_logging
 from dff.utils.mxnet_params import MXNetParamsError, read_params
 
 __all__ = [
-    "TrainOptions", "TrainResult", "TrainingError", "TrainingDiverged", "METRICS",
+    "TrainOptions", "TrainResult", "TrainingError", "TrainingDiverged",
     "AMP_CHOICES", "train_output_dir", "load_train_roidb", "init_new_layers", "initialize", "train",
 ]
 
 log = logging.getLogger("dff.train")
 
-# forward_train outputs logged and summed over the global batch (reference metric names in brackets):
-# RPNLogLoss, RPNL1Loss, RCNNLogLoss, RCNNL1Loss, RPNAcc, RCNNAcc
-METRICS = ("loss", "rpn_cls_loss", "rpn_bbox_loss", "rcnn_cls_loss", "rcnn_bbox_loss", "rpn_acc", "rcnn_acc",
-           "q_loss")  # q_loss: THP's Q regression (0 for the others)
 _BUCKET_BYTES = 32 << 20
-THP_LAYER_PATTERNS = ("flownet.Convolution5_q*", "aggregation.*")  # may be missing from a DFF checkpoint
 _NEW_LAYERS = ("feat_conv_3x3", "rpn_head.rpn_cls_score", "rpn_head.rpn_bbox_pred", "rfcn_head.rfcn_cls",
                "rfcn_head.rfcn_bbox")
-_DEFAULT_PREFIX = {"rfcn": "rfcn_vid", "dff": "dff_rfcn_vid"}  # by model.kind, when TRAIN.model_prefix is empty
+_DEFAULT_PREFIX = {False: "rfcn_vid", True: "dff_rfcn_vid"}  # by model.has_flow, when TRAIN.model_prefix is empty
 AMP_CHOICES = ("off", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -182,9 +177,9 @@ def init_new_layers(model: nn.Module, generator: torch.Generator) -> None:
         conv = modules[name]
         nn.init.normal_(conv.weight, 0.0, 0.01, generator=generator)
         nn.init.zeros_(conv.bias)
-    if model.kind == "dff":
+    if model.has_flow:
         model.flownet.init_scale_identity()
-        model.init_thp_layers()
+    model.init_video_layers()
 
 
 def _pretrained_path(prefix: str, epoch: int) -> str:
@@ -247,7 +242,7 @@ def _init_flow_network(model: nn.Module, cfg: Config, generator: torch.Generator
     path = str(cfg.network.get("pretrained_flow", "") or "")
     if path.endswith(".pth"):
         try:
-            load_flownet_weights(model, path)
+            load_flownet_weights(model.flownet, path)
         except (CheckpointError, OSError) as e:
             raise TrainingError(f"network.pretrained_flow: {e}") from None
         model.flownet.init_scale_identity()
@@ -274,8 +269,8 @@ def _load_init(model: nn.Module, path: str, cfg: Config, generator: torch.Genera
             return f"all weights from {path} (MXNet)"
         # a THP or ConvGRU model fine-tuned from a DFF checkpoint: the video layers start from their
         # initialisation; a DFF model from its per-frame twin (an R-FCN checkpoint): the flow network too
-        video_new = THP_LAYER_PATTERNS if getattr(model, "aggregation", None) is not None else ()
-        from_twin = model.kind == "dff" and fmt == "native" and load_checkpoint(path).get("model_kind") == "rfcn"
+        video_new = model.scheme.new_layer_patterns
+        from_twin = model.has_flow and fmt == "native" and load_checkpoint(path).get("model_kind") == "rfcn"
         report = load_model_weights(model, path, ignore_missing=(*DEFAULT_IGNORE_MISSING, *video_new,
                                                                  *(("flownet.*",) if from_twin else ())))
         tag = weights_tag(path)
@@ -288,7 +283,7 @@ def _load_init(model: nn.Module, path: str, cfg: Config, generator: torch.Genera
     line = f"all weights from {path} ({source})"
     fresh = [k for k in report.ignored_missing if not k.endswith("num_batches_tracked") and not k.startswith("flownet.")]
     if fresh:
-        model.init_thp_layers()
+        model.init_video_layers()
         line += (f" but the video layers {sorted({k.rsplit('.', 1)[0] for k in fresh})}, initialised (THP's Q high "
                  f"everywhere, the ConvGRU as the identity)")
     if from_twin:
@@ -312,7 +307,7 @@ def initialize(model: nn.Module, cfg: Config, opts: TrainOptions) -> list[str]:
     where = f" in {opts.cfg_path}" if opts.cfg_path else ""
     net = cfg.network
     parts = [("pretrained", "ResNet", "backbone.", ())]
-    if model.kind == "dff":
+    if model.has_flow:
         parts.append(("pretrained_flow", "FlowNet", "flownet.", ("flownet.Convolution5_scale",)))
     for key, what, part, exempt in parts:
         prefix = str(net.get(key, "") or "")
@@ -334,7 +329,7 @@ def initialize(model: nn.Module, cfg: Config, opts: TrainOptions) -> list[str]:
         lines.append(f"{what}: {n} tensors from {path}")
     init_new_layers(model, gen)
     lines.append("feat_conv/RPN/R-FCN: N(0, 0.01), biases 0" + ("; scale map: weight 0, bias 1 (frozen)"
-                                                                  if model.kind == "dff" else ""))
+                                                                  if model.has_flow else ""))
     return lines
 
 
@@ -482,6 +477,11 @@ class _Run:
     sampler: AspectGroupedBatchSampler = dataclasses.field(init=False)
 
     @property
+    def metrics(self) -> tuple[str, ...]:
+        """What each update logs and sums over the global batch: the model's loss names."""
+        return self.model.loss_names
+
+    @property
     def global_batch(self) -> int:
         return self.dctx.world * self.opts.accumulate
 
@@ -554,7 +554,7 @@ def _set_up(cfg: Config, opts: TrainOptions, device: torch.device, dctx: _Dist, 
 
     roidb, class_lines = load_train_roidb(cfg, verbose=dctx.main)
     model = build_model(opts.kind, cfg)
-    prefix = str(cfg.TRAIN.model_prefix) or _DEFAULT_PREFIX[model.kind]
+    prefix = str(cfg.TRAIN.model_prefix) or _DEFAULT_PREFIX[model.has_flow]
     resume = opts.resume or bool(cfg.TRAIN.RESUME)
     resume_from = _resume_path(out_dir, prefix, cfg) if resume else None
     if resume and resume_from is None:
@@ -590,7 +590,7 @@ def _set_up(cfg: Config, opts: TrainOptions, device: torch.device, dctx: _Dist, 
     if ckpt is not None:
         _restore_progress(run, ckpt, resume_from)
         del ckpt
-    run.dataset = TrainDataset(roidb, cfg, pairs=model.kind == "dff", seed=opts.seed)
+    run.dataset = TrainDataset(roidb, cfg, pairs=model.has_flow, seed=opts.seed)
     run.sampler = AspectGroupedBatchSampler(
         [r["width"] for r in roidb], [r["height"] for r in roidb], per_rank=opts.accumulate, world_size=dctx.world,
         rank=dctx.rank, seed=opts.seed, shuffle=bool(cfg.TRAIN.SHUFFLE), aspect_grouping=bool(cfg.TRAIN.ASPECT_GROUPING),
@@ -623,13 +623,14 @@ class _Step:
     """What one update did: its lr, the readable images of the global batch, the metric means over them."""
     lr: float
     images: int
-    means: list[float]                 # in METRICS order
+    means: list[float]                 # in run.metrics order
 
 
 def _forward_backward(run: _Run, samples: Sequence[dict[str, Any] | BadSample]) -> torch.Tensor:
     """Forward and backward of each local image (gradients summed into ``.grad``); returns the local sums
-    of METRICS, then the image count and the unreadable-sample count (float64)."""
-    stats = torch.zeros(len(METRICS) + 2, dtype=torch.float64, device=run.device)
+    of ``run.metrics`` (the model's loss names), then the image count and the unreadable-sample count (float64)."""
+    metrics = run.metrics
+    stats = torch.zeros(len(metrics) + 2, dtype=torch.float64, device=run.device)
     zero = torch.zeros((), dtype=torch.float64, device=run.device)
     autocast_dtype = _AMP_DTYPES.get(run.opts.amp)
     for s in samples:
@@ -644,7 +645,7 @@ def _forward_backward(run: _Run, samples: Sequence[dict[str, Any] | BadSample]) 
             out = run.model.forward_train(batch, generator=run.generator)
         loss = out["loss"]
         (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
-        stats[: len(METRICS)] += torch.stack([out[k].detach().double().reshape(()) if k in out else zero for k in METRICS])
+        stats[: len(metrics)] += torch.stack([out[k].detach().double().reshape(()) if k in out else zero for k in metrics])
         stats[-2] += 1
     return stats
 
@@ -660,7 +661,7 @@ def _check_finite(run: _Run, sums: list[float]) -> None:
     raise TrainingDiverged(
         f"update {run.iteration + 1} (epoch {run.epoch + 1}, batch {run.batch_in_epoch}): "
         f"{'the loss' if not loss_finite else 'a gradient'} is not finite (loss sum {sums[0]:.6g}; "
-        + ", ".join(f"{k} {v:.4g}" for k, v in zip(METRICS[1:], sums[1:len(METRICS)]))
+        + ", ".join(f"{k} {v:.4g}" for k, v in zip(run.metrics[1:], sums[1:len(run.metrics)]))
         + "); training stopped before the update; last good checkpoint: "
         + (run.state_path or _resume_path(run.out_dir, run.prefix, run.cfg) or "none written yet"))
 
@@ -693,7 +694,7 @@ def _train_step(run: _Run, samples: Sequence[dict[str, Any] | BadSample]) -> _St
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=False)
     run.iteration += 1
-    return _Step(lr, n_img, [v / n_img for v in sums[: len(METRICS)]])
+    return _Step(lr, n_img, [v / n_img for v in sums[: len(run.metrics)]])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -722,7 +723,7 @@ class _MetricLog:
 
     def update(self, run: _Run, step: _Step) -> None:
         self.history.append({"iteration": run.iteration, "epoch": run.epoch, "lr": step.lr, "images": step.images,
-                             **dict(zip(METRICS, step.means))})
+                             **dict(zip(run.metrics, step.means))})
         self._window.append(step.means + [step.images])
         if run.iteration % self.frequent == 0:
             self._emit(run, step.lr)
@@ -732,9 +733,9 @@ class _MetricLog:
         speed = sum(w[-1] for w in self._window) / max(dt, 1e-9)
         avg = np.mean(np.asarray(self._window)[:, :-1], axis=0).tolist()
         log.info("Epoch[%d] Batch [%d] Update %d Speed: %.2f samples/sec lr %.3e Train-%s", run.epoch,
-                 run.batch_in_epoch, run.iteration, speed, lr, ", ".join(f"{k}={v:.6f}" for k, v in zip(METRICS, avg)))
+                 run.batch_in_epoch, run.iteration, speed, lr, ", ".join(f"{k}={v:.6f}" for k, v in zip(run.metrics, avg)))
         if self.tb is not None:
-            for k, v in zip(METRICS, avg):
+            for k, v in zip(run.metrics, avg):
                 self.tb.add_scalar(f"train/{k}", v, run.iteration)
             self.tb.add_scalar("train/lr", lr, run.iteration)
             self.tb.add_scalar("train/samples_per_sec", speed, run.iteration)

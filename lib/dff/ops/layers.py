@@ -1,4 +1,4 @@
-"""Small building blocks shared by the model parts."""
+"""Small building blocks below the models: shared by the flow networks and the temporal schemes."""
 from __future__ import annotations
 
 from torch import Tensor, nn
