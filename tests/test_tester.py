@@ -20,6 +20,7 @@ from dff.engine.video import VideoDetector
 from dff.eval.tester import TesterError, default_model_path
 from dff.eval.tester import run_test_set as run_tester
 from dff.train.trainer import build_model, init_new_layers
+from dff.utils.checkpoint import save_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RFCN_CFG = os.path.join(REPO, "experiments/rfcn/cfgs/rfcn_synthetic_tiny.yaml")
@@ -189,3 +190,25 @@ def test_evaluate_intervals_dataset_path_must_exist(tmp_path):
                           os.path.join(repo, "data", "models", "rfcn_synthetic_tiny.pth"),
                           "--dataset-path", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--dataset-path" in res.stderr and "nope" in res.stderr
+
+
+def test_set_reaches_the_proposals_of_a_checkpoint_with_its_own_config(val_vid, tmp_path, monkeypatch):
+    """``*_test.py --model X.pth --set TEST.RPN_POST_NMS_TOP_N=N``: the model a native checkpoint brings reads its
+    proposal settings from its own config, which must carry the --set too (the result cache records it)."""
+    cfg = _cfg("rfcn", val_vid, tmp_path)
+    model = _model("rfcn", cfg)
+    ckpt = tmp_path / "m.pth"
+    save_checkpoint(ckpt, model_state=model, config=cfg, extra={"model_kind": "rfcn", "weights": "test"})
+    seen = {}
+
+    def capture(model, cfg, **kwargs):
+        seen["model_top_n"] = int(model.cfg.TEST.RPN_POST_NMS_TOP_N)
+        seen["cfg_top_n"] = int(cfg.TEST.RPN_POST_NMS_TOP_N)
+        return None
+
+    monkeypatch.setattr("dff.eval.tester.run_test_set", capture)
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"dataset:\n  dataset_path: {val_vid}\noutput_path: {tmp_path / 'out'}\n")
+    code = run_test(["--cfg", str(cfg_file), "--model", str(ckpt), "--set", "TEST.RPN_POST_NMS_TOP_N=7"], "rfcn")
+    assert code == 0
+    assert seen == {"model_top_n": 7, "cfg_top_n": 7}

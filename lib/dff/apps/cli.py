@@ -21,8 +21,8 @@ import sys
 from dff.config import ConfigError, load_config
 from dff.deploy import BACKENDS
 from dff.engine.fastpath import FAST_NAMES
-from dff.engine.video import add_schedule_option, schedule_overrides
-from dff.eval.tester import DEFAULT_THRESH, TesterError, default_model_path, run_test_from_args
+from dff.engine.video import add_schedule_option
+from dff.eval.tester import DEFAULT_THRESH, TesterError, default_model_path, run_test_from_args, test_overrides
 from dff.train.trainer import AMP_CHOICES, TrainingDiverged, TrainingError, TrainOptions, train
 from dff.utils.logging import setup_logging
 
@@ -109,7 +109,7 @@ def run_train_test(args: argparse.Namespace, kind: str) -> int:
     """``*_end2end_train_test.py``: train, then (unless ``--no-test``) test on rank 0. Returns the exit status."""
     setup_logging()
     try:
-        cfg = load_config(args.cfg, [*args.set, *schedule_overrides(getattr(args, "schedule", None))])
+        cfg = load_config(args.cfg, test_overrides(args))
         result = train(cfg, train_options(args, kind))
         if args.no_test or int(os.environ.get("RANK", "0")) != 0:
             return 0
@@ -129,7 +129,7 @@ def run_test(args: argparse.Namespace, kind: str) -> int:
     """``*_test.py``: test the ``TEST.test_epoch`` checkpoint (or ``--model``) and evaluate. Returns the exit status."""
     setup_logging()
     try:
-        cfg = load_config(args.cfg, [*args.set, *schedule_overrides(getattr(args, "schedule", None))])
+        cfg = load_config(args.cfg, test_overrides(args))
         run_test_from_args(args, kind, cfg, args.cfg, args.model)
     except (ConfigError, TesterError, FileNotFoundError, ValueError) as e:
         _error(e)

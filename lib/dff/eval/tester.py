@@ -64,7 +64,7 @@ from dff.dataset.videos import TestVideo
 from dff.deploy import DeployUnavailable, make_detector
 from dff.engine.fastpath import FastPath
 from dff.engine.frames import FrameSource
-from dff.engine.video import STAGES, VideoDetector
+from dff.engine.video import STAGES, VideoDetector, schedule_overrides
 from dff.eval.coco_eval import coco_eval, format_coco_table
 from dff.eval.vid_eval import format_table, load_vid_annotations, save_json, vid_eval, write_vid_results
 from dff.models.builder import load_model
@@ -435,13 +435,20 @@ def default_model_path(cfg: Config, cfg_path: str | None) -> str:
                     f"(the *_end2end_train_test.py script) or pass --model PATH")
 
 
-def build_test_model(cfg: Config, model_path: str, kind: str) -> torch.nn.Module:
-    """The model of ``kind`` with the test weights of ``model_path`` (:func:`dff.models.builder.load_model`)."""
+def build_test_model(cfg: Config, model_path: str, kind: str, overrides: Sequence[str] = ()) -> torch.nn.Module:
+    """The model of ``kind`` with the test weights of ``model_path`` (:func:`dff.models.builder.load_model`).
+    ``overrides`` (``--set``, already in ``cfg``) also go on the config a native checkpoint brings, which the model
+    reads its test settings from (the proposals' ``TEST.RPN_*``)."""
     try:
-        model, _ = load_model(model_path, cfg, kind=kind)
+        model, _ = load_model(model_path, cfg, kind=kind, overrides=overrides)
     except CheckpointError as e:
         raise TesterError(str(e)) from None
     return model
+
+
+def test_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` items of a test run (with ``--schedule``'s), as :func:`dff.config.load_config` applied them."""
+    return [*getattr(args, "set", ()), *schedule_overrides(getattr(args, "schedule", None))]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -490,7 +497,7 @@ def run_test_from_args(args: argparse.Namespace, kind: str, cfg: Config, cfg_pat
         adopt_class_list(cfg, data_class_list(cfg, str(cfg.dataset.test_image_set)), "the test set")
     except (ClassListMismatch, CocoVideoError, ValueError) as e:
         raise TesterError(str(e)) from None
-    model = build_test_model(cfg, path, kind)
+    model = build_test_model(cfg, path, kind, test_overrides(args))
     out_dir = eval_output_dir(cfg, cfg_path)
     os.makedirs(out_dir, exist_ok=True)
     device = resolve_device(args.device)
