@@ -232,7 +232,11 @@ def test_a_slow_consumer_gets_the_newest_frames_and_the_rest_is_dropped():
     got = []
     for f in src:
         got.append(f)
-        time.sleep(0.03)  # 15x slower than the source
+        # slower than the source by a count, not a time (a loaded machine slows the source too): the next take
+        # comes once 5 newer frames have arrived (or the source has ended), so at least 4 are dropped per take
+        deadline = time.monotonic() + 30
+        while src.stats().received < min(60, f.index + 6) and time.monotonic() < deadline:
+            time.sleep(0.001)
     s = src.stats()
     assert src.end == "ended" and s.state == "ended"
     assert s.received == 60 and s.delivered == len(got) and s.dropped == 60 - len(got) and s.dropped > 30
@@ -533,15 +537,20 @@ def test_demo_on_a_stream_faster_than_the_detector(tmp_path, clip_jpegs):
     # key frames every 10 processed frames (the config's interval), whatever the gaps in the source's index
     assert [r["seq"] for r in records if r["is_key"]] == list(range(0, processed, 10))
     _outputs_finalised(out, jsonl, processed)
-    # latency: with drop-oldest, a frame waits at most one source period before the engine takes it, so its
-    # latency is its own processing time plus a little; a queue would add every frame still waiting before it
-    # and grow through the run (at 30 fps in and a few fps out, by most of a second per second)
+    # latency, against a baseline measured in this run (the machine may be loaded: no absolute times): the engine's
+    # cycle, from one result to the next (network, drawing, writing). With drop-oldest, the frame the engine takes
+    # after a result was captured at most one source period (plus the reader's delay) before that result, so a
+    # frame's latency exceeds its cycle by about a source period at most, all through the run; a queue would add
+    # every frame still waiting before it, and that excess would grow by a cycle per frame queued
     lat = np.array([r["latency_ms"] for r in records])
-    own = np.array([r["net_ms"] for r in records])
-    assert np.percentile(lat - own, 95) < 1000, (lat - own).tolist()
-    third = len(lat) // 3
-    assert np.median(lat[-third:]) < 2 * np.median(lat[:third]) + 300, lat.tolist()
-    assert p95 < 4 * np.percentile(own, 95) + 1000
+    done = np.array([r["timestamp"] * 1000.0 + r["latency_ms"] for r in records])  # when each result came
+    cycle = np.diff(done)
+    excess = lat[1:] - cycle
+    assert (cycle > 0).all() and (lat > 0).all(), (cycle.tolist(), lat.tolist())
+    assert np.percentile(excess, 90) < np.percentile(cycle, 90), (excess.tolist(), cycle.tolist())
+    third = len(excess) // 3
+    assert np.median(excess[-third:]) < np.median(excess[:third]) + np.median(cycle), (excess.tolist(), cycle.tolist())
+    assert p50 <= p95 <= 1.05 * lat.max() + 1 and p95 < 2 * np.percentile(cycle, 95) + 1000 / 30, (p95, cycle.tolist())
     # memory: a queue of the frames received would grow by 30 x 320 x 512 x 3 bytes = 14.7 MB/s, over 100 MB in
     # the measured part (> 8 s). RSS moves by +-10 MB from frame to frame (the allocator): the last second's
     # median may differ from the first second's by 30 MB at most, and no sample by more than 60 MB

@@ -14,12 +14,12 @@ import torch
 
 from dff.config import ConfigError, load_config, mobile_parts, update_config
 from dff.engine.video import VideoDetector
-from dff.temporal.gru import FlowGuidedGRU
 from dff.models.builder import build_model
 from dff.models.flownet import FlowNet
+from dff.models.heads import LightHead
 from dff.models.light_flow import LightFlow
 from dff.models.mobilenet import MobileNetV2Backbone
-from dff.models.heads import LightHead
+from dff.temporal.gru import FlowGuidedGRU
 from dff.train.flow_pretrain import save_flownet_checkpoint
 from dff.train.optim import build_param_groups
 from dff.train.trainer import _load_init

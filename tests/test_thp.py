@@ -11,8 +11,8 @@ from dff.config import ConfigError, default_config, update_config
 from dff.engine.frames import frames_from_arrays
 from dff.engine.partial import forced_mask, partial_update, plan_crops
 from dff.engine.video import VideoDetector
-from dff.temporal import adaptive_is_key
 from dff.models.dff import DFF
+from dff.temporal import adaptive_is_key
 from dff.temporal.thp import feature_consistency
 from dff.utils.fixture_weights import fixture_state_dict
 

@@ -27,11 +27,8 @@ import argparse
 import os
 import sys
 
-import torch
-
 from dff.apps.benchmark import run_benchmark
-from dff.deploy import BACKENDS
-from dff.engine.fastpath import FAST_NAMES
+from dff.apps.cli import add_backend_options, add_device_option, add_fast_option, add_set_option
 from dff.engine.video import add_schedule_option
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cfg", default=None,
                     help="YAML config (default: the ResNet-101 reference's; a native --model brings its own config)")
-    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="override config keys after the YAML (and after a native checkpoint's own config), "
-                         "e.g. --set TEST.RPN_POST_NMS_TOP_N=100 (values read as YAML)")
+    add_set_option(ap, "TEST.RPN_POST_NMS_TOP_N=100")
     ap.add_argument("--model", default=None,
                     help="MXNet .params or native checkpoint (default: the embedded mobile DFF "
                          "data/models/dff_mobile_synthetic.pth; with --cfg: deterministic initial weights)")
@@ -61,16 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key-intervals", default="1,2,5,10,20",
                     help="the key intervals measured (ignored with the adaptive schedule)")
     ap.add_argument("--scale", default=None, help="short,max-long side (default: the config's SCALES)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--fast", default=None, choices=list(FAST_NAMES),
-                    help="the fast path: none (plain float32); fp32 (CUDA: channels_last, cuDNN autotune, CUDA graphs; "
-                         "CPU: oneDNN pre-packed weights); fp16 / bf16 (the same with autocast); default fp16 on CUDA, "
-                         "fp32 on the CPU (applied alike to per-frame R-FCN and DFF)")
-    ap.add_argument("--backend", default="torch", choices=list(BACKENDS),
-                    help="the engine: torch, or onnxruntime on the ONNX export (then also the PyTorch engine on the "
-                         "same frames, for the ratio)")
-    ap.add_argument("--onnx", default=None, help="--backend onnxruntime: the export folder (tools/export_onnx.py) "
-                                                 "of the same model and settings; default: export to the cache")
+    add_device_option(ap)
+    add_fast_option(ap)
+    add_backend_options(ap)
     ap.add_argument("--onnx-cache", default=None,
                     help="where exports are kept (default $DFF_ONNX_CACHE or ~/.cache/dff/onnx)")
     ap.add_argument("--profile", default=None,

@@ -22,8 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
+from dff.apps.cli import add_device_option
 from dff.parity.deploy import run_check_onnx
 from dff.parity.fastpath import run_check_fastpath
 
@@ -31,7 +30,7 @@ from dff.parity.fastpath import run_check_fastpath
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("fixture_dir", help="directory with the model/ fixtures (e.g. tests/fixtures/reference)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_option(ap)
     ap.add_argument("--amp", default="fp16,bf16", help="comma-separated: fp16, bf16, none")
     ap.add_argument("--no-graphs", action="store_true", help="leave CUDA graphs out of the fast path")
     ap.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dff.apps.cli import add_set_option
 from dff.apps.evaluate import run_evaluate_intervals
 
 
@@ -23,9 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset-path", default=None,
                     help="evaluate on this ILSVRC2015-style root instead of the checkpoint config's dataset.dataset_path "
                          "(e.g. a larger synthetic validation set made with the same generator and seed)")
-    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="override keys of the checkpoint's config, e.g. --set TEST.RPN_POST_NMS_TOP_N=100 "
-                         "(values read as YAML; keys that shape the network cannot change)")
+    add_set_option(ap, "TEST.RPN_POST_NMS_TOP_N=100", "of the checkpoint's config")
     ap.add_argument("--schedule", default=None,
                     help="fixed (each of --intervals), adaptive (THP models), or fixed,adaptive; default: the config's "
                          "TEST.KEY_FRAME_SCHEDULE")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dff.apps.cli import add_set_option
 from dff.config import MODEL_KEYS, ConfigError, config_from_dict, parse_overrides, update_config
 from dff.utils.checkpoint import CheckpointError, checkpoint_config, export_checkpoint
 
@@ -20,8 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("src", help="a native inference checkpoint (<prefix>-NNNN.pth)")
     ap.add_argument("dst")
     ap.add_argument("--half", action="store_true", help="store floating-point tensors as float16")
-    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="change test-time keys of the stored config (values read as YAML)")
+    add_set_option(ap, "TEST.RPN_PRE_NMS_TOP_N=300", "of the stored config (test-time keys only)")
     args = ap.parse_args(argv)
     try:
         config = None

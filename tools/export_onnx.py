@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+from dff.apps.cli import add_set_option
 from dff.deploy.export import run_export_onnx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the model kind (a native checkpoint names its own; default dff)")
     ap.add_argument("--cfg", default=None, help="YAML config for an MXNet file or the fixture weights (a native "
                                                 "checkpoint carries its own; default: the demo config of --kind)")
-    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="override config keys, e.g. --set TEST.RPN_POST_NMS_TOP_N=100 (baked into the graphs)")
+    add_set_option(ap, "TEST.RPN_POST_NMS_TOP_N=100")
     ap.add_argument("--out", required=True, help="output folder (replaced if it exists)")
     ap.add_argument("--cache", default=None,
                     help="a folder of exported stages to reuse and add to (a stage with the same weights and "

@@ -30,6 +30,7 @@ import argparse
 import os
 import sys
 
+from dff.apps.cli import add_device_option, add_set_option
 from dff.train.flow_pretrain import parse_scale_arg, run_pretraining
 
 
@@ -42,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cfg", default=None, help="detector config (default: the synthetic tiny config if present, "
                                                 "else the DFF demo config with SCALES 160,256)")
     ap.add_argument("--scale", type=parse_scale_arg, default=None, help="override SCALES: SHORT,MAX_LONG (e.g. 160,256)")
-    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="override config keys after the YAML (--scale still wins for SCALES), e.g. "
-                         "--set TRAIN.MIN_OFFSET=-5 network.FLOWNET_WIDTH=0.5 (values read as YAML)")
+    add_set_option(ap, "TRAIN.MIN_OFFSET=-5 network.FLOWNET_WIDTH=0.5", "after the YAML (--scale still wins for SCALES)")
     ap.add_argument("--iters", type=int, required=True, help="training iterations")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="stop training after this many seconds even before --iters (the JSON has the count)")
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-seed", type=int, default=0, help="seed of the held-out pairs")
     ap.add_argument("--init", default=None, help="start from these FlowNet weights (native or MXNet .params, "
                                                  "e.g. the reference's flownet-0000.params) instead of random")
-    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1 ...)")
+    add_device_option(ap)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", default=os.path.join("model", "flownet_synthetic.pth"), help="checkpoint to write")
     ap.add_argument("--mxnet-prefix", default=None,

@@ -8,17 +8,19 @@ The public API (:mod:`dff.api`, docs/api.md)::
         for box in frame.boxes:               # x1, y1, x2, y2, score, label, class_id
             ...
 """
-from dff.api import (
-    Box,
-    CheckpointError,
-    DetectionFrame,
-    DetectionRun,
-    Detector,
-    SourceLost,
-    SourceOpenError,
-    VideoReadError,
-    load_detector,
-)
+import importlib
 
 __all__ = ["Box", "CheckpointError", "DetectionFrame", "DetectionRun", "Detector", "SourceLost", "SourceOpenError",
            "VideoReadError", "load_detector"]
+
+
+def __getattr__(name: str):
+    # The public API's names load on first use (PEP 562): importing any dff module (dff.config for a data tool)
+    # must not load torch, the models, the engine and the ONNX packages through this package's __init__.
+    if name in __all__:
+        return getattr(importlib.import_module("dff.api"), name)
+    raise AttributeError(f"module 'dff' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -44,8 +44,8 @@ from dff.engine.video import FrameResult, VideoDetector
 from dff.models.builder import load_model
 from dff.utils.checkpoint import CheckpointError
 
-__all__ = ["DEFAULT_MODEL", "JSON_THRESH", "THRESH", "Box", "CheckpointError", "DetectionFrame", "DetectionRun", "Detector",
-           "SourceLost", "SourceOpenError", "VideoReadError", "frame_record", "load_detector"]
+__all__ = ["DEFAULT_MODEL", "JSON_THRESH", "THRESH", "Box", "CheckpointError", "DetectionFrame", "DetectionRun",
+           "Detector", "SourceLost", "SourceOpenError", "VideoReadError", "frame_record", "load_detector"]
 
 _log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ class Detector:
 
     def _iterate(self, frames: Iterable[Frame], live: LiveSource | None) -> Generator[DetectionFrame, None, None]:
         stamps: dict[int, float] = {}  # frame index -> capture time, for the one or two frames in the engine
-        partial = bool(getattr(getattr(self.engine, "thp", None), "partial", False))
+        partial = self.engine.loop.options.partial
         stamped = _stamped(frames, stamps)
         try:
             with contextlib.closing(stamped), contextlib.closing(self.engine.run(stamped)) as results:
@@ -346,7 +346,8 @@ def load_detector(model: str | os.PathLike | None = None, *, device: str | torch
         kind: ``"dff"`` or ``"rfcn"`` for a file that does not say (MXNet ``.params``, ``"fixture"``).
 
     Raises :class:`~dff.utils.checkpoint.CheckpointError` (a ``ValueError``) naming the file when the model is
-    missing or does not load; ``ValueError`` for a bad argument.
+    missing or does not load; ``ValueError`` / ``TypeError`` for a bad argument;
+    :class:`~dff.deploy.DeployUnavailable` for ``backend="onnxruntime"`` without the optional packages.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")

@@ -32,14 +32,14 @@ from torch.profiler import ProfilerActivity
 from torch.profiler import profile as torch_profile
 
 from dff.apps.evaluate import evaluate_intervals, evaluate_schedules
-from dff.config import Config, ConfigError, load_config, update_config
+from dff.config import Config, ConfigError, update_config
 from dff.deploy import DeployUnavailable, cached_export, make_detector
 from dff.engine.fastpath import FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError, frames_from_arrays
 from dff.engine.partial import forced_mask
 from dff.engine.postprocess import im_detect_boxes, pred_eval_frame
 from dff.engine.video import VideoDetector, per_frame_config, schedule_overrides
-from dff.models.builder import FIXTURE, load_model
+from dff.models.builder import FIXTURE, load_run_model
 from dff.ops import compiled_available
 from dff.temporal import LoopOptions
 from dff.utils.checkpoint import CheckpointError
@@ -208,8 +208,7 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
     :class:`~dff.deploy.DeployUnavailable`."""
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
-    model, cfg = load_model(model_path or FIXTURE, load_config(cfg_path, overrides), kind="dff", device=device,
-                            overrides=overrides)
+    model, cfg = load_run_model(model_path or FIXTURE, cfg_path, overrides, kind="dff", device=device)
     if scale:
         short, long_ = (int(v) for v in scale.split(","))
         update_config(cfg, {"SCALES": [short, long_]}, "--scale")
@@ -229,8 +228,7 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
     if per_frame_model is not None:
         if backend != "torch":
             raise ValueError("--per-frame-model runs on the PyTorch engine only; leave out --backend onnxruntime")
-        twin, twin_cfg = load_model(per_frame_model, load_config(cfg_path, overrides), kind="rfcn", device=device,
-                                    overrides=overrides)
+        twin, twin_cfg = load_run_model(per_frame_model, cfg_path, overrides, kind="rfcn", device=device)
         if scale:
             update_config(twin_cfg, {"SCALES": [int(v) for v in scale.split(",")]}, "--scale")
         if list(twin_cfg.SCALES) != list(cfg.SCALES):

@@ -18,6 +18,8 @@ import argparse
 import os
 import sys
 
+import torch
+
 from dff.config import ConfigError, load_config
 from dff.deploy import BACKENDS
 from dff.engine.fastpath import FAST_NAMES
@@ -26,15 +28,54 @@ from dff.eval.tester import DEFAULT_THRESH, TesterError, default_model_path, run
 from dff.train.trainer import AMP_CHOICES, TrainingDiverged, TrainingError, TrainOptions, train
 from dff.utils.logging import setup_logging
 
-__all__ = ["add_config_options", "add_train_options", "add_test_options", "add_test_script_options",
+__all__ = ["add_set_option", "add_device_option", "device_name", "add_fast_option", "add_backend_options",
+           "add_config_options", "add_train_options", "add_test_options", "add_test_script_options",
            "train_options", "run_train_test", "run_test"]
+
+# The options every command shares, each defined here once ------------------------------------------------
+def add_set_option(ap: argparse._ActionsContainer, example: str = "TEST.KEY_FRAME_INTERVAL=5 TEST.RPN_POST_NMS_TOP_N=100",
+                   what: str = "after the YAML, and after a native checkpoint's own config") -> None:
+    """``--set KEY=VALUE ...``: config overrides (a list; repeatable)."""
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help=f"override config keys {what}, e.g. --set {example} (values read as YAML; repeatable; keys "
+                         "that shape the network must match the checkpoint)")
+
+
+def device_name(value: str | None) -> str:
+    """``auto`` (or None): ``cuda`` where a GPU is available, else ``cpu``; anything else as given."""
+    if value in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return value
+
+
+def add_device_option(ap: argparse._ActionsContainer, default: str = "auto") -> None:
+    """``--device``: one default for every command, ``auto`` (cuda if available, else cpu)."""
+    ap.add_argument("--device", default=default, type=device_name,
+                    help="cpu, cuda, cuda:1 ... (default: %(default)s, i.e. cuda if available, else cpu)")
+
+
+def add_fast_option(ap: argparse._ActionsContainer, default: str | None = None) -> None:
+    """``--fast``: the engine's fast path (:class:`dff.engine.fastpath.FastPath`)."""
+    what = ("none (plain float32, as the reference)" if default == "none" else
+            "fp16 on CUDA (autocast, channels_last, CUDA graphs), fp32 on the CPU (oneDNN pre-packed weights)")
+    ap.add_argument("--fast", default=default, choices=FAST_NAMES,
+                    help=f"the engine's fast path: none, fp32, tf32, fp16 or bf16; default {what}; see "
+                         "docs/benchmarks.md")
+
+
+def add_backend_options(ap: argparse._ActionsContainer) -> None:
+    """``--backend torch|onnxruntime`` and ``--onnx DIR``."""
+    ap.add_argument("--backend", default="torch", choices=BACKENDS,
+                    help="the engine: torch, or onnxruntime on the model's ONNX export (docs/onnx.md; exported to a "
+                         "cache first unless --onnx is given; needs pip install -e .[deploy])")
+    ap.add_argument("--onnx", default=None, metavar="DIR",
+                    help="--backend onnxruntime: the export folder of tools/export_onnx.py (of the same model and settings)")
+
 
 def add_config_options(ap: argparse._ActionsContainer) -> None:
     """``--cfg`` (the experiment YAML) and ``--set KEY=VALUE ...`` (overrides applied after it)."""
     ap.add_argument("--cfg", required=True, help="experiment YAML")
-    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="override config keys after the YAML, e.g. --set TRAIN.lr=0.001 TEST.KEY_FRAME_INTERVAL=5 "
-                         "(values read as YAML; repeatable)")
+    add_set_option(ap, "TRAIN.lr=0.001 TEST.KEY_FRAME_INTERVAL=5")
 
 
 def add_train_options(ap: argparse._ActionsContainer) -> None:
@@ -52,7 +93,7 @@ def add_train_options(ap: argparse._ActionsContainer) -> None:
     ap.add_argument("--max-iters", type=int, default=None, help="stop after N updates in total (smoke tests)")
     ap.add_argument("--num-workers", type=int, default=2, help="data loading worker processes")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data order, key frames and target sampling")
-    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_device_option(ap)
     ap.add_argument("--save-every", type=int, default=2000,
                     help="updates between resumable checkpoints (0: epoch ends)")
     ap.add_argument("--no-mxnet", action="store_true", help="do not write <prefix>-NNNN.params (MXNet format)")
@@ -72,13 +113,8 @@ def add_test_options(ap: argparse._ActionsContainer, kind: str) -> None:
                         help="key frame every N frames (default TEST.KEY_FRAME_INTERVAL)")
         add_schedule_option(ap)
     ap.add_argument("--max-videos", type=int, default=None, help="test only the first N videos (smoke tests)")
-    ap.add_argument("--fast", default="none", choices=FAST_NAMES,
-                    help="the engine's GPU fast path (default none: plain float32, as the reference); fp16 gave the "
-                         "same synthetic mAP on an H200, see docs/benchmarks.md")
-    ap.add_argument("--backend", default="torch", choices=BACKENDS,
-                    help="the engine: torch, or onnxruntime on the model's ONNX export (docs/onnx.md; exported to a "
-                         "cache first unless --onnx is given; needs pip install -e .[deploy])")
-    ap.add_argument("--onnx", default=None, metavar="DIR", help="--backend onnxruntime: an export of tools/export_onnx.py")
+    add_fast_option(ap, "none")
+    add_backend_options(ap)
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -86,7 +122,7 @@ def add_test_script_options(ap: argparse._ActionsContainer) -> None:
     """The test script's own flags: ``--model``, and ``--num-workers`` / ``--device`` (which the train script
     has among its training flags)."""
     ap.add_argument("--num-workers", type=int, default=2, help="frame decoding threads / loader workers")
-    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_device_option(ap)
     ap.add_argument("--model", default=None,
                     help="weights to test (native .pth or MXNet .params; default: "
                          "<output>/<cfg stem>/<train sets>/<prefix>-<TEST.test_epoch>.pth, else .params)")

@@ -45,17 +45,18 @@ import torch
 from tqdm import tqdm
 
 from dff.api import frame_record
+from dff.apps.cli import add_backend_options, add_device_option, add_fast_option, add_set_option
 from dff.apps.compare import Comparison, annotate, speedup_line, summary_figure, time_split_line, write_png
 from dff.apps.reporting import JsonLines, RunStats, boxes_above, current_rss_mb, peak_rss_mb
 from dff.apps.serve import StreamServer
-from dff.config import Config, ConfigError, load_config, mobile_parts
+from dff.config import Config, ConfigError, mobile_parts
 from dff.dataset.synthetic import SynthConfig, generate
-from dff.deploy import BACKENDS, DeployUnavailable, make_detector
-from dff.engine.fastpath import FAST_NAMES, FastPath
+from dff.deploy import DeployUnavailable, make_detector
+from dff.engine.fastpath import FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError
 from dff.engine.live import Backoff, LiveSource, SourceLost, is_live
 from dff.engine.video import FrameResult, VideoDetector, add_schedule_option, per_frame_config, schedule_overrides
-from dff.models.builder import load_model
+from dff.models.builder import load_run_model
 from dff.utils.checkpoint import CheckpointError
 from dff.utils.vis import update_label
 
@@ -86,20 +87,11 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
                          "(the parity fixtures' deterministic weights: checks the pipeline, detects nothing real); "
                          "default: the small model trained on the synthetic mini-VID that ships in data/models/")
     ap.add_argument("--cfg", default=default_cfg, help="YAML config (default: %(default)s)")
-    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="override config keys after the YAML, and after a native checkpoint's own config, e.g. "
-                         "--set TEST.KEY_FRAME_INTERVAL=5 TEST.RPN_POST_NMS_TOP_N=100 (values read as YAML; "
-                         "keys that shape the network must match the checkpoint)")
+    add_set_option(ap)
     ap.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--fast", default=None, choices=FAST_NAMES,
-                    help="fast path: fp16 (default on CUDA: autocast, channels_last, CUDA graphs), fp32 (default on the "
-                         "CPU: oneDNN pre-packed weights), bf16, or none (plain float32); see docs/benchmarks.md")
-    ap.add_argument("--backend", default="torch", choices=BACKENDS,
-                    help="the engine: torch, or onnxruntime on the model's ONNX export (docs/onnx.md; exported to a "
-                         "cache first unless --onnx is given; needs pip install -e .[deploy])")
-    ap.add_argument("--onnx", default=None, metavar="DIR",
-                    help="--backend onnxruntime: the export folder of tools/export_onnx.py (of the same model and settings)")
+    add_device_option(ap)
+    add_fast_option(ap)
+    add_backend_options(ap)
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     ap.add_argument("--thresh", type=float, default=1e-4 if dff else 1e-3,
                     help="detection score threshold (reference: 1e-4 DFF, 1e-3 R-FCN)")
@@ -156,7 +148,7 @@ def load_demo_model(kind: str, cfg_path: str, model_path: str | None, device: st
             "see README 'Models'), a native checkpoint written by the training script (output/.../*.pth), "
             "or 'fixture' (the parity fixtures' deterministic weights: the real pipeline, meaningless detections).")
     try:
-        return load_model(model_path, load_config(cfg_path, overrides), kind=kind, device=device, overrides=overrides)
+        return load_run_model(model_path, cfg_path, overrides, kind=kind, device=device)
     except CheckpointError as e:
         raise DemoError(str(e)) from None
 
@@ -416,8 +408,7 @@ def load_baseline(path: str, args: argparse.Namespace, dff_model: torch.nn.Modul
     applies to it as to the DFF model's); an MXNet file takes ``--cfg``."""
     where = "--compare-model (the per-frame R-FCN)"
     try:
-        model, cfg = load_model(path, load_config(args.cfg, args.set), kind="rfcn", device=args.device,
-                                overrides=args.set)
+        model, cfg = load_run_model(path, args.cfg, args.set, kind="rfcn", device=args.device)
     except CheckpointError as e:
         raise DemoError(f"{where}: {e}") from None
     mine, theirs = demo_class_names(model)[1:], demo_class_names(dff_model)[1:]

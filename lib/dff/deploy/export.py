@@ -29,10 +29,10 @@ from typing import Any, Sequence
 
 import torch
 
-from dff.config import Config, ConfigError, load_config, mobile_parts
+from dff.config import Config, ConfigError, mobile_parts
 from dff.deploy.graphs import GRAPHS, STAGE_IO, STAGE_PARAMS, STAGE_SETTINGS, build_stage
 from dff.deploy.ops import TRANSLATIONS, psroi_pool_std
-from dff.models.builder import FIXTURE, load_model
+from dff.models.builder import FIXTURE, load_run_model
 from dff.models.flownet import FlowNet
 from dff.models.resnet import ResNetV1
 from dff.models.rfcn import RFCN
@@ -432,7 +432,7 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         kind = args.kind
         if kind is None and (args.model == FIXTURE or detect_format(args.model) != "native"):
             kind = "dff"
-        model, cfg = load_model(args.model, load_config(args.cfg, args.set), kind=kind, overrides=args.set)
+        model, cfg = load_run_model(args.model, args.cfg, args.set, kind=kind)
         manifest = export_onnx(model, args.out, cfg, log=lambda m: print(m, flush=True),
                                stage_cache=getattr(args, "cache", None))
     except (DeployUnavailable, ConfigError, CheckpointError, OSError, ValueError) as e:

@@ -26,13 +26,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from dff.deploy.ops import proposal_pick, psroi_conv_std, warp_scale_std
-from dff.models.flownet import FLOW_SCALE, LEAKY_SLOPE, FlowNet
 from dff.models.heads import PSROI_GROUP, PSROI_SPATIAL_SCALE
 from dff.models.rfcn import RFCN
 from dff.models.rpn import generate_anchors, rpn_inv_normalize
 
 __all__ = ["STAGE_IO", "GRAPHS", "STAGE_PARAMS", "STAGE_SETTINGS", "FeatureStage", "FlowStage", "WarpStage",
-           "HeadStage", "flownet_forward",
+           "HeadStage",
            "candidates_std", "build_stage"]
 
 # stage -> (input names, output names); the names are the graphs' tensor names
@@ -70,47 +69,9 @@ class FeatureStage(nn.Module):
         return self.model.extract_feature(data)
 
 
-def _half(flownet: FlowNet, x: Tensor) -> Tensor:
-    """FlowNet's 2x2/2 ceil-mode average pool. ``"full"`` (divide a partial window by 4) as zero padding
-    to even sizes then a plain pool: the same sums and divisor, without ``divisor_override`` (no ONNX form)."""
-    if flownet.avg_pool == "full":
-        x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
-        return F.avg_pool2d(x, 2, 2)
-    return F.avg_pool2d(x, 2, 2, ceil_mode=True)  # "valid": ONNX AveragePool, count_include_pad=0
-
-
-def _conv_lrelu(conv: nn.Module, x: Tensor) -> Tensor:
-    return F.leaky_relu(conv(x), LEAKY_SLOPE)
-
-
-def flownet_forward(flownet: FlowNet, cur: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
-    """:meth:`dff.models.flownet.FlowNet.forward` for export: the same layers and values, with the
-    decoder's crop as an unconditional slice (``x[:, :, :h, :w]``; the model skips it when the sizes
-    already match, a branch an export would freeze at the example's size) and no in-place operations.
-
-    cur, key (1, 3, H, W) -> (flow (1, 2, h, w), scale (1, C, h, w))."""
-    x = _half(flownet, torch.cat((cur, key), dim=1) / 255.0)
-    f = flownet
-    relu2 = _conv_lrelu(f.conv2, _conv_lrelu(f.flow_conv1, x))
-    relu4 = _conv_lrelu(f.conv3_1, _conv_lrelu(f.conv3, relu2))
-    relu6 = _conv_lrelu(f.conv4_1, _conv_lrelu(f.conv4, relu4))
-    relu8 = _conv_lrelu(f.conv5_1, _conv_lrelu(f.conv5, relu6))
-    x = _conv_lrelu(f.conv6_1, _conv_lrelu(f.conv6, relu8))
-    stages = ((f.Convolution1, f.deconv5, f.upsample_flow6to5, relu8),
-              (f.Convolution2, f.deconv4, f.upsample_flow5to4, relu6),
-              (f.Convolution3, f.deconv3, f.upsample_flow4to3, relu4),
-              (f.Convolution4, f.deconv2, f.upsample_flow3to2, relu2))
-    for predict_flow, deconv, upsample_flow, skip in stages:
-        h, w = skip.shape[-2:]
-        flow = predict_flow(x)
-        up = _conv_lrelu(deconv, x)[:, :, :h, :w]
-        x = torch.cat((skip, up, upsample_flow(flow)[:, :, :h, :w]), dim=1)
-    x = _half(f, x)
-    return f.Convolution5(x) * FLOW_SCALE, f.Convolution5_scale(x)
-
-
 class FlowStage(nn.Module):
-    """FlowNet: data, key_data (1, 3, H, W) -> flow (1, 2, h, w), scale (1, C, h, w) (:func:`flownet_forward`)."""
+    """FlowNet: data, key_data (1, 3, H, W) -> flow (1, 2, h, w), scale (1, C, h, w): the model's own forward,
+    traced as it is (:class:`dff.models.flownet.FlowNet` avoids what has no ONNX form)."""
 
     def __init__(self, model: RFCN) -> None:
         super().__init__()
@@ -119,7 +80,7 @@ class FlowStage(nn.Module):
         self.flownet = model.flownet
 
     def forward(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:
-        return flownet_forward(self.flownet, data, key_data)
+        return self.flownet(data, key_data)
 
 
 class WarpStage(nn.Module):

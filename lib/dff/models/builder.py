@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dff.config import MODEL_KEYS, Config, config_from_dict, parse_overrides, update_config
+from dff.config import MODEL_KEYS, Config, config_from_dict, load_config, parse_overrides, update_config
 from dff.models.dff import DFF
 from dff.models.rfcn import RFCN
 from dff.utils.checkpoint import (
@@ -24,7 +24,7 @@ from dff.utils.checkpoint import (
 )
 from dff.utils.fixture_weights import fixture_state_dict
 
-__all__ = ["MODEL_KINDS", "FIXTURE", "build_model", "load_model", "weights_tag", "tiled_bbox_stats", "fold_bbox_state",
+__all__ = ["MODEL_KINDS", "FIXTURE", "build_model", "load_model", "load_run_model", "weights_tag", "tiled_bbox_stats", "fold_bbox_state",
            "unfold_bbox_state"]
 
 MODEL_KINDS: dict[str, type[RFCN]] = {"rfcn": RFCN, "dff": DFF}
@@ -97,6 +97,14 @@ def load_model(path: str | os.PathLike, cfg: Config | None = None, *, kind: str 
     if meta.get("weights") == "train":
         model.load_state_dict(fold_bbox_state(model.state_dict(), cfg))
     return model.to(device).eval(), cfg
+
+
+def load_run_model(path: str | os.PathLike, cfg_path: str | os.PathLike | None, overrides: Sequence[str] = (), *,
+                   kind: str | None = None, device: str | torch.device = "cpu") -> tuple[RFCN, Config]:
+    """A run's model: :func:`load_model` of ``path`` with the config ``cfg_path`` (with ``overrides``) for files that
+    carry none, and ``overrides`` (``--set``) applied to the config a native checkpoint brings: the one loading
+    idiom of the demos, the benchmark, the tester and the export."""
+    return load_model(path, load_config(cfg_path, overrides), kind=kind, device=device, overrides=overrides)
 
 
 def tiled_bbox_stats(cfg: Config) -> tuple[np.ndarray, np.ndarray]:

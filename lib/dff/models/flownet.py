@@ -45,10 +45,10 @@ def _deconv(cin: int, cout: int) -> nn.ConvTranspose2d:
 
 
 def _crop_to(x: Tensor, like: Tensor) -> Tensor:
-    """``x[:, :, :H, :W]`` with (H, W) the size of ``like``: the MXNet Crop at offset (1,1) (see _deconv)."""
+    """``x[:, :, :H, :W]`` with (H, W) the size of ``like``: the MXNet Crop at offset (1,1) (see _deconv).
+    Unconditional (a full slice is a view of the same tensor), so that an ONNX export traces one graph for
+    every input size."""
     h, w = like.shape[-2:]
-    if x.shape[-2] == h and x.shape[-1] == w:
-        return x
     return x[:, :, :h, :w]
 
 
@@ -63,7 +63,8 @@ def _conv_lrelu(conv: nn.Module, x: Tensor) -> Tensor:
 
 
 class FlowNet(nn.Module):
-    """DFF's FlowNetS: ``forward(cur, key) -> (flow, scale)``.
+    """DFF's FlowNetS: ``forward(cur, key) -> (flow, scale)``; the one forward that the engine runs and the ONNX
+    export traces (``dff.deploy.graphs.FlowStage``).
 
     Args:
         feat_dim: channels of the scale map (``DFF_FEAT_DIM``, 1024 in every reference config).
@@ -160,10 +161,13 @@ class FlowNet(nn.Module):
     # ------------------------------------------------------------------------------------------
     def _half(self, x: Tensor) -> Tensor:
         """2x2/2 average pool with MXNet ``pooling_convention='full'``: (N,C,n,m) -> (N,C,ceil(n/2),ceil(m/2))."""
-        # padding 0 + ceil_mode: PyTorch divides a partial window by its valid count; divisor_override=4
-        # sums the valid elements and divides by 4, i.e. counts the missing ones as zero padding
-        divisor = 4 if self.avg_pool == "full" else None
-        return F.avg_pool2d(x, 2, 2, ceil_mode=True, divisor_override=divisor)
+        if self.avg_pool == "full":
+            # a partial window divided by 4, i.e. the missing elements counted as zeros: zero padding to even
+            # sizes, then a plain pool (the same sums and divisor; divisor_override has no ONNX form)
+            x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+            return F.avg_pool2d(x, 2, 2)
+        # padding 0 + ceil_mode: a partial window divided by its valid count (ONNX AveragePool, count_include_pad 0)
+        return F.avg_pool2d(x, 2, 2, ceil_mode=True)
 
     def _run(self, cur: Tensor, key: Tensor, probes: Optional[dict[str, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
         """(flow, scale map, the last concatenation at stride 16, which every 1x1 head reads)."""
@@ -177,8 +181,8 @@ class FlowNet(nn.Module):
                 probes[name] = t
 
         # the reference divides each frame by 255 and concatenates [cur, key]; cat first, then divide
-        # the fresh result in place (elementwise, so the values are the same)
-        x = self._half(torch.cat((cur, key), dim=1).div_(255.0))
+        # (elementwise, so the values are the same)
+        x = self._half(torch.cat((cur, key), dim=1) / 255.0)
         keep("resize_data_output", x)
         if probes is not None:
             x = self.flow_conv1(x)
