@@ -45,7 +45,7 @@ from dff.models.builder import load_model
 from dff.utils.checkpoint import CheckpointError
 
 __all__ = ["DEFAULT_MODEL", "JSON_THRESH", "THRESH", "Box", "CheckpointError", "DetectionFrame", "DetectionRun",
-           "Detector", "SourceLost", "SourceOpenError", "VideoReadError", "frame_record", "load_detector"]
+           "Detector", "SourceLost", "SourceOpenError", "VideoReadError", "auto_device", "frame_record", "load_detector"]
 
 _log = logging.getLogger(__name__)
 
@@ -173,9 +173,9 @@ def _stamped(frames: Iterable[Frame], stamps: dict[int, float]) -> Iterator[Fram
         yield f
 
 
-def _device(device: str | torch.device) -> torch.device:
+def auto_device(device: str | torch.device | None) -> torch.device:
     """``"auto"``: CUDA when available, else the CPU; anything else as :class:`torch.device` reads it."""
-    if isinstance(device, str) and device == "auto":
+    if device is None or (isinstance(device, str) and device in ("", "auto")):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
@@ -361,7 +361,7 @@ def load_detector(model: str | os.PathLike | None = None, *, device: str | torch
                                   "pass a model path: load_detector('path/to/model.pth')")
         model = DEFAULT_MODEL
     path = os.fspath(model)
-    dev = _device(device)
+    dev = auto_device(device)
     overrides = list(overrides)
     base_cfg = load_config(cfg, overrides) if cfg is not None else None
     net, net_cfg = load_model(path, base_cfg, kind=kind, device=dev, overrides=overrides)

@@ -18,8 +18,7 @@ import argparse
 import os
 import sys
 
-import torch
-
+from dff.api import auto_device
 from dff.config import ConfigError, load_config
 from dff.deploy import BACKENDS
 from dff.engine.fastpath import FAST_NAMES
@@ -42,10 +41,9 @@ def add_set_option(ap: argparse._ActionsContainer, example: str = "TEST.KEY_FRAM
 
 
 def device_name(value: str | None) -> str:
-    """``auto`` (or None): ``cuda`` where a GPU is available, else ``cpu``; anything else as given."""
-    if value in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return value
+    """``auto`` (or None): ``cuda`` where a GPU is available, else ``cpu``; anything else as given
+    (:func:`dff.api.auto_device`, the API's rule)."""
+    return value if value not in (None, "", "auto") else str(auto_device(value))
 
 
 def add_device_option(ap: argparse._ActionsContainer, default: str = "auto") -> None:

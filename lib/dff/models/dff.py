@@ -48,10 +48,8 @@ class DFF(RFCN):
 
     def aggregate(self, key_feat: Tensor, prev_warped: Tensor) -> Tensor:
         """A key frame's feature combined with the previous aggregated key feature warped to it, by the
-        scheme's aggregation network."""
-        if "aggregation" not in self._modules:
-            raise RuntimeError(f"aggregate: the temporal scheme {self.scheme.name!r} has no aggregation network")
-        return self._modules["aggregation"](key_feat, prev_warped)
+        scheme's aggregation network (held as ``aggregation`` by the schemes that aggregate)."""
+        return self.get_submodule("aggregation")(key_feat, prev_warped)
 
     @staticmethod
     def warp(key_feat: Tensor, flow: Tensor, scale: Tensor | None) -> Tensor:
