@@ -4,7 +4,8 @@
     python tools/evaluate_intervals.py data/models/thp_synthetic_tiny.pth --schedule adaptive --set TEST.THP_GAMMA=0.1 --json OUT
 
 The checkpoint's own config is used (dataset path, scales); R-FCN checkpoints are always per-frame.
-Prints the mAP over the classes present in the test set (and over all 30), FGFA's motion breakdown and the
+Prints the mAP over the classes present in the test set (the JSON also has ``mAP``, over all the model's
+classes), FGFA's motion breakdown and the
 feature network's share of the work (key frames, updated area, feature cost). ``--schedule fixed,adaptive``
 evaluates both; without it, the checkpoint config's TEST.KEY_FRAME_SCHEDULE.
 """

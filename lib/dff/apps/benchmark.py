@@ -494,7 +494,8 @@ def measure_backends(bench: Bench, intervals: Sequence[int], repeats: int = 2) -
 
 def measure_maps(bench: Bench, intervals: Sequence[int], output_dir: str) -> dict[str, dict[str, float]]:
     """mAP per key interval on the config's test set: ``mAP`` over the classes present in it (the mAP over
-    all 30 where it has no such entry) and ``mAP_all_30``; the test outputs go to ``output_dir``. Interval 1
+    all the model's classes where it has no such entry) and ``mAP_all_30`` (the mAP over all the model's classes;
+    the key keeps its old name); the test outputs go to ``output_dir``. Interval 1
     runs the per-frame detector's config (THP options off, as its timed row); with the adaptive schedule a
     row ``"adaptive"`` follows."""
     def row(ev: dict[str, Any]) -> dict[str, float]:
@@ -660,8 +661,8 @@ def write_plot(results: dict[str, dict[str, Any]], path: str, with_map: bool, ti
     try:
         import matplotlib
     except ImportError:
-        raise PlotUnavailable("--plot needs matplotlib: pip install matplotlib "
-                              "(or pip install -e '.[plot]')") from None
+        raise PlotUnavailable("--plot needs matplotlib, a dependency of the project: pip install -e . "
+                              "(or pip install matplotlib)") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -371,7 +371,7 @@ def evaluate_detections(dets: Detections, cfg: Config, output_dir: str) -> dict[
     atomic_write_text(eval_set, "\n".join(eval_lines) + "\n")
     annotations = _eval_annotations(dets, cfg)
     result = vid_eval(results_file, eval_lines, annotations, classes.ids, class_names=classes.names, motion=True)
-    # the reference's mAP averages all 30 classes (NaN when a class without objects has detections);
+    # the reference's mAP averages all the classes of the list (NaN when a class without objects has detections);
     # on a subset such as the synthetic mini-VID the mean over the classes present is the useful number
     present = [a for n, a in zip(result["classes"], result["ap"]) if result["num_gt_per_class"][n] > 0]
     result["mAP_present_classes"] = float(np.mean(present)) if present else float("nan")

@@ -11,7 +11,7 @@ Protocol (docs/design.md §7, fixtures README section 6):
   duplicates of an already-matched object are false positives.
 * AP per class: all detections of the listed frames sorted by confidence, cumulative TP/FP,
   ``recall = TP / npos``, ``precision = TP / max(TP+FP, eps)``, area under the precision envelope
-  ("all-point", VOC2010 style). mAP = plain mean over the 30 classes.
+  ("all-point", VOC2010 style). mAP = plain mean over the class list's classes (the reference's: the 30 VID classes).
 * Detections on frames that are not in the image set are ignored.
 * A class with no ground truth and no detections gets AP 0 (and still counts in the mean); a class
   with no ground truth but with detections gets AP NaN (0/0 in the reference), which makes the mAP NaN
