@@ -24,7 +24,8 @@ from dff.utils.checkpoint import (
 )
 from dff.utils.fixture_weights import fixture_state_dict
 
-__all__ = ["MODEL_KINDS", "FIXTURE", "build_model", "load_model", "load_run_model", "weights_tag", "tiled_bbox_stats", "fold_bbox_state",
+__all__ = ["MODEL_KINDS", "FIXTURE", "build_model", "load_model", "load_run_model", "is_model_kind", "weights_tag",
+           "tiled_bbox_stats", "fold_bbox_state",
            "unfold_bbox_state"]
 
 MODEL_KINDS: dict[str, type[RFCN]] = {"rfcn": RFCN, "dff": DFF}
@@ -97,6 +98,11 @@ def load_model(path: str | os.PathLike, cfg: Config | None = None, *, kind: str 
     if meta.get("weights") == "train":
         model.load_state_dict(fold_bbox_state(model.state_dict(), cfg))
     return model.to(device).eval(), cfg
+
+
+def is_model_kind(model: RFCN, saved_kind: object) -> bool:
+    """Whether a checkpoint's recorded ``model_kind`` is ``model``'s (the registry's name for its class)."""
+    return saved_kind in MODEL_KINDS and type(model) is MODEL_KINDS[saved_kind]
 
 
 def load_run_model(path: str | os.PathLike, cfg_path: str | os.PathLike | None, overrides: Sequence[str] = (), *,

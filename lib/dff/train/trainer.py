@@ -69,7 +69,14 @@ from dff.dataset.loader import (
     list_collate,
     worker_init,
 )
-from dff.models.builder import build_model, fold_bbox_state, tiled_bbox_stats, unfold_bbox_state, weights_tag
+from dff.models.builder import (
+    build_model,
+    fold_bbox_state,
+    is_model_kind,
+    tiled_bbox_stats,
+    unfold_bbox_state,
+    weights_tag,
+)
 from dff.train.flow_pretrain import init_flownet, load_flownet_weights
 from dff.train.optim import MXNetSGD, ParamGroups, build_param_groups, lr_schedule
 from dff.utils.checkpoint import (
@@ -511,7 +518,7 @@ def _load_resume_weights(model: nn.Module, path: str, cfg: Config) -> tuple[dict
         ckpt = load_checkpoint(path)
     except CheckpointError as e:
         raise TrainingError(f"resume: {e}") from None
-    if ckpt.get("model_kind") != model.kind or ckpt.get("weights") != "train":
+    if not is_model_kind(model, ckpt.get("model_kind")) or ckpt.get("weights") != "train":
         raise TrainingError(f"{path}: not a {model.kind} training state (model_kind={ckpt.get('model_kind')!r})")
     try:
         model.load_state_dict(ckpt["model"], strict=True)
