@@ -14,6 +14,9 @@
   onnxruntime, and the long loops (full training runs, memory-flatness loops over many frames); CI runs them all.
 * Each test starts with the ``dff`` logger tree as the previous one found it (:func:`_isolated_dff_logging`):
   an in-process entry point's ``setup_logging()`` (console handler, level, propagate) does not outlive its test.
+* One intra-op thread (``OMP_NUM_THREADS=1`` unless set: the tests and the subprocesses they start,
+  :func:`pytest_configure`): on 2 shared cores, two OpenMP threads per process fight the other processes and make
+  a model step 10-30x slower; the tests' inputs are small, so one thread loses little where the cores are free.
 """
 import logging
 import os
@@ -21,6 +24,7 @@ import pathlib
 import re
 
 import pytest
+import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE_DIR = pathlib.Path(os.environ.get("DFF_REFERENCE_DIR", REPO / "tests" / "fixtures" / "reference"))
@@ -78,6 +82,11 @@ def _isolated_dff_logging():
 
 # --------------------------------------------------------------------------------------------------
 # --no-skips-except-cuda
+
+
+def pytest_configure(config):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the demos, tools and torchrun the tests start
+    torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
 
 
 def pytest_addoption(parser):

@@ -62,6 +62,7 @@ def _eval_json(tmp_path, name, test_set):
         return json.load(f), (out / "test.log").read_text()
 
 
+@pytest.mark.slow
 def test_train_on_cocovid_then_same_evaluation_in_both_formats(data, tmp_path):
     coco = _yaml(tmp_path, "coco", dataset_path=str(data / "coco"))
     flags = ["--from-scratch", "--max-iters", "6", "--num-workers", "0", "--no-progress", "--no-mxnet",

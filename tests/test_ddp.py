@@ -9,11 +9,14 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 
 from dff.dataset.synthetic import SynthConfig, generate
 from dff.utils.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # torchrun (DDP, gloo) subprocesses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

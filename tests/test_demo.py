@@ -7,9 +7,12 @@ import subprocess
 import sys
 
 import cv2
+import pytest
 
 from dff.apps.demo import synthetic_clip
 from dff.utils.checkpoint import checkpoint_config
+
+pytestmark = pytest.mark.slow  # the demos as subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_DFF = REPO / "data" / "models" / "dff_rfcn_synthetic_tiny.pth"

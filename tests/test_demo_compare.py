@@ -90,6 +90,7 @@ def _nonempty_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()]
 
 
+@pytest.mark.slow
 def test_compare_writes_the_side_by_side_video_and_the_summary_page(models, frames, tmp_path):
     p = subprocess.run([sys.executable, "dff_rfcn/demo.py", str(frames), "--model", str(models["dff"]),
                         "--compare-model", str(models["rfcn"]), "--key-interval", "2", "--vis-thresh", "1.0",
@@ -215,6 +216,7 @@ EMBEDDED_DFF = REPO / "data" / "models" / "dff_mobile_synthetic.pth"
 EMBEDDED_TWIN = REPO / "data" / "models" / "rfcn_mobile_synthetic.pth"
 
 
+@pytest.mark.slow
 def test_the_readme_command_with_the_embedded_models_shows_the_objects(tmp_path):
     """``python dff_rfcn/demo.py --compare`` as a new user runs it (here 20 frames): the embedded mobile DFF and its
     twin on a 320x512 clip of an unseen seed; at the default drawing threshold (0.7) both draw most of the clip's

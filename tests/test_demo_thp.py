@@ -110,6 +110,7 @@ def frames(tmp_path_factory) -> pathlib.Path:
     return folder
 
 
+@pytest.mark.slow
 def test_adaptive_schedule_needs_a_thp_model(frames, tmp_path):
     rc, _, err = run("dff_rfcn/demo.py", frames, "--model", DFF_MODEL, "--schedule", "adaptive", "--out", tmp_path)
     assert rc == 2 and "Traceback" not in err
@@ -131,6 +132,7 @@ def thp_model(tmp_path_factory) -> pathlib.Path:
     return path
 
 
+@pytest.mark.slow
 def test_demo_draws_the_updated_cells(frames, thp_model, tmp_path):
     # THP_TAU 1 marks every cell (random weights give arbitrary Q), THP_GAMMA 1 never makes that a key frame
     rc, out, err = run("dff_rfcn/demo.py", frames, "--model", thp_model, "--schedule", "adaptive",

@@ -68,6 +68,7 @@ def _rows(fixture_dir, fasts, kinds=("rfcn", "dff")):
     return list(check.fixture_cases(str(fixture_dir), torch.device("cpu"), fasts, kinds=kinds))
 
 
+@pytest.mark.slow
 def test_channels_last_keeps_the_fixture_detections(reference_dir):
     rows = _rows(reference_dir, [FastPath(channels_last=True)])
     assert len(rows) == 6  # 2 models x 3 frames
@@ -130,6 +131,7 @@ def test_fused_leaky_relu_equals_the_two_steps():
             assert (got < 0).any()  # the negative side (slope) was exercised
 
 
+@pytest.mark.slow
 @needs_prepack
 def test_prepacked_cpu_fast_path_keeps_the_fixture_detections(reference_dir, recwarn):
     rows = _rows(reference_dir, [FastPath(prepack=True)])
@@ -141,6 +143,7 @@ def test_prepacked_cpu_fast_path_keeps_the_fixture_detections(reference_dir, rec
     assert all(r.max_abs < check.BOX_TOL for r in rows)
 
 
+@pytest.mark.slow
 def test_autocast_fp16_on_float32_rois(reference_dir):
     """fp16 autocast of every network stage, compared on the float32 run's rois (CPU autocast)."""
     rows = _rows(reference_dir, [FastPath(amp="fp16", channels_last=True)])
@@ -150,6 +153,7 @@ def test_autocast_fp16_on_float32_rois(reference_dir):
     assert all(r.max_abs < check.BOX_TOL for r in rows)
 
 
+@pytest.mark.slow
 def test_the_check_catches_bf16(reference_dir):
     """bf16 (8-bit mantissa) moves the fixture boxes by up to a pixel and flips most matches: the check
     must say so (this is why the fast path defaults to fp16)."""

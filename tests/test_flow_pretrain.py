@@ -195,6 +195,7 @@ def test_checkpoint_initialises_dff_flownet_only(tmp_path):
     assert torch.equal(wrong.conv2.weight, keep)
 
 
+@pytest.mark.slow
 def test_tool_end_to_end(root, tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(open(DEMO_CFG).read() + "\n")
@@ -222,6 +223,7 @@ def test_tool_end_to_end(root, tmp_path):
     assert bad.returncode == 2 and "--data" in bad.stderr and "SyntheticGT" in bad.stderr
 
 
+@pytest.mark.slow
 def test_tool_eval_data_is_the_held_out_root(root, tmp_path):
     """--eval-data: train on one root, measure the held-out EPE on another one's val split (a larger
     flow-only set, as the reference pre-trained on Flying Chairs)."""

@@ -400,6 +400,7 @@ def _outputs_finalised(out: pathlib.Path, jsonl: pathlib.Path, processed: int) -
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == processed
 
 
+@pytest.mark.slow
 def test_a_stream_that_ends_is_a_clean_end(tmp_path, capfd, clip_jpegs):
     server = MjpegServer(clip_jpegs, fps=50, per_connection=40).start()
     try:
@@ -414,6 +415,7 @@ def test_a_stream_that_ends_is_a_clean_end(tmp_path, capfd, clip_jpegs):
     _outputs_finalised(tmp_path / "out", tmp_path / "f.jsonl", processed)
 
 
+@pytest.mark.slow
 def test_a_stream_that_does_not_come_back_fails_with_the_outputs_finalised(tmp_path, capfd, clip_jpegs):
     server = MjpegServer(clip_jpegs, fps=50, per_connection=20).start()
 
@@ -475,6 +477,7 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen) -> N
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the demo's memory from /proc (Linux)")
 def test_demo_on_a_stream_faster_than_the_detector(tmp_path, clip_jpegs):
     """An MJPEG camera at 30 fps, a detector several times slower (one thread, frames scaled to 640x1024 for the network): the run

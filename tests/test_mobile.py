@@ -203,6 +203,7 @@ def test_dff_starts_from_its_per_frame_twin_and_the_pretrained_flow(tmp_path):
         assert torch.allclose(model.aggregate(x, x), x, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_export_changes_test_settings_and_refuses_network_keys(tmp_path):
     twin = build_model("rfcn", small_cfg(RFCN_CFG))
     src = tmp_path / "twin.pth"

@@ -50,6 +50,8 @@ from dff.ops.psroi import psroi_pool_fallback, round_half_away
 from dff.ops.warp import warp_scale_fallback
 from dff.parity.deploy import EMBEDDED, embedded_cases, fixture_cases
 
+pytestmark = pytest.mark.slow  # ONNX export and onnxruntime
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -323,8 +325,8 @@ def test_make_detector_backends_cache_and_mismatches(embedded_dff, embedded_dff_
     # the cache: the same model is not exported again
     monkeypatch.setattr("dff.deploy.export.export_onnx", lambda *a, **k: pytest.fail("exported again"))
     det = make_detector(embedded_dff, embedded_dff.cfg, backend="onnxruntime", cache_dir=cache)
-    assert det.onnx_dir == embedded_dff_dir and det.key_interval == int(embedded_dff.cfg.TEST.KEY_FRAME_INTERVAL)
-    assert det.class_names == embedded_dff.class_names
+    assert det.runner.onnx_dir == embedded_dff_dir and det.key_interval == int(embedded_dff.cfg.TEST.KEY_FRAME_INTERVAL)
+    assert det.runner.class_names == embedded_dff.class_names
     assert det.runner.fast.describe().startswith("onnxruntime") and not det.runner.fast.enabled
     # an export of other weights, or a config that changes what the graphs bake in
     rfcn = load_model(EMBEDDED["rfcn"])[0]

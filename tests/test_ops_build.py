@@ -30,6 +30,7 @@ def _run_build(*args: str, env: dict | None = None) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.slow
 def test_library_built_and_loaded_when_a_compiler_exists():
     if find_cxx() is None:
         pytest.skip("no C++ compiler on this machine: nothing can be built")
@@ -42,6 +43,7 @@ def test_library_built_and_loaded_when_a_compiler_exists():
             assert _ext.has_kernel(op, "cuda"), op
 
 
+@pytest.mark.slow
 def test_cuda_build_when_nvcc_and_a_cuda_torch_exist():
     """Where nvcc and a CUDA build of torch are present (CI here: nvcc 13, no GPU), init.sh must have
     compiled the CUDA kernels, not silently fallen back to a CPU-only library."""
@@ -55,6 +57,7 @@ def test_cuda_build_when_nvcc_and_a_cuda_torch_exist():
         assert _ext.has_kernel(op, "cuda"), op
 
 
+@pytest.mark.slow
 def test_build_script_is_idempotent():
     if find_cxx() is None:
         pytest.skip("no C++ compiler on this machine: nothing can be built")
@@ -68,6 +71,7 @@ def test_build_script_is_idempotent():
     assert lib.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_build_without_compiler_warns_and_exits_0(tmp_path):
     lib = _ext.build_dir() / _ext.LIBRARY_NAME
     before = lib.stat().st_mtime_ns if lib.is_file() else None

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # tools/parity.py as subprocesses over the whole fixture set
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^(\[(compiled|fallback)\] )?(\S+) (\S+) max_abs=\S+ max_rel=\S+ (PASS|FAIL)")
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 
@@ -18,6 +19,8 @@ from dff.dataset.synthetic import SynthConfig, generate
 from dff.models.builder import build_model
 from dff.train.trainer import init_new_layers
 from dff.utils.checkpoint import save_checkpoint
+
+pytestmark = pytest.mark.slow  # torchrun subprocesses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DFF_CFG = os.path.join(REPO, "experiments/dff_rfcn/cfgs/dff_rfcn_synthetic_tiny.yaml")

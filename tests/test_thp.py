@@ -261,6 +261,7 @@ def _rss_mb():
     return 0.0
 
 
+@pytest.mark.slow
 def test_memory_is_flat_over_1000_frames(thp_model):
     cfg = _cfg(KEY_FRAME_SCHEDULE="adaptive", PARTIAL_UPDATE=True, AGGREGATION=True, KEY_FRAME_MAX_INTERVAL=20)
     update_config(cfg, {"SCALES": [64, 96]}, "test")

@@ -11,6 +11,8 @@ import sys
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # full training runs as subprocesses
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 

@@ -89,6 +89,7 @@ class OnnxStages:
             raise ValueError(f"{self.onnx_dir}: the export has other values of settings it bakes in than the config: "
                              f"{what} (export again with this config)")
         self.post = post
+        self.class_names = tuple(manifest["class_names"]) if manifest.get("class_names") else None
         self.threads = int(threads or torch.get_num_threads())
         self.sessions = self._load_sessions(torch.device(device), graphs)
         self.fast = OnnxEngine(engine=backend_description(next(iter(self.sessions.values())), self.threads))
