@@ -555,8 +555,10 @@ def test_demo_on_a_stream_faster_than_the_detector(tmp_path, clip_jpegs):
     assert np.median(excess[-third:]) < np.median(excess[:third]) + np.median(cycle), (excess.tolist(), cycle.tolist())
     assert p50 <= p95 <= 1.05 * lat.max() + 1 and p95 < 2 * np.percentile(cycle, 95) + 1000 / 30, (p95, cycle.tolist())
     # memory: a queue of the frames received would grow by 30 x 320 x 512 x 3 bytes = 14.7 MB/s, over 100 MB in
-    # the measured part (> 8 s). RSS moves by +-10 MB from frame to frame (the allocator): the last second's
-    # median may differ from the first second's by 30 MB at most, and no sample by more than 60 MB
-    first, last = np.median(rss[:5]), np.median(rss[-5:])
+    # the measured part (> 8 s). RSS moves by tens of MB from sample to sample (the allocator; 917-974 MB seen in
+    # one run without any trend): the median of the last third of the samples may exceed the first third's by 30 MB
+    # at most, and no sample the first third's median by more than 60 MB
+    third_rss = max(len(rss) // 3, 1)
+    first, last = np.median(rss[:third_rss]), np.median(rss[-third_rss:])
     assert len(rss) > 30 and last - first < 30 and max(rss) - first < 60, rss
     assert page["dropped"] > 0 and page["state"] == "running" and page["frames"] >= 5
