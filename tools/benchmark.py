@@ -28,8 +28,7 @@ import os
 import sys
 
 from dff.apps.benchmark import run_benchmark
-from dff.apps.cli import add_backend_options, add_device_option, add_fast_option, add_set_option
-from dff.engine.video import add_schedule_option
+from dff.apps.cli import add_backend_options, add_device_option, add_fast_option, add_schedule_option, add_set_option
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_CFG = os.path.join(REPO, "experiments", "dff_rfcn", "cfgs",

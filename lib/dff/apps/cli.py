@@ -22,12 +22,12 @@ from dff.api import auto_device
 from dff.config import ConfigError, load_config
 from dff.deploy import BACKENDS
 from dff.engine.fastpath import FAST_NAMES
-from dff.engine.video import add_schedule_option
 from dff.eval.tester import DEFAULT_THRESH, TesterError, default_model_path, run_test_from_args, test_overrides
+from dff.temporal import SCHEDULES
 from dff.train.trainer import AMP_CHOICES, TrainingDiverged, TrainingError, TrainOptions, train
 from dff.utils.logging import setup_logging
 
-__all__ = ["add_set_option", "add_device_option", "device_name", "add_fast_option", "add_backend_options",
+__all__ = ["add_set_option", "add_schedule_option", "add_device_option", "device_name", "add_fast_option", "add_backend_options",
            "add_config_options", "add_train_options", "add_test_options", "add_test_script_options",
            "train_options", "run_train_test", "run_test"]
 
@@ -68,6 +68,15 @@ def add_backend_options(ap: argparse._ActionsContainer) -> None:
                          "cache first unless --onnx is given; needs pip install -e .[deploy])")
     ap.add_argument("--onnx", default=None, metavar="DIR",
                     help="--backend onnxruntime: the export folder of tools/export_onnx.py (of the same model and settings)")
+
+
+def add_schedule_option(ap: argparse._ActionsContainer) -> None:
+    """The ``--schedule`` flag of the demo, tester, evaluator and benchmark."""
+    ap.add_argument("--schedule", choices=SCHEDULES, default=None,
+                    help="key frames: fixed (every TEST.KEY_FRAME_INTERVAL frames) or adaptive (THP models: when the "
+                         "share of positions with Q <= TEST.THP_TAU exceeds TEST.THP_GAMMA); default "
+                         "TEST.KEY_FRAME_SCHEDULE. Same as --set TEST.KEY_FRAME_SCHEDULE=...")
+
 
 
 def add_config_options(ap: argparse._ActionsContainer) -> None:

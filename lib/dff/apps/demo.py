@@ -45,7 +45,13 @@ import torch
 from tqdm import tqdm
 
 from dff.api import frame_record
-from dff.apps.cli import add_backend_options, add_device_option, add_fast_option, add_set_option
+from dff.apps.cli import (
+    add_backend_options,
+    add_device_option,
+    add_fast_option,
+    add_schedule_option,
+    add_set_option,
+)
 from dff.apps.compare import Comparison, annotate, speedup_line, summary_figure, time_split_line, write_png
 from dff.apps.reporting import JsonLines, RunStats, boxes_above, current_rss_mb, peak_rss_mb
 from dff.apps.serve import StreamServer
@@ -55,7 +61,7 @@ from dff.deploy import DeployUnavailable, make_detector
 from dff.engine.fastpath import FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError
 from dff.engine.live import Backoff, LiveSource, SourceLost, is_live
-from dff.engine.video import FrameResult, VideoDetector, add_schedule_option, per_frame_config, schedule_overrides
+from dff.engine.video import FrameResult, VideoDetector, per_frame_config, schedule_overrides
 from dff.models.builder import load_run_model
 from dff.utils.checkpoint import CheckpointError
 from dff.utils.vis import update_label

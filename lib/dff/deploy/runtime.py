@@ -94,8 +94,9 @@ class OnnxStages:
         self.sessions = self._load_sessions(torch.device(device), graphs)
         self.fast = OnnxEngine(engine=backend_description(next(iter(self.sessions.values())), self.threads))
 
-    def _load_sessions(self, device: torch.device, graphs: tuple[str, ...]) -> dict[tuple[str, str], "ort.InferenceSession"]:
-        """One session per (graph, stage), cut out of the graph at the stage's named inputs and outputs."""
+    def _load_sessions(self, device: torch.device, graphs: tuple[str, ...]) -> dict[str, "ort.InferenceSession"]:
+        """One session per stage, cut out of the first graph that has it at the stage's named inputs and outputs
+        (the graphs share the head: it is loaded once)."""
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ValueError("--device cuda: this onnxruntime has no CUDAExecutionProvider "
@@ -119,32 +120,33 @@ class OnnxStages:
             model = onnx.load(os.path.join(self.onnx_dir, spec["file"]))
             extractor = onnx.utils.Extractor(model)
             for stage in spec["stages"]:
+                if stage in sessions:
+                    continue
                 io = self.manifest["stages"][stage]
                 part = extractor.extract_model(list(io["inputs"]), list(io["outputs"]))
-                sessions[g, stage] = ort.InferenceSession(part.SerializeToString(), options, providers=providers)
+                sessions[stage] = ort.InferenceSession(part.SerializeToString(), options, providers=providers)
             del model, extractor
         return sessions
 
-    def _run(self, graph: str, stage: str, **inputs: Tensor) -> list[Tensor]:
+    def _run(self, stage: str, **inputs: Tensor) -> list[Tensor]:
         arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy(), dtype=np.float32) for k, v in inputs.items()}
-        return [torch.from_numpy(out) for out in self.sessions[graph, stage].run(None, arrays)]
+        return [torch.from_numpy(out) for out in self.sessions[stage].run(None, arrays)]
 
     def feature(self, data: Tensor) -> Tensor:
-        (feat,) = self._run("key", "feature", data=data)
+        (feat,) = self._run("feature", data=data)
         return feat
 
     def flow(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:
-        flow, scale = self._run("nonkey", "flow", data=data, key_data=key_data)
+        flow, scale = self._run("flow", data=data, key_data=key_data)
         return flow, scale
 
     def warp(self, key_feat: Tensor, flow: Tensor, scale: Tensor) -> Tensor:
-        (feat,) = self._run("nonkey", "warp", key_feat=key_feat, flow=flow, scale=scale)
+        (feat,) = self._run("warp", key_feat=key_feat, flow=flow, scale=scale)
         return feat
 
     def head(self, feat: Tensor, im_info: Tensor) -> dict[str, Tensor]:
-        """feat, im_info -> ``rois``, ``cls_prob``, ``bbox_pred`` (CPU tensors); the graphs share the head, so the
-        key graph's serves every frame."""
-        rois, cls_prob, bbox_pred = self._run("key", "head", feat=feat, im_info=im_info.reshape(1, 3))
+        """feat, im_info -> ``rois``, ``cls_prob``, ``bbox_pred`` (CPU tensors)."""
+        rois, cls_prob, bbox_pred = self._run("head", feat=feat, im_info=im_info.reshape(1, 3))
         return {"rois": rois, "cls_prob": cls_prob, "bbox_pred": bbox_pred}
 
 

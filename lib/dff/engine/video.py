@@ -28,7 +28,7 @@ from dff.temporal import OPTIONS_OFF, SCHEDULES, STAGES, KeyFrameLoop, StepInfo,
 from dff.temporal.base import Stages
 from dff.utils.image import preprocess
 
-__all__ = ["STAGES", "FrameResult", "VideoDetector", "per_frame_config", "schedule_overrides", "add_schedule_option"]
+__all__ = ["STAGES", "FrameResult", "VideoDetector", "per_frame_config", "schedule_overrides"]
 
 
 
@@ -47,14 +47,6 @@ def schedule_overrides(schedule: str | None) -> list[str]:
     if schedule not in SCHEDULES:
         raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     return [f"TEST.KEY_FRAME_SCHEDULE={schedule}"]
-
-
-def add_schedule_option(ap) -> None:
-    """The ``--schedule`` flag of the demo, tester, evaluator and benchmark."""
-    ap.add_argument("--schedule", choices=SCHEDULES, default=None,
-                    help="key frames: fixed (every TEST.KEY_FRAME_INTERVAL frames) or adaptive (THP models: when the "
-                         "share of positions with Q <= TEST.THP_TAU exceeds TEST.THP_GAMMA); default "
-                         "TEST.KEY_FRAME_SCHEDULE. Same as --set TEST.KEY_FRAME_SCHEDULE=...")
 
 
 @dataclasses.dataclass

@@ -48,6 +48,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from dff.api import auto_device
 from dff.config import Config, config_stem
 from dff.dataset.classlist import ClassList
 from dff.dataset.cocovid import CocoVideo, CocoVideoError
@@ -457,7 +458,7 @@ def resolve_device(device: str | None) -> torch.device:
         if d.type == "cuda" and not torch.cuda.is_available():
             raise TesterError(f"--device {device}: CUDA is not available on this machine")
         return d
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return auto_device(None)
 
 
 def _log_summary(result: dict[str, Any]) -> None:
