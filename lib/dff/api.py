@@ -42,6 +42,7 @@ from dff.engine.frames import Frame, VideoReadError, frames_from_arrays
 from dff.engine.live import LiveSource, SourceLost, SourceOpenError, open_source
 from dff.engine.video import FrameResult, VideoDetector
 from dff.models.builder import load_model
+from dff.temporal.async_keys import key_worker
 from dff.utils.checkpoint import CheckpointError
 
 __all__ = ["DEFAULT_MODEL", "JSON_THRESH", "THRESH", "Box", "CheckpointError", "DetectionFrame", "DetectionRun",
@@ -71,6 +72,8 @@ class Box(NamedTuple):
     score: float  # the class probability
     label: str  # the class name
     class_id: int  # the class index (0 is the background, never a box)
+    age: int = 0  # frames since the key frame whose feature gave the box (0: computed on this frame)
+    quality: float | None = None  # a model with THP's Q: the mean Q inside the box (1 on a key frame), else None
 
 
 @dataclasses.dataclass
@@ -84,7 +87,8 @@ class DetectionFrame:
     per engine stage and ``total`` (network and post-processing, no decoding); ``timestamp``: Unix time the
     frame was captured (live) or taken by the engine (file, folder, arrays); ``latency``: seconds from then to
     the detections; ``dropped``: frames a live source dropped so far (0 otherwise); ``updated_fraction``: THP's
-    partial update, the fraction of feature cells recomputed; ``image``: the BGR frame with
+    partial update, the fraction of feature cells recomputed; ``key_index`` and ``age``: the key frame whose feature
+    gave this frame's (its index; frames since it, 0 on a key frame); ``image``: the BGR frame with
     ``keep_images=True``, else None; ``result``: the engine's :class:`~dff.engine.video.FrameResult`."""
 
     index: int
@@ -97,6 +101,8 @@ class DetectionFrame:
     latency: float
     dropped: int = 0
     updated_fraction: float = 0.0
+    key_index: int = 0
+    age: int = 0
     image: np.ndarray | None = dataclasses.field(default=None, repr=False)
     result: FrameResult | None = dataclasses.field(default=None, repr=False)
     class_names: Sequence[str] = dataclasses.field(default=(), repr=False)
@@ -123,8 +129,11 @@ def frame_record(r: FrameResult, seq: int, timestamp: float, latency: float, dro
             continue
         name = class_names[cls] if cls < len(class_names) else str(cls)
         for x1, y1, x2, y2, score in d[d[:, 4] > thresh].tolist():
-            dets.append({"class": name, "class_id": cls, "score": round(score, 5),
-                         "box": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)]})
+            det = {"class": name, "class_id": cls, "score": round(score, 5),
+                   "box": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)], "age": r.age}
+            if r.has_q:
+                det["quality"] = round(float(r.quality((x1, y1, x2, y2))), 4)
+            dets.append(det)
     dets.sort(key=lambda x: -x["score"])
     return {
         "index": r.index,
@@ -133,19 +142,21 @@ def frame_record(r: FrameResult, seq: int, timestamp: float, latency: float, dro
         "timestamp": round(timestamp, 6),
         "latency_ms": round(1000 * latency, 3),
         "is_key": bool(r.is_key),
+        "key_index": r.key_index,
+        "age": r.age,
         "dropped": dropped,
         "net_ms": round(1000 * (r.times["total"] - r.times["post"]), 3),
         "detections": dets,
     }
 
 
-def _boxes(detections: Sequence[np.ndarray], class_names: Sequence[str]) -> list[Box]:
-    """The engine's per-class arrays -> :class:`Box` list, best first."""
+def _boxes(r: FrameResult, class_names: Sequence[str]) -> list[Box]:
+    """The engine's per-class arrays -> :class:`Box` list, best first, with the frame's age and each box's quality."""
     boxes = []
-    for cls in range(1, len(detections)):
+    for cls in range(1, len(r.detections)):
         label = class_names[cls] if cls < len(class_names) else str(cls)
-        for x1, y1, x2, y2, score in np.asarray(detections[cls]).reshape(-1, 5).tolist():
-            boxes.append(Box(x1, y1, x2, y2, score, label, cls))
+        for x1, y1, x2, y2, score in np.asarray(r.detections[cls]).reshape(-1, 5).tolist():
+            boxes.append(Box(x1, y1, x2, y2, score, label, cls, r.age, r.quality((x1, y1, x2, y2))))
     boxes.sort(key=lambda b: -b.score)
     return boxes
 
@@ -284,9 +295,10 @@ class Detector:
                     stamp = stamps.pop(r.index, now)
                     yield DetectionFrame(
                         index=r.index, seq=seq, name=r.name, is_key=bool(r.is_key),
-                        boxes=_boxes(r.detections, self.class_names), times=dict(r.times), timestamp=stamp,
+                        boxes=_boxes(r, self.class_names), times=dict(r.times), timestamp=stamp,
                         latency=now - stamp, dropped=live.stats().dropped if live is not None else 0,
-                        updated_fraction=float(r.updated_fraction), image=r.image, result=r,
+                        updated_fraction=float(r.updated_fraction), key_index=r.key_index, age=r.age,
+                        image=r.image, result=r,
                         class_names=self.class_names, partial_update=partial)
         finally:
             if live is not None:
@@ -318,7 +330,7 @@ def load_detector(model: str | os.PathLike | None = None, *, device: str | torch
                   backend: str = "torch", onnx_dir: str | os.PathLike | None = None, key_interval: int | None = None,
                   thresh: float | None = None, fast: str | FastPath | None = None, overrides: Sequence[str] = (),
                   keep_images: bool = False, cfg: str | os.PathLike | None = None,
-                  kind: str | None = None) -> Detector:
+                  kind: str | None = None, async_keys: bool = False) -> Detector:
     """A :class:`Detector` with the demos' defaults.
 
     Args:
@@ -344,6 +356,9 @@ def load_detector(model: str | os.PathLike | None = None, *, device: str | torch
         keep_images: attach each frame's image to its :class:`DetectionFrame` (``frame.image``).
         cfg: a YAML config for a file that carries none (MXNet ``.params``, ``"fixture"``).
         kind: ``"dff"`` or ``"rfcn"`` for a file that does not say (MXNet ``.params``, ``"fixture"``).
+        async_keys: compute the key frames on a worker beside the non-key frames (``dff.temporal.async_keys``):
+            no frame waits for a whole key frame; on the CPU the cores are split between the two (this sets
+            ``torch.set_num_threads`` of the calling thread). A DFF model only.
 
     Raises :class:`~dff.utils.checkpoint.CheckpointError` (a ``ValueError``) naming the file when the model is
     missing or does not load; ``ValueError`` / ``TypeError`` for a bad argument;
@@ -368,7 +383,9 @@ def load_detector(model: str | os.PathLike | None = None, *, device: str | torch
     if thresh is None:
         thresh = THRESH[net.kind]
     fast_path = fast if isinstance(fast, FastPath) else FastPath.from_name(fast, dev)
+    if async_keys and not net.has_flow:
+        raise ValueError(f"{path}: async_keys needs a model with a flow network (a DFF); this one is per-frame")
     engine = make_detector(net, net_cfg, backend=backend, onnx_dir=onnx_dir, log=_log.info,
                            key_interval=key_interval, device=dev, thresh=float(thresh), sync=False,
-                           keep_images=keep_images, fast=fast_path)
+                           keep_images=keep_images, fast=fast_path, keys=key_worker(dev) if async_keys else None)
     return Detector(net, net_cfg, engine, model_path=path, device=dev, backend=backend, fast=fast_path)

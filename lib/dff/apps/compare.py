@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -41,17 +41,21 @@ KEY_LIGHT = tuple(min(255, c + 100) for c in KEY_COLOR)  # the key frames' red, 
 
 def annotate(image: np.ndarray, detections: Sequence[np.ndarray], class_names: Sequence[str], vis_thresh: float,
              key_frame: bool | None = None, update_mask: np.ndarray | None = None, updated_fraction: float = 0.0,
-             scales: Sequence[int] | None = None) -> np.ndarray:
+             scales: Sequence[int] | None = None, age: int | None = None,
+             quality: Callable[[Sequence[float]], float | None] | None = None) -> np.ndarray:
     """A copy of the BGR frame ``image`` (H, W, 3) as the demo shows it: THP's updated cells tinted (``update_mask``
     (h, w) bool over the feature cells of the network input, mapped back with ``scales`` = (target, max)), the
-    boxes above ``vis_thresh`` (``detections[c]`` (k, 5) in frame pixels) and, with ``key_frame``, the
-    "KEY"/"warped" marker."""
-    im, note = image, None
+    boxes above ``vis_thresh`` (``detections[c]`` (k, 5) in frame pixels, with their ``quality`` when given) and,
+    with ``key_frame``, the "KEY"/"warped" marker (with ``age``: the frames since the key frame)."""
+    im, notes = image, []
+    if age:
+        notes.append(f"age {age}")
     if update_mask is not None and scales is not None:
         scale = compute_scale(im.shape[0], im.shape[1], int(scales[0]), int(scales[1]))
         im = draw_updated_cells(im, update_mask, scale)
-        note = update_label(updated_fraction)
-    return draw_detections(im, detections, class_names, vis_thresh, key_frame=key_frame, note=note)
+        notes.append(update_label(updated_fraction))
+    return draw_detections(im, detections, class_names, vis_thresh, key_frame=key_frame,
+                           note=", ".join(notes) or None, quality=quality)
 
 
 @dataclasses.dataclass

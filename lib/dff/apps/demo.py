@@ -63,6 +63,7 @@ from dff.engine.frames import Frame, FrameSource, VideoReadError
 from dff.engine.live import Backoff, LiveSource, SourceLost, is_live
 from dff.engine.video import FrameResult, VideoDetector, per_frame_config, schedule_overrides
 from dff.models.builder import load_run_model
+from dff.temporal.async_keys import key_worker
 from dff.utils.checkpoint import CheckpointError
 from dff.utils.vis import update_label
 
@@ -109,6 +110,10 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
         ap.add_argument("--key-interval", type=int, default=None,
                         help="key frame every N frames (default: TEST.KEY_FRAME_INTERVAL of the config)")
         add_schedule_option(ap)
+        ap.add_argument("--async-keys", action="store_true",
+                        help="compute each key frame on a worker while the frames meanwhile are served from the "
+                             "previous key frame: no frame waits for a whole key frame (docs/live.md); on the CPU "
+                             "the cores are split between the two")
         ap.add_argument("--compare", action="store_true",
                         help="also run per-frame R-FCN on the same frames: writes compare.mp4 (per-frame | DFF side "
                              "by side, running fps, key frames marked) and summary.png, and reports the speed-up")
@@ -226,7 +231,8 @@ class Outputs:
         if self.draws:
             im = annotate(r.image, r.detections, self.class_names, self.vis_thresh,
                           key_frame=r.is_key if self.mark_keys else None, update_mask=r.update_mask,
-                          updated_fraction=r.updated_fraction, scales=self.scales)
+                          updated_fraction=r.updated_fraction, scales=self.scales,
+                          age=r.age if self.mark_keys else None, quality=r.quality if r.has_q else None)
             if self.frames_dir is not None:
                 cv2.imwrite(os.path.join(self.frames_dir, os.path.splitext(r.name)[0] + ".jpg"), im)
             if self.video_path is not None:
@@ -309,7 +315,9 @@ def _run(detector: VideoDetector, source: FrameSource | LiveSource, label: str, 
                 outputs.add(r, record, status)
                 r.image = None  # drop the frame: memory must not grow with the video
                 if not quiet:
-                    tqdm.write(f"{label} {r.name} {'key' if r.is_key else '   '} {1000 * r.times['total']:.1f} ms "
+                    tqdm.write(f"{label} {r.name} {'key' if r.is_key else '   '}"
+                           + (f" age {r.age:>2}" if not r.is_key else "       ")
+                           + f" {1000 * r.times['total']:.1f} ms "
                                f"{ndet} boxes > {vis_thresh}" + (f" latency {1000 * latency:.0f} ms" if live else "")
                                + (f" {update_label(r.updated_fraction)}" if partial and not r.is_key else ""),
                                file=sys.stderr)
@@ -473,6 +481,7 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
     # with --json-out - stdout carries the JSON lines only
     say = functools.partial(print, file=sys.stderr if args.json_out == "-" else sys.stdout, flush=True)
     source: FrameSource | LiveSource | None = None
+    detector: VideoDetector | None = None
     with StopRequest().installed() as stop:
         try:
             if args.camera is not None:
@@ -513,9 +522,10 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
                     "unseen in training)")
             interval = args.key_interval if dff else 1
             fast = FastPath.from_name(args.fast, args.device)
+            keys = key_worker(args.device) if getattr(args, "async_keys", False) else None
             detector = make_detector(model, cfg, backend=args.backend, onnx_dir=args.onnx, log=say,
                                      key_interval=interval, device=args.device, thresh=args.thresh,
-                                     keep_images=True, fast=fast)
+                                     keep_images=True, fast=fast, keys=keys)
             if source is None:
                 source = FrameSource(args.input, prepare=detector.prepare, max_frames=args.max_frames, on_error="skip")
             os.makedirs(args.out, exist_ok=True)
@@ -576,3 +586,5 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
         finally:
             if isinstance(source, LiveSource):
                 source.close()  # also when the run did not start (a model that does not load)
+            if detector is not None:
+                detector.close()  # the key worker of --async-keys

@@ -32,6 +32,7 @@ from dff.engine.fastpath import FastPath
 from dff.engine.video import VideoDetector
 from dff.models.rfcn import RFCN
 from dff.temporal import build_scheme, key_frame_interval
+from dff.temporal.async_keys import KeyWorker
 
 try:  # optional: pip install -e .[deploy]
     import onnx
@@ -152,12 +153,14 @@ class OnnxStages:
 
 def onnx_detector(onnx_dir: str | os.PathLike, cfg: Config | None = None, key_interval: int | None = None,
                   device: str | torch.device = "cpu", thresh: float = 1e-4, sync: bool = True,
-                  keep_images: bool = False, fast: FastPath | None = None, threads: int | None = None) -> VideoDetector:
+                  keep_images: bool = False, fast: FastPath | None = None, threads: int | None = None,
+                  keys: KeyWorker | None = None) -> VideoDetector:
     """The video engine on an ONNX export: a :class:`~dff.engine.video.VideoDetector` with :class:`OnnxStages`.
 
     ``cfg``: default the one in ``model.json``. ``key_interval``, ``thresh``, ``sync``, ``keep_images``: as the
     engine's; ``fast`` is ignored (PyTorch's fast path; accepted so callers can pass the same arguments);
-    ``device``: where onnxruntime runs (inputs, outputs and the post-processing stay on the host)."""
+    ``device``: where onnxruntime runs (inputs, outputs and the post-processing stay on the host); ``keys``: a key
+    worker for asynchronous key frames (``dff.temporal.async_keys``)."""
     require(onnx, ort)
     manifest = read_manifest(onnx_dir)
     if cfg is None:
@@ -167,7 +170,7 @@ def onnx_detector(onnx_dir: str | os.PathLike, cfg: Config | None = None, key_in
     graphs = tuple(manifest["graphs"]) if interval > 1 else ("key",)
     return VideoDetector(None, cfg, key_interval, device="cpu", thresh=thresh, sync=sync, keep_images=keep_images,
                          stages=lambda post: OnnxStages(onnx_dir, manifest, cfg, post, graphs, device, threads),
-                         scheme=scheme)
+                         scheme=scheme, keys=keys)
 
 
 def make_detector(model: RFCN | None, cfg: Config | None, *, backend: str = "torch",

@@ -14,7 +14,7 @@ import copy
 import dataclasses
 import functools
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,11 +25,11 @@ from dff.engine.fastpath import FastPath, StageRunner
 from dff.engine.frames import Frame
 from dff.engine.postprocess import im_detect_boxes, pred_eval_fixed, rows_to_dets
 from dff.temporal import OPTIONS_OFF, SCHEDULES, STAGES, KeyFrameLoop, StepInfo, TemporalScheme
+from dff.temporal.async_keys import AsyncKeyFrameLoop, KeyWorker
 from dff.temporal.base import Stages
 from dff.utils.image import preprocess
 
-__all__ = ["STAGES", "FrameResult", "VideoDetector", "per_frame_config", "schedule_overrides"]
-
+__all__ = ["STAGES", "FrameResult", "VideoDetector", "box_quality", "per_frame_config", "schedule_overrides"]
 
 
 def per_frame_config(cfg: Config) -> Config:
@@ -59,6 +59,32 @@ class FrameResult:
     image: np.ndarray | None = None  # the original BGR frame when the engine keeps images
     updated_fraction: float = 0.0  # THP: the fraction of feature cells recomputed on this (non-key) frame
     update_mask: np.ndarray | None = None  # THP, with keep_images: those cells, (h, w) bool
+    key_index: int = 0  # the index of the key frame whose feature this frame's came from (its own on a key frame)
+    age: int = 0  # frames since that key frame (index - key_index; 0 on a key frame)
+    has_q: bool = False  # the model predicts THP's Q: the boxes have a quality
+    q_map: np.ndarray | None = None  # Q of this non-key frame against its key frame, (h, w) float32 feature cells
+    cells_per_pixel: float = 0.0  # feature cells per original-frame pixel (im_scale / stride)
+
+    def quality(self, box: Sequence[float]) -> float | None:
+        """The mean Q inside ``box`` ([x1, y1, x2, y2], original pixels): how well the key frame's feature
+        carries over there (1 on a key frame, whose feature is its own); None for a model without Q."""
+        if not self.has_q:
+            return None
+        if self.q_map is None:
+            return 1.0
+        return box_quality(self.q_map, box, self.cells_per_pixel)
+
+
+def box_quality(q_map: np.ndarray, box: Sequence[float], cells_per_pixel: float) -> float:
+    """The mean of ``q_map`` (h, w) over the feature cells that ``box`` ([x1, y1, x2, y2], inclusive pixels)
+    overlaps; a box outside the map takes its nearest cells."""
+    h, w = q_map.shape
+    x1, y1, x2, y2 = (float(v) * cells_per_pixel for v in box[:4])
+    c1 = min(max(int(np.floor(x1)), 0), w - 1)
+    r1 = min(max(int(np.floor(y1)), 0), h - 1)
+    c2 = min(max(int(np.floor(x2)), c1), w - 1)
+    r2 = min(max(int(np.floor(y2)), r1), h - 1)
+    return float(q_map[r1:r2 + 1, c1:c2 + 1].mean())
 
 
 class VideoDetector:
@@ -78,6 +104,8 @@ class VideoDetector:
         stages, scheme: another backend's stage runner, as a factory called with ``post=`` this detector's
             post-processing (:meth:`post_function`; ``dff.deploy.runtime``), and the temporal scheme it runs; by
             default the model's :class:`~dff.engine.fastpath.StageRunner` and ``model.scheme``.
+        keys: a key worker (:mod:`dff.temporal.async_keys`): key frames are computed asynchronously while the
+            frames are served from the newest key that has landed; None: synchronous key frames.
 
     The detections' post-processing is :func:`dff.engine.postprocess.pred_eval_fixed` on every device:
     one fixed-size NMS over all (roi, class) pairs, the same detections as the reference's per-class
@@ -93,19 +121,35 @@ class VideoDetector:
     def __init__(self, model: torch.nn.Module | None, cfg: Config, key_interval: int | None = None,
                  device: str | torch.device = "cpu", thresh: float = 1e-4, sync: bool = True,
                  keep_images: bool = False, fast: FastPath | None = None, *,
-                 stages: Callable[..., Stages] | None = None, scheme: TemporalScheme | None = None) -> None:
+                 stages: Callable[..., Stages] | None = None, scheme: TemporalScheme | None = None,
+                 keys: KeyWorker | None = None) -> None:
         self.model = model
         self.cfg = cfg
         self.thresh = thresh
         self.device = torch.device(device)
         self.sync = sync
         self.keep_images = keep_images
+        if keys is not None and fast is not None and fast.cuda_graphs:
+            # a graph's outputs are static buffers: the key worker and the non-key path would share them
+            fast = dataclasses.replace(fast, cuda_graphs=False)
         make_stages = stages if stages is not None else functools.partial(StageRunner, model, fast)
         self.runner = make_stages(post=self.post_function)
         self.scheme = scheme if scheme is not None else model.scheme
+        loop_args = {} if keys is None else {"loop_class": AsyncKeyFrameLoop, "keys": keys}
         self.loop: KeyFrameLoop = self.scheme.loop(self.runner, cfg, key_interval, clock=self._tick,
-                                                   keep_masks=keep_images)
+                                                   keep_masks=keep_images, **loop_args)
+        self.keys = keys
         self.reset()
+
+    @property
+    def asynchronous(self) -> bool:
+        """Key frames are computed by a key worker beside the non-key frames."""
+        return self.keys is not None
+
+    def close(self) -> None:
+        """Stop the key worker (asynchronous key frames); the detector is not used after this."""
+        if self.keys is not None:
+            self.keys.close()
 
     @property
     def has_flow(self) -> bool:
@@ -137,6 +181,11 @@ class VideoDetector:
         return data, im_info
 
     @property
+    def last_step(self) -> StepInfo:
+        """What the last :meth:`step` did (key frame or not, its key frame's index, ...)."""
+        return self._last
+
+    @property
     def last_update_fraction(self) -> float:
         """The fraction of feature cells the last :meth:`step` recomputed (THP's partial update; 0 on key frames)."""
         return self._last.updated_fraction
@@ -147,15 +196,17 @@ class VideoDetector:
         return time.perf_counter()
 
     @torch.inference_mode()
-    def step(self, data: Tensor, im_info: Tensor, rois: Tensor | None = None) -> tuple[dict, bool, dict]:
+    def step(self, data: Tensor, im_info: Tensor, rois: Tensor | None = None,
+             index: int | None = None) -> tuple[dict, bool, dict]:
         """One frame through the network. Returns (network outputs, is_key, stage times).
 
         ``rois`` (R, 5), if given, replace the proposals (to compare two runs on the same rois); the
-        task network then runs as ``maps`` and the rest eagerly."""
+        task network then runs as ``maps`` and the rest eagerly. ``index``: the frame's index in the video
+        (the key frames' ``age`` counts in it; default: the frames stepped since :meth:`reset`)."""
         data = data.to(self.device, non_blocking=True)
         im_info_dev = im_info.to(self.device, non_blocking=True)
         times = dict.fromkeys(STAGES, 0.0)
-        feat, self._last = self.loop.step(data, times)
+        feat, self._last = self.loop.step(data, times, index)
         return self._head(feat, im_info_dev, rois, times, self._tick()), self._last.is_key, times
 
     def _head(self, feat: Tensor, im_info_dev: Tensor, rois: Tensor | None, times: dict, t1: float) -> dict:
@@ -225,28 +276,35 @@ class VideoDetector:
         pending = None  # pipelined: the previous frame, its detections still on their way
         for frame in frames:
             data, im_info = frame.prepared if frame.prepared is not None else self.prepare(frame.image)
-            out, is_key, times = self.step(data, im_info)
+            out, is_key, times = self.step(data, im_info, index=frame.index)
             t = time.perf_counter()
             if not pipelined:
                 dets = self.postprocess(out, im_info)
                 times["post"] = time.perf_counter() - t
-                yield self._result(frame, dets, times, self._last)
+                yield self._result(frame, dets, times, self._last, im_info, data.shape[-1])
                 continue
             ticket = self._post_async(out)
             times["post"] = time.perf_counter() - t
             if pending is not None:
                 yield self._finish(*pending)
-            pending = (frame, ticket, times, self._last)
+            pending = (frame, ticket, times, self._last, im_info, data.shape[-1])
         if pending is not None:
             yield self._finish(*pending)
 
-    def _finish(self, frame: Frame, ticket: tuple, times: dict, info: StepInfo) -> FrameResult:
+    def _finish(self, frame: Frame, ticket: tuple, times: dict, info: StepInfo, im_info: Tensor,
+                width: int) -> FrameResult:
         t = time.perf_counter()
         dets = self._post_wait(ticket)
         times["post"] += time.perf_counter() - t  # queueing it, then waiting for it
-        return self._result(frame, dets, times, info)
+        return self._result(frame, dets, times, info, im_info, width)
 
-    def _result(self, frame: Frame, dets: list, times: dict, info: StepInfo) -> FrameResult:
+    def _result(self, frame: Frame, dets: list, times: dict, info: StepInfo, im_info: Tensor,
+                width: int) -> FrameResult:
         times["total"] = sum(times[s] for s in STAGES)
+        q_map, cells = None, 0.0
+        if info.q is not None:
+            q_map = info.q.float().cpu().numpy()
+            cells = float(im_info[0, 2]) * q_map.shape[1] / width  # im_scale / stride
         return FrameResult(frame.index, frame.name, info.is_key, dets, times,
-                           frame.image if self.keep_images else None, info.updated_fraction, info.update_mask)
+                           frame.image if self.keep_images else None, info.updated_fraction, info.update_mask,
+                           info.key_index, info.age, self.scheme.has_q, q_map, cells)

@@ -74,7 +74,7 @@ from dff.utils.io import atomic_open, atomic_write_text
 from dff.utils.logging import progress_logging, setup_logging
 
 __all__ = ["Detections", "TesterError", "DEFAULT_THRESH", "eval_output_dir", "model_digest",
-           "detect_videos", "evaluate_detections", "run_test_set", "default_model_path", "build_test_model",
+           "load_test_set", "detect_videos", "evaluate_detections", "run_test_set", "default_model_path", "build_test_model",
            "resolve_device", "run_test_from_args"]
 
 # the reference test scripts' default score thresholds (docs/design.md §6.2/6.3)
@@ -218,7 +218,7 @@ def schedule_stats(times: Sequence[np.ndarray]) -> dict[str, Any]:
             "feature_cost_fraction": key_fraction + (1 - key_fraction) * updated}
 
 
-def _test_set(cfg: Config, verbose: bool, max_videos: int | None) -> tuple[ImageNetVID | CocoVideo, list[TestVideo]]:
+def load_test_set(cfg: Config, verbose: bool = False, max_videos: int | None = None) -> tuple[ImageNetVID | CocoVideo, list[TestVideo]]:
     """The reader and the videos of ``dataset.test_image_set`` (the first ``max_videos``)."""
     try:
         imdb = open_dataset(cfg, str(cfg.dataset.test_image_set), verbose=verbose)
@@ -287,7 +287,7 @@ def detect_videos(model: torch.nn.Module, cfg: Config, *, kind: str, output_dir:
         raise ValueError(f"kind must be one of {sorted(DEFAULT_THRESH)}, got {kind!r}")
     thresh = DEFAULT_THRESH[kind] if thresh is None else float(thresh)
     rank, world = _shard()
-    imdb, videos = _test_set(cfg, progress and rank == 0, max_videos)
+    imdb, videos = load_test_set(cfg, progress and rank == 0, max_videos)
     try:
         check_class_list(tuple(model.class_names), imdb.class_list, "the model", f"the test set ({imdb!r})")
     except ClassListMismatch as e:

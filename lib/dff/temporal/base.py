@@ -113,12 +113,32 @@ def key_frame_interval(cfg: Config, key_interval: int | None, has_flow: bool) ->
 
 @dataclasses.dataclass
 class StepInfo:
-    """What one :meth:`KeyFrameLoop.step` did besides the feature: ``is_key``; on a non-key frame with the
-    partial update, the fraction of feature cells recomputed and (with ``keep_masks``) their (h, w) mask."""
+    """What one :meth:`KeyFrameLoop.step` did besides the feature: ``is_key`` (the feature network ran on this
+    frame and its result is that feature); ``key_index``: the index of the key frame the feature came from, and
+    ``age``: frames since it (0 on a key frame); on a non-key frame with the partial update, the fraction of
+    feature cells recomputed and (with ``keep_masks``) their (h, w) mask; ``q``: THP's Q of this frame against
+    its key frame, (h, w) on the device, for a model that predicts Q (None on key frames: their feature is
+    their own)."""
 
     is_key: bool
     updated_fraction: float = 0.0
     update_mask: np.ndarray | None = None
+    key_index: int = 0
+    age: int = 0
+    q: Tensor | None = None
+
+
+@dataclasses.dataclass
+class KeyFrame:
+    """A reference frame: what later frames warp from. ``index``: the frame's index in the video (the key
+    frame's, also after a propagated partial update); ``seconds``: the time its feature took (the
+    asynchronous key worker's measure)."""
+
+    data: Tensor
+    feat: Tensor
+    backbone: Tensor | None = None
+    index: int = 0
+    seconds: float = 0.0
 
 
 class KeyFrameLoop:
@@ -131,84 +151,129 @@ class KeyFrameLoop:
         clock: returns the time after the work queued so far (the engine synchronises the device in it when
             it times stages exactly).
         keep_masks: return the partial update's cell masks (for drawing).
+        with_q: the stages predict THP's Q (``flow_q``): every non-key frame gets its Q (:attr:`StepInfo.q`,
+            the boxes' ``quality``), not only those the options need it for.
     """
 
     def __init__(self, stages: Stages, options: LoopOptions, interval: int,
-                 clock: Callable[[], float] = time.perf_counter, keep_masks: bool = False) -> None:
+                 clock: Callable[[], float] = time.perf_counter, keep_masks: bool = False, with_q: bool = False) -> None:
         self.stages = stages
         self.options = options
         self.interval = interval
         self.clock = clock
         self.keep_masks = keep_masks
+        self.with_q = with_q or options.needs_q
         # a reference frame is worth keeping only if a later frame can use it
         self.keeps_reference = interval > 1 or options.active
         self.reset()
 
     def reset(self) -> None:
         """Forget the reference frame (call between videos)."""
-        self._ref_data: Tensor | None = None
-        self._ref_feat: Tensor | None = None
-        self._ref_backbone: Tensor | None = None  # the partial update's: the reference's backbone map
+        self._ref: KeyFrame | None = None
         self._since_key = 0
+        self._count = 0  # frames stepped in this video: the default frame index
 
     def describe(self) -> dict | None:
         """The THP options in use, or None when the loop is plain DFF / per-frame."""
         return self.options.describe() if self.options.active else None
+
+    @property
+    def cap(self) -> int:
+        """The most frames a key frame serves before the next is due."""
+        return self.options.max_interval if self.options.schedule == "adaptive" else self.interval
 
     def _lap(self, t: float, times: dict, stage: str) -> float:
         now = self.clock()
         times[stage] += now - t
         return now
 
-    def step(self, data: Tensor, times: dict) -> tuple[Tensor, StepInfo]:
-        """One frame (1, 3, H, W) on the device -> (its feature (1, C, h, w), :class:`StepInfo`); adds the seconds of
-        each stage to ``times`` (keys :data:`STAGES`)."""
+    def _index(self, index: int | None) -> int:
+        index = self._count if index is None else int(index)
+        self._count += 1
+        return index
+
+    def _has_ref(self, data: Tensor) -> bool:
+        return self._ref is not None and self._ref.data.shape == data.shape  # a size change: a new key
+
+    def _flow(self, data: Tensor, times: dict, t: float) -> tuple[Tensor, Tensor, Tensor | None, float, float]:
+        """Flow, scale and (``with_q``) Q from the reference to ``data``; the fraction of Q <= tau."""
         o, s = self.options, self.stages
-        cap = o.max_interval if o.schedule == "adaptive" else self.interval
-        t = self.clock()
-        have_ref = self._ref_feat is not None and self._ref_data.shape == data.shape  # a size change: a new key
-        flow = scale = q = None
-        low = 0.0
-        is_key = not have_ref or self._since_key >= cap
-        if not is_key:
-            if o.needs_q:
-                flow, scale, q = s.flow_q(data, self._ref_data)
-            else:
-                flow, scale = s.flow(data, self._ref_data)
-            t = self._lap(t, times, "flow")
-            low = low_q_fraction(q, o.tau) if o.needs_q else 0.0  # one host sync serves both uses
-            is_key = o.schedule == "adaptive" and low > o.gamma
-        if is_key:
-            if o.partial:  # the backbone map is kept for the updates (docs/design.md §9.2)
-                backbone = s.backbone(data)
-                feat = s.feature_head(backbone)
-            else:
-                backbone, feat = None, s.feature(data)
-            t = self._lap(t, times, "feature")
-            if o.aggregate and have_ref:
-                if flow is None:
-                    flow, scale = s.flow(data, self._ref_data)
-                    t = self._lap(t, times, "flow")
-                prev = s.warp(self._ref_feat, flow, scale)
-                t = self._lap(t, times, "warp")
-                feat = s.aggregate(feat, prev)
-                t = self._lap(t, times, "aggregate")
-            if self.keeps_reference:
-                self._ref_data, self._ref_feat, self._ref_backbone = data, feat, backbone
-            else:
-                self._ref_data, self._ref_feat = data, torch.empty(0)  # nothing to warp from: no cache
-            self._since_key = 1
-            return feat, StepInfo(True)
-        feat = s.warp(self._ref_feat, flow, scale)
+        q = None
+        if self.with_q:
+            flow, scale, q = s.flow_q(data, self._ref.data)
+        else:
+            flow, scale = s.flow(data, self._ref.data)
+        t = self._lap(t, times, "flow")
+        low = low_q_fraction(q, o.tau) if o.needs_q else 0.0  # one host sync serves both uses
+        return flow, scale, q, low, t
+
+    def key_frame(self, data: Tensor, index: int, ref: KeyFrame | None, flow: Tensor | None = None,
+                  scale: Tensor | None = None, times: dict | None = None) -> KeyFrame:
+        """The key frame ``data``'s reference: its feature, aggregated with ``ref`` (warped by ``flow``, computed
+        here when not given) when the options aggregate. Touches no loop state, so a key worker can run it."""
+        o, s = self.options, self.stages
+        times = dict.fromkeys(STAGES, 0.0) if times is None else times
+        start = t = self.clock()
+        if o.partial:  # the backbone map is kept for the updates (docs/design.md §9.2)
+            backbone = s.backbone(data)
+            feat = s.feature_head(backbone)
+        else:
+            backbone, feat = None, s.feature(data)
+        t = self._lap(t, times, "feature")
+        if o.aggregate and ref is not None:
+            if flow is None:
+                flow, scale = s.flow(data, ref.data)
+                t = self._lap(t, times, "flow")
+            prev = s.warp(ref.feat, flow, scale)
+            t = self._lap(t, times, "warp")
+            feat = s.aggregate(feat, prev)
+            t = self._lap(t, times, "aggregate")
+        return KeyFrame(data, feat, backbone, index, t - start)
+
+    def _set_reference(self, key: KeyFrame) -> None:
+        if self.keeps_reference:
+            self._ref = key
+        else:  # nothing to warp from: keep only the input's shape
+            self._ref = KeyFrame(key.data, torch.empty(0), None, key.index)
+
+    def _non_key(self, data: Tensor, index: int, times: dict, t: float, flow: Tensor, scale: Tensor,
+                 q: Tensor | None, low: float) -> tuple[Tensor, StepInfo]:
+        """The reference's feature warped to ``data`` (and partially updated)."""
+        o, s = self.options, self.stages
+        ref = self._ref
+        feat = s.warp(ref.feat, flow, scale)
         t = self._lap(t, times, "warp")
-        info = StepInfo(False)
+        info = StepInfo(False, key_index=ref.index, age=index - ref.index, q=None if q is None else q[0, 0])
         if o.partial and low > 0:
             mask = q[0, 0] <= o.tau
-            feat, backbone, update = s.update(data, feat, self._ref_backbone, flow, mask, o.margin)
+            feat, backbone, update = s.update(data, feat, ref.backbone, flow, mask, o.margin)
             t = self._lap(t, times, "update")
-            info = StepInfo(False, update.area_fraction, mask.cpu().numpy() if self.keep_masks else None)
+            info.updated_fraction = update.area_fraction
+            info.update_mask = mask.cpu().numpy() if self.keep_masks else None
             if o.propagate:
-                self._ref_data, self._ref_feat, self._ref_backbone = data, feat, backbone
+                self._ref = KeyFrame(data, feat, backbone, ref.index)
+        return feat, info
+
+    def step(self, data: Tensor, times: dict, index: int | None = None) -> tuple[Tensor, StepInfo]:
+        """One frame (1, 3, H, W) on the device -> (its feature (1, C, h, w), :class:`StepInfo`); adds the seconds of
+        each stage to ``times`` (keys :data:`STAGES`). ``index``: the frame's index in the video (default: the
+        frames stepped since :meth:`reset`)."""
+        o = self.options
+        index = self._index(index)
+        t = self.clock()
+        have_ref = self._has_ref(data)
+        flow = scale = q = None
+        low = 0.0
+        is_key = not have_ref or self._since_key >= self.cap
+        if not is_key:
+            flow, scale, q, low, t = self._flow(data, times, t)
+            is_key = o.schedule == "adaptive" and low > o.gamma
+        if is_key:
+            key = self.key_frame(data, index, self._ref if have_ref else None, flow, scale, times)
+            self._set_reference(key)
+            self._since_key = 1
+            return key.feat, StepInfo(True, key_index=index)
+        feat, info = self._non_key(data, index, times, t, flow, scale, q, low)
         self._since_key += 1
         return feat, info
 
@@ -263,11 +328,13 @@ class TemporalScheme:
         return opts
 
     def loop(self, stages: Stages, cfg: Config, key_interval: int | None = None,
-             clock: Callable[[], float] = time.perf_counter, keep_masks: bool = False) -> KeyFrameLoop:
+             clock: Callable[[], float] = time.perf_counter, keep_masks: bool = False,
+             loop_class: type[KeyFrameLoop] = KeyFrameLoop, **loop_args: object) -> KeyFrameLoop:
         """The key-frame loop of one detector on ``stages`` (``key_interval`` overrides
-        ``TEST.KEY_FRAME_INTERVAL``)."""
-        return KeyFrameLoop(stages, self.options(cfg), key_frame_interval(cfg, key_interval, self.uses_flow),
-                            clock, keep_masks)
+        ``TEST.KEY_FRAME_INTERVAL``); ``loop_class`` and ``loop_args``: another loop over the same options (the
+        asynchronous one, ``dff.temporal.async_keys``)."""
+        return loop_class(stages, self.options(cfg), key_frame_interval(cfg, key_interval, self.uses_flow),
+                          clock, keep_masks, with_q=self.has_q, **loop_args)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -1,7 +1,7 @@
 """Drawing detections, the key-frame marker and THP's updated feature cells on frames."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -21,11 +21,13 @@ def _thickness(im: np.ndarray) -> int:
 
 
 def draw_detections(image_bgr: np.ndarray, detections: Sequence[np.ndarray], class_names: Sequence[str],
-                    thresh: float = 0.7, key_frame: bool | None = None, note: str | None = None) -> np.ndarray:
+                    thresh: float = 0.7, key_frame: bool | None = None, note: str | None = None,
+                    quality: Callable[[Sequence[float]], float | None] | None = None) -> np.ndarray:
     """Return a copy of ``image_bgr`` with boxes scoring above ``thresh`` drawn, labelled ``class score``.
 
     ``detections[c]`` is (k, 5) ``[x1, y1, x2, y2, score]`` in image pixels; index 0 is ignored.
-    ``key_frame`` adds the frame marker (:func:`draw_frame_marker`, DFF demo), ``note`` more text in it.
+    ``key_frame`` adds the frame marker (:func:`draw_frame_marker`, DFF demo), ``note`` more text in it;
+    ``quality(box)`` (a model with THP's Q) adds ``q`` and the box's quality to its label.
     """
     im = image_bgr.copy()
     thickness = _thickness(im)
@@ -38,7 +40,8 @@ def draw_detections(image_bgr: np.ndarray, detections: Sequence[np.ndarray], cla
         for x1, y1, x2, y2, score in dets[dets[:, 4] > thresh]:
             p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
             cv2.rectangle(im, p1, p2, color, thickness)
-            label = f"{name} {score:.3f}"
+            q = quality((x1, y1, x2, y2)) if quality is not None else None
+            label = f"{name} {score:.3f}" + (f" q{q:.2f}" if q is not None else "")
             (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
             y = max(p1[1], th + 4)
             cv2.rectangle(im, (p1[0], y - th - 4), (p1[0] + tw + 2, y), color, -1)
