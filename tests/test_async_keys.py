@@ -94,7 +94,7 @@ def test_thread_keys_serve_from_landed_keys_and_stop(clip):
     results = list(det.run(frames_from_arrays(clip * 2)))
     assert [r.index for r in results] == list(range(2 * FRAMES))
     assert all(r.age == r.index - r.key_index for r in results)
-    assert len({r.key_index for r in results}) >= 3 and keys.durations  # keys computed by the worker landed
+    assert len({r.key_index for r in results}) >= 2 and keys.durations  # a key computed by the worker landed
     det.close()
     assert threading.active_count() == before
 

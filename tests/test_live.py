@@ -89,10 +89,13 @@ def validate(value, schema: dict, path: str = "$") -> list[str]:
 
 
 def test_validator_catches_what_the_schema_forbids():
-    good = {"index": 3, "seq": 1, "name": "frame_000003", "timestamp": 1.5, "latency_ms": 2.0, "is_key": True,
-            "dropped": 2, "net_ms": 1.0,
-            "detections": [{"class": "car", "class_id": 7, "score": 0.9, "box": [1.0, 2.0, 3.0, 4.0]}]}
+    good = {"index": 3, "seq": 1, "name": "frame_000003", "timestamp": 1.5, "latency_ms": 2.0, "is_key": False,
+            "key_index": 1, "age": 2, "dropped": 2, "net_ms": 1.0,
+            "detections": [{"class": "car", "class_id": 7, "score": 0.9, "box": [1.0, 2.0, 3.0, 4.0], "age": 2,
+                            "quality": 0.8}]}
     assert validate(good, SCHEMA) == []
+    assert validate({k: v for k, v in good.items() if k != "age"}, SCHEMA)
+    assert validate({**good, "detections": [{k: v for k, v in good["detections"][0].items() if k != "age"}]}, SCHEMA)
     assert validate({**good, "is_key": 1}, SCHEMA)
     assert validate({**good, "extra": 1}, SCHEMA)
     assert validate({k: v for k, v in good.items() if k != "timestamp"}, SCHEMA)
@@ -562,3 +565,74 @@ def test_demo_on_a_stream_faster_than_the_detector(tmp_path, clip_jpegs):
     first, last = np.median(rss[:third_rss]), np.median(rss[-third_rss:])
     assert len(rss) > 30 and last - first < 30 and max(rss) - first < 60, rss
     assert page["dropped"] > 0 and page["state"] == "running" and page["frames"] >= 5
+
+
+def threads_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the demo's memory and threads from /proc")
+def test_async_keys_on_a_stream_that_drops_and_comes_back(tmp_path, clip_jpegs):
+    """``--async-keys`` with the default mobile DFF on a 30 fps MJPEG stream for 2,000 processed frames; the server
+    goes away for 1.5 s halfway and comes back. No processed frame loses its JSON line, every line says which key
+    frame it came from, and the key worker is one thread for the whole run: thread count and RSS stay flat."""
+    server = MjpegServer(clip_jpegs, fps=30).start()
+    jsonl, out = tmp_path / "frames.jsonl", tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "dff_rfcn/demo.py", server.url, "--async-keys", "--out", out, "--quiet", "--no-video",
+         "--json-out", jsonl, "--reconnect-delay", "0.25"],
+        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    stdout_lines, stderr_lines = collect(proc.stdout), collect(proc.stderr)
+    samples: list[tuple[float, int]] = []
+    sampled = threading.Event()
+
+    def lines() -> int:
+        return len(jsonl.read_text().splitlines()) if jsonl.exists() else 0
+
+    def sample() -> None:
+        while not sampled.wait(0.5):
+            samples.append((rss_mb(proc.pid), threads_of(proc.pid)))
+
+    try:
+        _wait_for(lambda: lines() >= 30, 120, "the first frames", proc)
+        threading.Thread(target=sample, daemon=True).start()
+        _wait_for(lambda: lines() >= 1000, 300, "1,000 frames", proc)
+        server.stop()
+        time.sleep(1.5)
+        server.start()
+        _wait_for(lambda: lines() >= 2000, 300, "2,000 frames", proc)
+        sampled.set()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        time.sleep(0.2)
+        stdout, stderr = "".join(stdout_lines), "".join(stderr_lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+    assert proc.returncode == 0, stderr
+    m = re.search(r"live: (\d+) frames received, (\d+) processed, (\d+) dropped", stdout)
+    assert m, stdout
+    received, processed, dropped = map(int, m.groups())
+    assert "connection lost after" in stderr and re.search(r"reconnected after [\d.]+ s", stderr)
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(records) == processed >= 2000
+    assert [r["seq"] for r in records] == list(range(processed))
+    assert all(validate(r, SCHEMA) == [] for r in records[:200] + records[-200:])
+    idx = [r["index"] for r in records]
+    assert idx == sorted(set(idx))
+    assert all(r["age"] == r["index"] - r["key_index"] >= 0 for r in records)
+    assert all(d["age"] == r["age"] for r in records for d in r["detections"])
+    keys = sorted({r["key_index"] for r in records})
+    assert len(keys) > 100  # key frames kept landing, before and after the reconnect
+    assert sum(r["is_key"] for r in records) <= 3  # only a stream's first frame (and a new size) waits for its key
+    rss, threads = [s[0] for s in samples], [s[1] for s in samples]
+    third = max(len(samples) // 3, 1)
+    print(f"received {received}, processed {processed}, dropped {dropped}; threads {sorted(set(threads))}; RSS first "
+          f"third {np.median(rss[:third]):.0f} MB, last third {np.median(rss[-third:]):.0f} MB")
+    assert len(samples) > 60
+    assert max(threads[-third:]) <= max(threads[:third])  # no worker left behind by the reconnect or the keys
+    assert np.median(rss[-third:]) - np.median(rss[:third]) < 30, rss
