@@ -480,6 +480,21 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen) -> N
         time.sleep(0.1)
 
 
+def _terminate(proc: subprocess.Popen, server: MjpegServer, stdout_lines: list[str],
+               stderr_lines: list[str]) -> tuple[str, str]:
+    """SIGTERM the demo (killed if it is still there after 60 s), stop the server; the demo's stdout and stderr."""
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        time.sleep(0.2)  # the collecting threads read the last lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+    return "".join(stdout_lines), "".join(stderr_lines)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the demo's memory from /proc (Linux)")
 def test_demo_on_a_stream_faster_than_the_detector(tmp_path, clip_jpegs):
@@ -515,14 +530,8 @@ def test_demo_on_a_stream_faster_than_the_detector(tmp_path, clip_jpegs):
         server.start()  # the same port
         _wait_for(lambda: lines() >= seen + 8, 60, "frames after the restart", proc)
         sampled.set()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        time.sleep(0.2)  # the collecting threads read the last lines
-        stdout, stderr = "".join(stdout_lines), "".join(stderr_lines)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        server.stop()
+        stdout, stderr = _terminate(proc, server, stdout_lines, stderr_lines)
     assert proc.returncode == 0, stderr
     assert "stopped by SIGTERM; outputs finalised" in stdout
     m = re.search(r"live: (\d+) frames received, (\d+) processed, (\d+) dropped \(\d+ %\); latency capture to result "
@@ -605,14 +614,8 @@ def test_async_keys_on_a_stream_that_drops_and_comes_back(tmp_path, clip_jpegs):
         server.start()
         _wait_for(lambda: lines() >= 2000, 300, "2,000 frames", proc)
         sampled.set()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        time.sleep(0.2)
-        stdout, stderr = "".join(stdout_lines), "".join(stderr_lines)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        server.stop()
+        stdout, stderr = _terminate(proc, server, stdout_lines, stderr_lines)
     assert proc.returncode == 0, stderr
     m = re.search(r"live: (\d+) frames received, (\d+) processed, (\d+) dropped", stdout)
     assert m, stdout

@@ -26,7 +26,8 @@ from dff.models.builder import load_model
 from dff.utils.checkpoint import CheckpointError
 from dff.utils.io import atomic_write_text
 
-__all__ = ["evaluate_intervals", "evaluate_schedules", "interval_row", "format_interval_row", "run_evaluate_intervals"]
+__all__ = ["evaluate_intervals", "evaluate_schedules", "interval_row", "format_interval_row", "load_for_dataset",
+           "run_evaluate_intervals"]
 
 
 def evaluate_intervals(model: torch.nn.Module, cfg: Config, intervals: Sequence[int], output_dir: str, *,
@@ -86,15 +87,21 @@ def format_interval_row(kind: str, k: int | str, row: dict[str, Any]) -> str:
             f"motion {json.dumps(row['motion'])}{coco}{cost}")
 
 
+def load_for_dataset(path: str, overrides: Sequence[str], dataset_path: str | None) -> tuple[torch.nn.Module, Config]:
+    """The checkpoint ``path`` with its own config, ``overrides`` (``--set``) and ``dataset_path`` (``--dataset-path``)
+    applied to that config."""
+    model, cfg = load_model(path, overrides=overrides)
+    if dataset_path:
+        if not os.path.isdir(dataset_path):
+            raise OSError(f"--dataset-path {dataset_path}: no such directory")
+        update_config(cfg, {"dataset": {"dataset_path": dataset_path}}, source="--dataset-path")
+    return model, cfg
+
+
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Config]:
-    """The checkpoint with its own config, ``--set`` and ``--dataset-path`` applied to that config."""
-    model, cfg = load_model(args.model, overrides=args.set)
+    model, cfg = load_for_dataset(args.model, args.set, args.dataset_path)
     if not model.has_flow and getattr(args, "schedule", None) not in (None, "fixed"):
         raise ValueError(f"{args.model}: a per-frame R-FCN has no key frames to schedule; leave out --schedule")
-    if args.dataset_path:
-        if not os.path.isdir(args.dataset_path):
-            raise OSError(f"--dataset-path {args.dataset_path}: no such directory")
-        update_config(cfg, {"dataset": {"dataset_path": args.dataset_path}}, source="--dataset-path")
     return model, cfg
 
 

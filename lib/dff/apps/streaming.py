@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dff.config import Config, update_config
+from dff.apps.evaluate import load_for_dataset
+from dff.config import update_config
 from dff.engine.fastpath import FastPath
 from dff.engine.video import VideoDetector, schedule_overrides
 from dff.eval.tester import DEFAULT_THRESH, Detections, TesterError, evaluate_detections, load_test_set, run_test_set
-from dff.models.builder import load_model
 from dff.temporal.async_keys import SimulatedKeys, ThreadKeys, split_threads
 from dff.utils.checkpoint import CheckpointError
 from dff.utils.io import atomic_write_text
@@ -209,16 +209,6 @@ def _run_streams(detector: VideoDetector, videos: list, fps: float, num_classes:
     return boxes, all_outputs, steady, lag
 
 
-def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Config]:
-    overrides = [*args.set, *schedule_overrides(args.schedule)]
-    model, cfg = load_model(args.model, overrides=overrides)
-    if args.dataset_path:
-        if not os.path.isdir(args.dataset_path):
-            raise OSError(f"--dataset-path {args.dataset_path}: no such directory")
-        update_config(cfg, {"dataset": {"dataset_path": args.dataset_path}}, source="--dataset-path")
-    return model, cfg
-
-
 def run_evaluate_streaming(args: argparse.Namespace) -> int:
     """``tools/evaluate_streaming.py``: one configuration, one JSON object; 0, or 2 after one ``error:`` line."""
     try:
@@ -231,7 +221,7 @@ def run_evaluate_streaming(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     if args.fps <= 0:
         raise ValueError(f"--fps must be > 0, got {args.fps}")
-    model, cfg = _load(args)
+    model, cfg = load_for_dataset(args.model, [*args.set, *schedule_overrides(args.schedule)], args.dataset_path)
     kind = model.kind
     if args.async_keys and not model.has_flow:
         raise ValueError(f"{args.model}: --async-keys needs a model with a flow network (a DFF); this one is per-frame")
