@@ -283,7 +283,7 @@ def test_memory_is_flat_over_1000_frames(thp_model):
         results += 1
         if i in (199, 999):
             rss.append(_rss_mb())
-            cached.append(sum(t.numel() for t in (det.loop._ref_data, det.loop._ref_feat)))
+            cached.append(sum(t.numel() for t in (det.loop._ref.data, det.loop._ref.feat)))
     assert results == 1000
     assert cached[0] == cached[1]  # one reference frame, whatever happened
     assert rss[1] - rss[0] < 30.0, rss
