@@ -33,7 +33,6 @@ import tempfile
 import time
 from typing import Any, Callable, Sequence
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -41,10 +40,12 @@ from tqdm import tqdm
 from dff.apps.evaluate import load_for_dataset
 from dff.config import update_config
 from dff.engine.fastpath import FastPath
+from dff.engine.frames import frames_from_arrays
 from dff.engine.video import VideoDetector, schedule_overrides
 from dff.eval.tester import DEFAULT_THRESH, Detections, TesterError, evaluate_detections, load_test_set, run_test_set
 from dff.temporal.async_keys import SimulatedKeys, ThreadKeys, split_threads
 from dff.utils.checkpoint import CheckpointError
+from dff.utils.image import read_image
 from dff.utils.io import atomic_write_text
 
 __all__ = ["Output", "StreamTimings", "stream_video", "associate", "latency_summary", "run_evaluate_streaming"]
@@ -173,16 +174,6 @@ def latency_summary(outputs: Sequence[Output]) -> dict[str, float]:
             "mean": round(float(lat.mean()), 2)}
 
 
-def _read_frames(paths: Sequence[str]) -> list[np.ndarray]:
-    frames = []
-    for p in paths:
-        im = cv2.imread(p, cv2.IMREAD_COLOR)
-        if im is None:
-            raise TesterError(f"{p}: unreadable frame (a stream cannot skip it: regenerate or remove the video)")
-        frames.append(im)
-    return frames
-
-
 def _run_streams(detector: VideoDetector, videos: list, fps: float, num_classes: int, *, replay: StreamTimings | None,
                  timings: StreamTimings, sim_clock: list[float], progress: bool,
                  records: list[dict] | None) -> tuple[list[list], list[Output], list[Output], dict[str, float]]:
@@ -191,7 +182,7 @@ def _run_streams(detector: VideoDetector, videos: list, fps: float, num_classes:
     steady: list[Output] = []  # after each stream's first output (which waits for the stream's first key frame)
     lag = {"in_time": 0, "matched": 0, "lag_sum": 0}
     for v in tqdm(videos, desc="streams", unit="video", disable=not progress, file=sys.stderr):
-        frames = _read_frames(v.paths)
+        frames = [read_image(p) for p in v.paths]  # decoded ahead: a camera delivers decoded frames
         outputs = stream_video(detector, frames, fps, timings=timings, replay=replay, sim_clock=sim_clock)
         video_boxes, used = associate(outputs, len(frames), fps, num_classes)
         boxes.extend(video_boxes)
@@ -226,12 +217,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.async_keys and not model.has_flow:
         raise ValueError(f"{args.model}: --async-keys needs a model with a flow network (a DFF); this one is per-frame")
     total = args.threads or torch.get_num_threads()
-    main_threads, key_threads = split_threads(total)
-    if args.key_threads:
-        key_threads = args.key_threads
-        main_threads = max(1, total - key_threads)
-    if not args.async_keys:
-        main_threads, key_threads = total, 0
+    main_threads, key_threads = split_threads(total, args.key_threads) if args.async_keys else (total, 0)
     torch.set_num_threads(main_threads)
     imdb, videos = load_test_set(cfg, max_videos=args.max_videos)
     num_classes = imdb.num_classes
@@ -327,10 +313,5 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _warm_up(detector: VideoDetector, video: Any, frames: int = 4) -> None:
     """A few frames before the clock starts: one-time costs (weight packing, allocations) are not latency."""
-    images = _read_frames(video.paths[:frames])
-    detector.reset()
-    for i, im in enumerate(images):
-        data, im_info = detector.prepare(im)
-        out, _, _ = detector.step(data, im_info, index=i)
-        detector.postprocess(out, im_info)
-    detector.reset()
+    for _ in detector.run(frames_from_arrays([read_image(p) for p in video.paths[:frames]])):
+        pass

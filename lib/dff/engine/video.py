@@ -141,11 +141,6 @@ class VideoDetector:
         self.keys = keys
         self.reset()
 
-    @property
-    def asynchronous(self) -> bool:
-        """Key frames are computed by a key worker beside the non-key frames."""
-        return self.keys is not None
-
     def close(self) -> None:
         """Stop the key worker (asynchronous key frames); the detector is not used after this."""
         if self.keys is not None:

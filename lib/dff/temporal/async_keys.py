@@ -46,22 +46,23 @@ class KeyWorker(Protocol):
     def close(self) -> None: ...
 
 
-def split_threads(total: int | None = None) -> tuple[int, int]:
+def split_threads(total: int | None = None, worker: int | None = None) -> tuple[int, int]:
     """(non-key path, key worker) intra-op threads out of ``total`` cores (default: PyTorch's current count):
-    half each, the odd core to the non-key path, whose latency every frame feels (docs/benchmarks.md measures
-    the splits of 2 cores)."""
+    ``worker`` for the key worker (default half), the rest, at least one, to the non-key path, whose latency
+    every frame feels (docs/benchmarks.md measures the splits of 2 cores)."""
     total = torch.get_num_threads() if total is None else int(total)
-    worker = max(1, total // 2)
+    worker = max(1, total // 2) if worker is None else int(worker)
     return max(1, total - worker), worker
 
 
-def key_worker(device: str | torch.device = "cpu", threads: int | None = None) -> ThreadKeys:
+def key_worker(device: str | torch.device = "cpu", threads: int | None = None,
+               worker_threads: int | None = None) -> ThreadKeys:
     """The real-time key worker for ``device``: on the CPU the cores are split (:func:`split_threads` of
-    ``threads``, default PyTorch's count) and the calling thread keeps its share (``torch.set_num_threads``)."""
+    ``threads`` and ``worker_threads``) and the calling thread keeps its share (``torch.set_num_threads``)."""
     device = torch.device(device)
     if device.type == "cuda":
         return ThreadKeys(None, device)
-    own, worker = split_threads(threads)
+    own, worker = split_threads(threads, worker_threads)
     torch.set_num_threads(own)
     return ThreadKeys(worker, device)
 
@@ -105,8 +106,7 @@ class SimulatedKeys:
     def cancel(self) -> None:
         self._key = None
 
-    def close(self) -> None:
-        self._key = None
+    close = cancel
 
 
 class ThreadKeys:
@@ -196,8 +196,9 @@ class AsyncKeyFrameLoop(KeyFrameLoop):
     """The key-frame loop with the key frames' features computed by ``keys`` (:class:`KeyWorker`) while the
     frames are served from the newest key that has landed.
 
-    The key frame is requested when the schedule says so (``since_key >= cap``, counted from the request, or
-    THP's Eq. 9 on the frame's Q) and no key is in flight; the frame itself is served from the previous key.
+    The key frame is requested when the schedule says so (the reference is ``cap`` frames old, less the frames the
+    last key took to land; or THP's Eq. 9 on the frame's Q) and no key is in flight; the frame itself is served
+    from the previous key.
     A frame with no key frame to warp from (a video's first, a change of size) is computed here, as in the
     synchronous loop. With a worker that lands keys at once the results are the synchronous loop's.
     """
@@ -210,9 +211,6 @@ class AsyncKeyFrameLoop(KeyFrameLoop):
         if not self.keeps_reference:
             raise ValueError("asynchronous key frames need a model with a flow network run at a key interval > 1 "
                              "(or THP's options): with a key frame on every frame there is nothing to serve from")
-
-    def close(self) -> None:
-        self.keys.close()
 
     def reset(self) -> None:
         self.keys.cancel()

@@ -243,7 +243,8 @@ class KeyFrameLoop:
         ref = self._ref
         feat = s.warp(ref.feat, flow, scale)
         t = self._lap(t, times, "warp")
-        info = StepInfo(False, key_index=ref.index, age=index - ref.index, q=None if q is None else q[0, 0])
+        # a copy: the stage's output buffer (a CUDA graph's) is rewritten by the next frame before the result is read
+        info = StepInfo(False, key_index=ref.index, age=index - ref.index, q=None if q is None else q[0, 0].clone())
         if o.partial and low > 0:
             mask = q[0, 0] <= o.tau
             feat, backbone, update = s.update(data, feat, ref.backbone, flow, mask, o.margin)
