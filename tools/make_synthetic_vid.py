@@ -2,7 +2,7 @@
 
     python tools/make_synthetic_vid.py --out data/synthetic/ILSVRC2015 [--train-videos 20] [--val-videos 4]
         [--frames 30] [--min-frames N] [--height 160] [--width 256] [--seed 0]
-        [--classes ellipse,box,triangle,star,ring] [--det-images 12] [--max-objects 3] [--format vid|cocovid]
+        [--classes ellipse,box,triangle,star,ring] [--det-images 12] [--max-objects 3] [--format vid|cocovid|cityscapes]
 
 The classes are the shapes drawn (``classes.txt``; one of ellipse, box, triangle, star, ring, diamond, cross,
 hexagon each). The result is read by ``dff.dataset.imagenet_vid.ImageNetVID`` like the real dataset (set
@@ -33,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--classes", default=",".join(d.classes),
                     help="comma-separated shapes, each a class named after it (default %(default)s)")
-    ap.add_argument("--format", choices=("vid", "cocovid"), default="vid",
-                    help="vid: the ILSVRC2015 layout; cocovid: also a COCO-video JSON per list")
+    ap.add_argument("--format", choices=("vid", "cocovid", "cityscapes"), default="vid",
+                    help="vid: the ILSVRC2015 layout; cocovid: also a COCO-video JSON per list; cityscapes: the "
+                         "Cityscapes video layout with per-pixel class labels (segmentation; no DET images)")
+    ap.add_argument("--seg-train-label-every", type=int, default=d.seg_train_label_every,
+                    help="cityscapes: label every N-th frame of the train snippets (default: the 20th only, as Cityscapes)")
     ap.add_argument("--det-images", type=int, default=d.det_images, help="still DET images")
     ap.add_argument("--max-objects", type=int, default=d.max_objects, help="objects per video/image (1..N)")
     ap.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                       frames=args.frames, min_frames=args.min_frames, height=args.height, width=args.width,
                       classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()),
                       max_objects=args.max_objects, det_images=args.det_images, jpeg_quality=args.jpeg_quality,
-                      motion=args.motion)
+                      motion=args.motion, seg_train_label_every=args.seg_train_label_every)
     try:
         cfg.validate()
     except ValueError as e:

@@ -250,7 +250,7 @@ def _anchor_count(cfg: Config, value: Any) -> str | None:
 
 def _symbol(cfg: Config, value: Any) -> str | None:
     b = str(cfg.network.BACKBONE)
-    names = ("", f"{b}_rfcn", f"{b}_flownet_rfcn")
+    names = ("", f"{b}_rfcn", f"{b}_flownet_rfcn", f"{b}_deeplab", f"{b}_flownet_deeplab")
     return None if value in names else (f"network.BACKBONE ({b}) and the entry point choose the network; "
                                         f"{value!r} names another: use one of {', '.join(map(repr, names))}")
 
@@ -458,7 +458,7 @@ def update_config(cfg: Config, overrides: Mapping[str, Any], source: str = "over
     return cfg
 
 
-DATASET_FORMATS = ("vid", "cocovid")
+DATASET_FORMATS = ("vid", "cocovid", "cityscapes")
 
 
 def class_names(cfg: Config) -> tuple[str, ...]:

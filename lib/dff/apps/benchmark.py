@@ -42,7 +42,7 @@ from dff.engine.video import VideoDetector, per_frame_config, schedule_overrides
 from dff.models.builder import FIXTURE, load_run_model
 from dff.ops import compiled_available
 from dff.temporal import LoopOptions
-from dff.utils.checkpoint import CheckpointError
+from dff.utils.checkpoint import CheckpointError, detect_format
 from dff.utils.hardware import describe_hardware
 from dff.utils.io import atomic_write_text
 
@@ -185,6 +185,11 @@ def _engine(model: torch.nn.Module, cfg: Config, backend: str, onnx_dir: str | N
                          sync=False, fast=fast)
 
 
+def _file_kind(path: str | None, default: str) -> str | None:
+    """The model kind to ask :func:`load_run_model` for: none for a native checkpoint (it names its own)."""
+    return None if path and os.path.isfile(path) and detect_format(path) == "native" else default
+
+
 def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, device: torch.device,
                scale: str | None, fast_name: str | None, video: str | None, frames: int, backend: str = "torch",
                onnx_dir: str | None = None, onnx_cache: str | None = None,
@@ -208,7 +213,9 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
     :class:`~dff.deploy.DeployUnavailable`."""
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
-    model, cfg = load_run_model(model_path or FIXTURE, cfg_path, overrides, kind="dff", device=device)
+    # a native checkpoint names its kind (a detector or a segmentation model); MXNet files and the fixture are DFF's
+    model, cfg = load_run_model(model_path or FIXTURE, cfg_path, overrides, kind=_file_kind(model_path, "dff"),
+                                device=device)
     if scale:
         short, long_ = (int(v) for v in scale.split(","))
         update_config(cfg, {"SCALES": [short, long_]}, "--scale")
@@ -228,7 +235,8 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
     if per_frame_model is not None:
         if backend != "torch":
             raise ValueError("--per-frame-model runs on the PyTorch engine only; leave out --backend onnxruntime")
-        twin, twin_cfg = load_run_model(per_frame_model, cfg_path, overrides, kind="rfcn", device=device)
+        twin, twin_cfg = load_run_model(per_frame_model, cfg_path, overrides, kind=_file_kind(per_frame_model, "rfcn"),
+                                        device=device)
         if scale:
             update_config(twin_cfg, {"SCALES": [int(v) for v in scale.split(",")]}, "--scale")
         if list(twin_cfg.SCALES) != list(cfg.SCALES):
@@ -726,8 +734,10 @@ def run_benchmark(args: argparse.Namespace, argv: Sequence[str] | None = None) -
     else:
         results, det = measure_intervals(bench, intervals, args.video, args.frames, workers,
                                          end_to_end=not args.no_end_to_end)
-    post_methods = time_post(det, bench.prepared)
-    print(format_post(post_methods))
+    # the two detection post-processing methods; a segmentation engine has one (upsampling and arg-max)
+    post_methods = time_post(det, bench.prepared) if isinstance(det, VideoDetector) else {}
+    if post_methods:
+        print(format_post(post_methods))
     backends = measure_backends(bench, intervals) if bench.backend != "torch" else None
     partial = time_partial_update(bench, fractions) if fractions else None
     if args.profile:

@@ -11,6 +11,7 @@ from typing import Any
 
 from dff.classes import format_class_diff
 from dff.config import DATASET_FORMATS, set_class_names
+from dff.dataset.cityscapes import CityscapesVideo
 from dff.dataset.classlist import ClassList, class_list_of_root
 from dff.dataset.cocovid import CocoVideo, cocovid_class_list
 from dff.dataset.imagenet_vid import ImageNetVID, missing_dataset_message
@@ -27,9 +28,10 @@ def image_set_name(image_set: str) -> str:
     return "_".join(p[:-5] if p.endswith(".json") else p for p in str(image_set).split("+"))
 
 
-def open_dataset(cfg: Any, image_set: str, *, verbose: bool = True) -> ImageNetVID | CocoVideo:
-    """The reader of ``cfg.dataset.format`` for ``image_set`` (``+``-joined list names, or JSON files for
-    ``cocovid``) under ``dataset.dataset_path``. Raises ``FileNotFoundError`` naming the path and the fix."""
+def open_dataset(cfg: Any, image_set: str, *, verbose: bool = True) -> ImageNetVID | CocoVideo | CityscapesVideo:
+    """The reader of ``cfg.dataset.format`` for ``image_set`` (``+``-joined list names, JSON files for
+    ``cocovid``, splits for ``cityscapes``) under ``dataset.dataset_path``. Raises ``FileNotFoundError`` naming
+    the path and the fix."""
     fmt = str(cfg.dataset.format)
     if fmt not in DATASET_FORMATS:
         raise ValueError(f"dataset.format: {fmt!r} is not one of {', '.join(DATASET_FORMATS)}")
@@ -38,6 +40,8 @@ def open_dataset(cfg: Any, image_set: str, *, verbose: bool = True) -> ImageNetV
         raise FileNotFoundError(missing_dataset_message(path))
     if fmt == "cocovid":
         return CocoVideo(image_set, path, verbose=verbose)
+    if fmt == "cityscapes":
+        return CityscapesVideo(image_set, path, verbose=verbose)
     return ImageNetVID(image_set, path, cache_dir=os.path.join(str(cfg.dataset.root_path), "cache"), verbose=verbose)
 
 
@@ -50,6 +54,8 @@ def data_class_list(cfg: Any, image_set: str) -> ClassList:
     if str(cfg.dataset.format) == "cocovid":
         first = str(image_set).split("+")[0]
         return cocovid_class_list(os.path.join(path, first if first.endswith(".json") else first + ".json"))
+    if str(cfg.dataset.format) == "cityscapes":
+        return CityscapesVideo(image_set, path, verbose=False).class_list
     return class_list_of_root(path)
 
 

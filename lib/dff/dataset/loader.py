@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from dff.dataset.cityscapes import CityscapesError, read_label
 from dff.dataset.imagenet_vid import ref_image_path, sample_key_frame, sample_previous_key
 from dff.temporal import build_scheme
 from dff.utils.image import ImageReadError, read_image, resize, transform
 
 __all__ = [
-    "derive_seed", "sample_rng", "BadSample", "TrainDataset", "epoch_order", "AspectGroupedBatchSampler",
+    "derive_seed", "sample_rng", "BadSample", "TrainDataset", "SegTrainDataset", "TRAIN_DATASETS", "epoch_order", "AspectGroupedBatchSampler",
     "list_collate", "worker_init",
 ]
 
@@ -181,6 +182,67 @@ class TrainDataset(Dataset):
                     return BadSample(epoch, index, prev_path, "previous key frame: frames of a video must have one size")
                 out["data_prev"] = torch.from_numpy(transform(prev_resized, self.pixel_means))
         return out
+
+
+class SegTrainDataset(TrainDataset):
+    """Segmentation roidb entries (:meth:`dff.dataset.cityscapes.CityscapesVideo.train_roidb`) -> training inputs.
+
+    The key frame, the scale and the flip are drawn as :class:`TrainDataset` draws them (the same
+    ``(seed, epoch, index)`` streams); the sample carries ``label`` (1, H, W) int64 class indices of the
+    resized frame (nearest neighbour; 255 ignored) instead of ``gt_boxes``, plus ``data``, ``im_info`` and,
+    for DFF, ``data_ref`` / ``eq_flag`` / ``ref_image``. Unreadable frames or labels give a :class:`BadSample`.
+    """
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any] | BadSample:
+        epoch, index = int(key[0]), int(key[1])
+        rec = self.roidb[index]
+        rng = sample_rng(self.seed, epoch, index, STREAM_DATA)
+        ref_id, eq_flag = sample_key_frame(rec, rng, self.min_offset, self.max_offset) if self.pairs else (None, 1)
+        target_size, max_size = self.scales[int(rng.integers(len(self.scales)))]
+        path = rec["image"]
+        ref_path = ref_image_path(rec, ref_id) if self.pairs else path
+        trying = path
+        try:
+            im = read_image(path)
+            trying = rec["label"]
+            label = read_label(rec["label"], offset=int(rec["label_offset"]), num_classes=int(rec["num_classes"]))
+            trying = ref_path
+            ref = im if ref_path == path else read_image(ref_path)
+        except (ImageReadError, CityscapesError) as e:
+            message = str(e)
+            if message.startswith(trying + ": "):
+                message = message[len(trying) + 2:]
+            return BadSample(epoch, index, trying, message)
+        if label.shape != im.shape[:2]:
+            return BadSample(epoch, index, rec["label"], f"label is {label.shape[1]}x{label.shape[0]}, its frame "
+                                                         f"{im.shape[1]}x{im.shape[0]}")
+        if rec["flipped"]:
+            im, ref, label = im[:, ::-1, :], ref[:, ::-1, :], label[:, ::-1]
+        im_resized, scale = resize(im, target_size, max_size, self.stride)
+        height, width = im_resized.shape[:2]
+        label_resized = cv2.resize(np.ascontiguousarray(label.astype(np.uint8)), (width, height),
+                                   interpolation=cv2.INTER_NEAREST)
+        out: dict[str, Any] = {
+            "data": torch.from_numpy(transform(im_resized, self.pixel_means)),
+            "im_info": torch.tensor([[height, width, scale]], dtype=torch.float32),
+            "label": torch.from_numpy(label_resized.astype(np.int64))[None],
+            "epoch": epoch, "index": index, "image": path,
+        }
+        if self.pairs:
+            if ref is im:
+                out["data_ref"] = out["data"].clone()
+            else:
+                ref_resized, _ = resize(np.ascontiguousarray(ref), target_size, max_size, self.stride)
+                if ref_resized.shape != im_resized.shape:
+                    return BadSample(epoch, index, ref_path, "frames of a video must have one size")
+                out["data_ref"] = torch.from_numpy(transform(ref_resized, self.pixel_means))
+            out["eq_flag"] = int(eq_flag)
+            out["ref_image"] = ref_path
+        return out
+
+
+# the training inputs of each task (the model's ``task``)
+TRAIN_DATASETS: dict[str, type[TrainDataset]] = {"det": TrainDataset, "seg": SegTrainDataset}
 
 
 def epoch_order(widths: np.ndarray, heights: np.ndarray, batch: int, seed: int, epoch: int,

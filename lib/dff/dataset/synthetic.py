@@ -51,13 +51,18 @@ import cv2
 import numpy as np
 
 from dff.dataset import imagesets
+from dff.dataset.cityscapes import ANNOTATED_FRAME
+from dff.dataset.cityscapes import IMAGES as CS_IMAGES
+from dff.dataset.cityscapes import LABELS as CS_LABELS
+from dff.dataset.cityscapes import frame_name as cs_frame_name
+from dff.dataset.cityscapes import label_name as cs_label_name
 from dff.dataset.classlist import ClassList, write_class_file
 from dff.dataset.convert import vid_to_cocovid
 from dff.dataset.imagenet_vid import DataProblems
 
 __all__ = [
     "SynthConfig", "STYLES", "SHAPES", "class_style", "class_list", "generate", "video_params", "det_params", "render_frame", "layer_map",
-    "frame_annotations", "gt_flow", "load_video_params", "SyntheticVID", "vid_xml", "det_xml",
+    "frame_annotations", "segmentation_label", "label_frames", "gt_flow", "load_video_params", "SyntheticVID", "vid_xml", "det_xml",
 ]
 
 GT_DIR = "SyntheticGT"
@@ -99,6 +104,9 @@ class SynthConfig:
     # multiplies every motion (pan, zoom, object speed, rotation, scale change); 1.0 is fast for VID:
     # most objects fall in FGFA's "fast" group; 0.35 gives a slow/medium/fast mix close to VID val
     motion: float = 1.0
+    # --format cityscapes: label every N-th frame of a train snippet (frames 9, 19, 29, ... for 10) instead of
+    # Cityscapes' one (the 20th); validation snippets always have the one
+    seg_train_label_every: int = 0
 
     def validate(self) -> None:
         for c in self.classes:
@@ -547,12 +555,55 @@ def _write_det(root: str, cfg: SynthConfig, k: int) -> None:
     _write_bytes(os.path.join(root, "Annotations", "DET", index + ".xml"), xml.encode())
 
 
-_OWNED = ("Data", "Annotations", "ImageSets", GT_DIR)
+_OWNED = ("Data", "Annotations", "ImageSets", GT_DIR, CS_IMAGES, CS_LABELS)
+
+
+def label_frames(n_frames: int, split: str, every: int = 0) -> list[int]:
+    """The annotated frames of a Cityscapes-layout snippet of ``n_frames``: the 20th (the last of a shorter one),
+    or for a train snippet with ``every`` > 0 frames ``every - 1``, ``2 * every - 1``, ..."""
+    if split == "train" and every > 0:
+        return list(range(every - 1, n_frames, every)) or [n_frames - 1]
+    return [min(ANNOTATED_FRAME, n_frames - 1)]
+
+
+def segmentation_label(params: dict[str, Any], layer: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """A frame's layer map (:func:`render_frame`) as class indices: each object's class (``classes`` in index
+    order, 1-based), 0 for the background and for objects outside the class list. (H, W) uint8."""
+    index = {c: i + 1 for i, c in enumerate(classes)}
+    lut = np.zeros(len(params["objects"]) + 1, dtype=np.uint8)
+    for ob in params["objects"]:
+        lut[ob["trackid"] + 1] = index.get(ob["wnid"], 0)
+    return lut[layer]
+
+
+def _write_cityscapes_video(root: str, cfg: SynthConfig, split: str, k: int) -> int:
+    """Video ``k`` of ``split`` as the snippet ``synth_<k>`` of the Cityscapes layout (PNG frames, after the same
+    JPEG round trip as the VID layout's frames so the two layouts' pixels agree)."""
+    params = video_params(cfg, split, k)
+    city = "synth"
+    labelled = set(label_frames(params["n_frames"], split, cfg.seg_train_label_every))
+    for t in range(params["n_frames"]):
+        img, layer = render_frame(params, t)
+        jpeg = cv2.imdecode(np.frombuffer(_encode_jpeg(img, cfg.jpeg_quality), np.uint8), cv2.IMREAD_COLOR)
+        ok, png = cv2.imencode(".png", jpeg)
+        if not ok:
+            raise RuntimeError("cv2.imencode failed")
+        _write_bytes(os.path.join(root, CS_IMAGES, split, city, cs_frame_name(city, k, t)), png.tobytes())
+        if t in labelled:
+            ok, lab = cv2.imencode(".png", segmentation_label(params, layer, cfg.classes))
+            if not ok:
+                raise RuntimeError("cv2.imencode failed")
+            _write_bytes(os.path.join(root, CS_LABELS, split, city, cs_label_name(city, k, t)), lab.tobytes())
+    gt = json.dumps(params, indent=None, separators=(",", ":"), sort_keys=True)
+    _write_bytes(os.path.join(root, GT_DIR, "cityscapes", split, f"{city}_{k:06d}.json"), gt.encode())
+    return params["n_frames"]
 
 
 def generate(root: str, cfg: SynthConfig | None = None, fmt: str = "vid") -> dict[str, int]:
     """Write the synthetic dataset under ``root``; with ``fmt="cocovid"`` also a COCO-video JSON per list
-    (``root/<list>.json``, :func:`dff.dataset.convert.vid_to_cocovid`), so either ``dataset.format`` reads it.
+    (``root/<list>.json``, :func:`dff.dataset.convert.vid_to_cocovid`), so either ``dataset.format`` reads it;
+    with ``fmt="cityscapes"`` the videos in the Cityscapes layout instead (:mod:`dff.dataset.cityscapes`: PNG
+    frames, ``*_labelTrainIds.png`` class maps of the annotated frames, no DET images), for segmentation.
 
     A previous synthetic dataset in ``root`` (recognised by ``SyntheticGT/config.json``) is replaced;
     any other existing ``Data``/``Annotations``/``ImageSets`` there is an error (never overwrite a real
@@ -568,6 +619,15 @@ def generate(root: str, cfg: SynthConfig | None = None, fmt: str = "vid") -> dic
         for d in present:
             shutil.rmtree(os.path.join(root, d))
     frames = 0
+    if fmt == "cityscapes":
+        for split, n in (("train", cfg.train_videos), ("val", cfg.val_videos)):
+            for k in range(n):
+                frames += _write_cityscapes_video(root, cfg, split, k)
+        os.makedirs(root, exist_ok=True)
+        write_class_file(root, class_list(cfg))
+        with open(os.path.join(root, GT_DIR, "config.json"), "w") as f:
+            json.dump({**asdict(cfg), "classes": list(cfg.classes), "format": fmt}, f, sort_keys=True)
+        return {"train_videos": cfg.train_videos, "val_videos": cfg.val_videos, "frames": frames}
     for split, n in (("train", cfg.train_videos), ("val", cfg.val_videos)):
         for k in range(n):
             frames += _write_video(root, cfg, split, k)
@@ -581,7 +641,7 @@ def generate(root: str, cfg: SynthConfig | None = None, fmt: str = "vid") -> dic
     if fmt == "cocovid":
         vid_to_cocovid(root, root, progress=False, problems=DataProblems(verbose=False))
     elif fmt != "vid":
-        raise ValueError(f"format {fmt!r}: choose vid or cocovid")
+        raise ValueError(f"format {fmt!r}: choose vid, cocovid or cityscapes")
     with open(os.path.join(root, GT_DIR, "config.json"), "w") as f:
         json.dump({**asdict(cfg), "classes": list(cfg.classes)}, f, sort_keys=True)
     return {"train_videos": cfg.train_videos, "val_videos": cfg.val_videos, "frames": frames,

@@ -28,8 +28,9 @@ from dff.deploy.export import (
     read_manifest,
     require,
 )
+from dff.engine.engines import video_engine
 from dff.engine.fastpath import FastPath
-from dff.engine.video import VideoDetector
+from dff.engine.video import VideoDetector, VideoEngine
 from dff.models.rfcn import RFCN
 from dff.temporal import build_scheme, key_frame_interval
 from dff.temporal.async_keys import KeyWorker
@@ -175,10 +176,12 @@ def onnx_detector(onnx_dir: str | os.PathLike, cfg: Config | None = None, key_in
 
 def make_detector(model: RFCN | None, cfg: Config | None, *, backend: str = "torch",
                   onnx_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                  threads: int | None = None, log=None, **kwargs: Any) -> VideoDetector:
+                  threads: int | None = None, log=None, **kwargs: Any) -> VideoEngine:
     """The video engine of ``backend`` for ``model``.
 
-    * ``"torch"``: :class:`~dff.engine.video.VideoDetector` (``model``, ``cfg``, ``**kwargs``).
+    * ``"torch"``: the engine of the model's task (:func:`dff.engine.engines.video_engine`: a
+      :class:`~dff.engine.video.VideoDetector` or a :class:`~dff.engine.segment.VideoSegmenter`; ``model``,
+      ``cfg``, ``**kwargs``).
     * ``"onnxruntime"``: :func:`onnx_detector` on ``onnx_dir``, or without it on the export of
       ``model`` in ``cache_dir`` (:func:`dff.deploy.export.cached_export`: exported once, then reused).
       With both ``model`` and ``onnx_dir`` the export must be of that model (its weights and baked
@@ -195,7 +198,10 @@ def make_detector(model: RFCN | None, cfg: Config | None, *, backend: str = "tor
             raise ValueError("an ONNX folder (--onnx) is for --backend onnxruntime")
         if model is None:
             raise ValueError("the torch backend needs a model")
-        return VideoDetector(model, cfg if cfg is not None else model.cfg, **kwargs)
+        return video_engine(model, cfg, **kwargs)
+    if model is not None and model.task != "det":
+        raise ValueError(f"--backend onnxruntime runs detectors; this {model.kind} model is a {model.task} model: "
+                         "use --backend torch")
     require(onnx, ort)
     if onnx_dir is None:
         if model is None:

@@ -208,7 +208,8 @@ class StageRunner:
             if not prepack_convolutions(model):
                 warnings.warn("fast path: this torch cannot pre-pack oneDNN weights; CPU convolutions run plain")
         # every stage of every scheme: a model lacking one (an R-FCN's flow) fails only if the scheme calls it
-        stages = {"feature": self._feature, "maps": self._maps, "head": self._head, "flow": self._flow,
+        stages = {"feature": self._feature, "maps": self._maps, "head": self._head, "task_maps": self._task_maps,
+                  "flow": self._flow,
                   "warp": self._warp, "flow_q": self._flow_q, "aggregate": self._aggregate}
         if post is not None:
             stages["post"] = post
@@ -263,6 +264,10 @@ class StageRunner:
     def _head(self, feat: Tensor, im_info: Tensor) -> dict[str, Tensor]:
         return self.model.head_rois(self._maps(feat, im_info), im_info)
 
+    def _task_maps(self, feat: Tensor) -> dict[str, Tensor]:
+        with self._precision(), self._autocast():
+            return _float32(self.model.head_maps(self._input(feat)))
+
     # the engine's calls ----------------------------------------------------------------------------
     def feature(self, data: Tensor) -> Tensor:
         """data (1, 3, H, W) -> key feature (1, C, h, w) float32 (a graph output: copy it to keep it)."""
@@ -307,6 +312,10 @@ class StageRunner:
         """feature, im_info (1, 3) -> :meth:`dff.models.rfcn.RFCN.head_maps` (float32) and
         :meth:`~dff.models.rfcn.RFCN.candidates`."""
         return self._stages["maps"](feat, im_info)
+
+    def task_maps(self, feat: Tensor) -> dict[str, Tensor]:
+        """feature -> the model's ``head_maps`` alone (float32): a segmentation model's score maps."""
+        return self._stages["task_maps"](feat)
 
     def head(self, feat: Tensor, im_info: Tensor) -> dict[str, Tensor]:
         """feature, im_info (1, 3) -> :meth:`dff.models.rfcn.RFCN.head_rois` outputs (rois, cls_prob, bbox_pred, ...)."""

@@ -29,7 +29,7 @@ from dff.temporal.async_keys import AsyncKeyFrameLoop, KeyWorker
 from dff.temporal.base import Stages
 from dff.utils.image import preprocess
 
-__all__ = ["STAGES", "FrameResult", "VideoDetector", "box_quality", "per_frame_config", "schedule_overrides"]
+__all__ = ["STAGES", "FrameResult", "VideoEngine", "VideoDetector", "box_quality", "per_frame_config", "schedule_overrides"]
 
 
 def per_frame_config(cfg: Config) -> Config:
@@ -64,6 +64,7 @@ class FrameResult:
     has_q: bool = False  # the model predicts THP's Q: the boxes have a quality
     q_map: np.ndarray | None = None  # Q of this non-key frame against its key frame, (h, w) float32 feature cells
     cells_per_pixel: float = 0.0  # feature cells per original-frame pixel (im_scale / stride)
+    labels: np.ndarray | None = None  # segmentation: (H, W) uint8 class indices in original pixels (detections empty)
 
     def quality(self, box: Sequence[float]) -> float | None:
         """The mean Q inside ``box`` ([x1, y1, x2, y2], original pixels): how well the key frame's feature
@@ -87,36 +88,16 @@ def box_quality(q_map: np.ndarray, box: Sequence[float], cells_per_pixel: float)
     return float(q_map[r1:r2 + 1, c1:c2 + 1].mean())
 
 
-class VideoDetector:
-    """Run a detector over the frames of one video.
-
-    Args:
-        model: a detector (``dff.models``: an ``RFCN`` or a ``DFF``), in eval mode, on ``device``; None with
-            ``stages`` and ``scheme`` (another backend's network).
-        cfg: the config (scales, pixel means, NMS, ``TEST.KEY_FRAME_INTERVAL`` and the scheme's ``TEST`` options).
-        key_interval: overrides ``cfg.TEST.KEY_FRAME_INTERVAL``; forced to 1 for a model without a flow network.
-        thresh: score threshold of the post-processing (the reference: 1e-4 DFF, 1e-3 R-FCN).
-        sync: synchronise the device between stages so the per-stage split is exact (costs a little
-            on GPU; off gives the true pipelined speed).
-        keep_images: attach the original frame to each result (for drawing).
-        fast: the GPU fast path (:class:`~dff.engine.fastpath.FastPath`: autocast, channels_last, CUDA
-            graphs); None runs the plain float32 model. ``FastPath.full(device)`` turns on all that applies.
-        stages, scheme: another backend's stage runner, as a factory called with ``post=`` this detector's
-            post-processing (:meth:`post_function`; ``dff.deploy.runtime``), and the temporal scheme it runs; by
-            default the model's :class:`~dff.engine.fastpath.StageRunner` and ``model.scheme``.
-        keys: a key worker (:mod:`dff.temporal.async_keys`): key frames are computed asynchronously while the
-            frames are served from the newest key that has landed; None: synchronous key frames.
-
-    The detections' post-processing is :func:`dff.engine.postprocess.pred_eval_fixed` on every device:
-    one fixed-size NMS over all (roi, class) pairs, the same detections as the reference's per-class
-    loop (:func:`dff.engine.postprocess.pred_eval_frame`, the oracle the tests compare it with).
-
-    On CUDA with the compiled kernels nothing in a frame waits for the GPU: the task
-    network (proposal NMS included) and the post-processing are fixed-shape stages (CUDA graphs with
-    the fast path), the detections are copied to pinned host memory asynchronously, and :meth:`run`
-    hands out frame ``i`` after it has queued frame ``i + 1``, so the CPU prepares the next frame while
-    the GPU works.
+class VideoEngine:
+    """What every task's video engine shares: the model's key-frame loop on a stage runner, the frame
+    preparation, the timing and :meth:`step`. A task's engine (:class:`VideoDetector`, and
+    :class:`dff.engine.segment.VideoSegmenter`) adds its task network (``_head``), its post-processing and
+    :meth:`run`; :func:`video_engine` picks it by the model's ``task``. The arguments are
+    :class:`VideoDetector`'s (``thresh`` is the detectors' score threshold).
     """
+
+    # the post-processing the stage runner holds as its ``post`` stage (a detector's NMS); none by default
+    post_function: Callable[..., tuple[Tensor, Tensor]] | None = None
 
     def __init__(self, model: torch.nn.Module | None, cfg: Config, key_interval: int | None = None,
                  device: str | torch.device = "cpu", thresh: float = 1e-4, sync: bool = True,
@@ -203,6 +184,41 @@ class VideoDetector:
         times = dict.fromkeys(STAGES, 0.0)
         feat, self._last = self.loop.step(data, times, index)
         return self._head(feat, im_info_dev, rois, times, self._tick()), self._last.is_key, times
+
+    def _head(self, feat: Tensor, im_info_dev: Tensor, rois: Tensor | None, times: dict, t1: float) -> dict:
+        raise NotImplementedError
+
+
+class VideoDetector(VideoEngine):
+    """Run a detector over the frames of one video.
+
+    Args:
+        model: a detector (``dff.models``: an ``RFCN`` or a ``DFF``), in eval mode, on ``device``; None with
+            ``stages`` and ``scheme`` (another backend's network).
+        cfg: the config (scales, pixel means, NMS, ``TEST.KEY_FRAME_INTERVAL`` and the scheme's ``TEST`` options).
+        key_interval: overrides ``cfg.TEST.KEY_FRAME_INTERVAL``; forced to 1 for a model without a flow network.
+        thresh: score threshold of the post-processing (the reference: 1e-4 DFF, 1e-3 R-FCN).
+        sync: synchronise the device between stages so the per-stage split is exact (costs a little
+            on GPU; off gives the true pipelined speed).
+        keep_images: attach the original frame to each result (for drawing).
+        fast: the GPU fast path (:class:`~dff.engine.fastpath.FastPath`: autocast, channels_last, CUDA
+            graphs); None runs the plain float32 model. ``FastPath.full(device)`` turns on all that applies.
+        stages, scheme: another backend's stage runner, as a factory called with ``post=`` this detector's
+            post-processing (:meth:`post_function`; ``dff.deploy.runtime``), and the temporal scheme it runs; by
+            default the model's :class:`~dff.engine.fastpath.StageRunner` and ``model.scheme``.
+        keys: a key worker (:mod:`dff.temporal.async_keys`): key frames are computed asynchronously while the
+            frames are served from the newest key that has landed; None: synchronous key frames.
+
+    The detections' post-processing is :func:`dff.engine.postprocess.pred_eval_fixed` on every device:
+    one fixed-size NMS over all (roi, class) pairs, the same detections as the reference's per-class
+    loop (:func:`dff.engine.postprocess.pred_eval_frame`, the oracle the tests compare it with).
+
+    On CUDA with the compiled kernels nothing in a frame waits for the GPU: the task
+    network (proposal NMS included) and the post-processing are fixed-shape stages (CUDA graphs with
+    the fast path), the detections are copied to pinned host memory asynchronously, and :meth:`run`
+    hands out frame ``i`` after it has queued frame ``i + 1``, so the CPU prepares the next frame while
+    the GPU works.
+    """
 
     def _head(self, feat: Tensor, im_info_dev: Tensor, rois: Tensor | None, times: dict, t1: float) -> dict:
         """The task network on the frame's feature; ``times["head"]`` from ``t1``."""

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from dff.config import MODEL_KEYS, Config, config_from_dict, load_config, parse_overrides, update_config
+from dff.models.base import FeatureModel
+from dff.models.deeplab import DeepLab, DFFDeepLab
 from dff.models.dff import DFF
 from dff.models.rfcn import RFCN
 from dff.utils.checkpoint import (
@@ -28,12 +30,14 @@ __all__ = ["MODEL_KINDS", "FIXTURE", "build_model", "load_model", "load_run_mode
            "tiled_bbox_stats", "fold_bbox_state",
            "unfold_bbox_state"]
 
-MODEL_KINDS: dict[str, type[RFCN]] = {"rfcn": RFCN, "dff": DFF}
+MODEL_KINDS: dict[str, type[FeatureModel]] = {"rfcn": RFCN, "dff": DFF, "deeplab": DeepLab, "dff_deeplab": DFFDeepLab}
 FIXTURE = "fixture"  # load_model's name for the deterministic weights of the parity fixtures
 
 
-def build_model(kind: str, cfg: Config) -> RFCN:
-    """``"rfcn"`` -> :class:`~dff.models.rfcn.RFCN`, ``"dff"`` -> :class:`~dff.models.dff.DFF`, randomly initialised."""
+def build_model(kind: str, cfg: Config) -> FeatureModel:
+    """``"rfcn"`` -> :class:`~dff.models.rfcn.RFCN`, ``"dff"`` -> :class:`~dff.models.dff.DFF`, ``"deeplab"`` ->
+    :class:`~dff.models.deeplab.DeepLab`, ``"dff_deeplab"`` -> :class:`~dff.models.deeplab.DFFDeepLab`, randomly
+    initialised."""
     try:
         cls = MODEL_KINDS[kind]
     except KeyError:
@@ -50,7 +54,7 @@ def weights_tag(path: str | os.PathLike) -> str | None:
 
 
 def load_model(path: str | os.PathLike, cfg: Config | None = None, *, kind: str | None = None,
-               device: str | torch.device = "cpu", overrides: Sequence[str] = ()) -> tuple[RFCN, Config]:
+               device: str | torch.device = "cpu", overrides: Sequence[str] = ()) -> tuple[FeatureModel, Config]:
     """A detector with the test weights of ``path``, in eval mode on ``device``, and its config.
 
     Args:
@@ -100,13 +104,13 @@ def load_model(path: str | os.PathLike, cfg: Config | None = None, *, kind: str 
     return model.to(device).eval(), cfg
 
 
-def is_model_kind(model: RFCN, saved_kind: object) -> bool:
+def is_model_kind(model: FeatureModel, saved_kind: object) -> bool:
     """Whether a checkpoint's recorded ``model_kind`` is ``model``'s (the registry's name for its class)."""
     return saved_kind in MODEL_KINDS and type(model) is MODEL_KINDS[saved_kind]
 
 
 def load_run_model(path: str | os.PathLike, cfg_path: str | os.PathLike | None, overrides: Sequence[str] = (), *,
-                   kind: str | None = None, device: str | torch.device = "cpu") -> tuple[RFCN, Config]:
+                   kind: str | None = None, device: str | torch.device = "cpu") -> tuple[FeatureModel, Config]:
     """A run's model: :func:`load_model` of ``path`` with the config ``cfg_path`` (with ``overrides``) for files that
     carry none, and ``overrides`` (``--set``) applied to the config a native checkpoint brings: the one loading
     idiom of the demos, the benchmark, the tester and the export."""
@@ -121,9 +125,12 @@ def tiled_bbox_stats(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
 
 def fold_bbox_state(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
     """Training weights -> test weights: fold the box-target de-normalisation (``TRAIN.BBOX_STDS``/``MEANS``
-    tiled per regression class) into ``rfcn_head.rfcn_bbox``, as the reference's ``do_checkpoint``."""
-    means, stds = tiled_bbox_stats(cfg)
+    tiled per regression class) into ``rfcn_head.rfcn_bbox``, as the reference's ``do_checkpoint``. A model
+    without a box regressor (segmentation) has nothing to fold: its state is returned as it is."""
     out = dict(state)
+    if "rfcn_head.rfcn_bbox.weight" not in state:
+        return out
+    means, stds = tiled_bbox_stats(cfg)
     w, b = state["rfcn_head.rfcn_bbox.weight"], state["rfcn_head.rfcn_bbox.bias"]
     wt, bt = bbox_test_params(w.detach().cpu().float().numpy(), b.detach().cpu().float().numpy(), means, stds)
     out["rfcn_head.rfcn_bbox.weight"] = torch.from_numpy(wt).to(w.dtype)
@@ -133,8 +140,10 @@ def fold_bbox_state(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, to
 
 def unfold_bbox_state(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
     """Inverse of :func:`fold_bbox_state` (test weights -> training weights), up to float rounding."""
-    means, stds = tiled_bbox_stats(cfg)
     out = dict(state)
+    if "rfcn_head.rfcn_bbox.weight" not in state:
+        return out
+    means, stds = tiled_bbox_stats(cfg)
     w, b = state["rfcn_head.rfcn_bbox.weight"], state["rfcn_head.rfcn_bbox.bias"]
     rep = w.shape[0] // len(stds)
     std = torch.from_numpy(np.repeat(stds, rep)).to(w.dtype)

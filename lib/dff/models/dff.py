@@ -20,11 +20,11 @@ from dff.models.rfcn import RFCN
 from dff.ops import warp_scale
 
 
-class DFF(RFCN):
-    """R-FCN + a flow network. Parameter names: those of :class:`RFCN` plus ``flownet.<layer>`` (FlowNet's are
-    the MXNet layer names) and the temporal scheme's own layers (e.g. ``aggregation.<layer>``)."""
+class FlowModel:
+    """The flow half of any DFF model, mixed in before its per-frame model (``class DFF(FlowModel, RFCN)``): a flow
+    network held as ``flownet`` and the temporal scheme's own layers. Parameter names: the per-frame model's plus
+    ``flownet.<layer>`` (FlowNet's are the MXNet layer names) and the scheme's (e.g. ``aggregation.<layer>``)."""
 
-    kind = "dff"
     uses_flow = True
 
     def __init__(self, cfg: Config) -> None:
@@ -68,3 +68,9 @@ class DFF(RFCN):
         if parts:
             out["warped"] = self.warp(key_feat, flow, None)
         return out
+
+
+class DFF(FlowModel, RFCN):
+    """R-FCN + a flow network (the reference's ``resnet_v1_101_flownet_rfcn``)."""
+
+    kind = "dff"

@@ -14,21 +14,18 @@ feature of a frame is made (per frame, warped, aggregated) is the temporal schem
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
-from dff.config import Config, class_names
+from dff.config import Config
+from dff.models.base import FeatureModel
 from dff.models.heads import RPNHead
 from dff.models.loss import ohem_select, rcnn_losses, rpn_losses
-from dff.models.registry import build_backbone, build_head
+from dff.models.registry import build_head
 from dff.models.rpn import rpn_inv_normalize
 from dff.models.rpn.proposal import proposal_candidates, proposal_select
 from dff.models.targets import anchor_target, proposal_target
-from dff.temporal import build_scheme
-from dff.utils.checkpoint import mxnet_param_name
 
 # task_losses' outputs, in the order the trainer logs them (reference names: RPNLogLoss, RPNL1Loss, RCNNLogLoss,
 # RCNNL1Loss, RPNAcc, RCNNAcc)
@@ -45,71 +42,33 @@ def rpn_softmax(cls_score: Tensor) -> Tensor:
     return F.softmax(cls_score.reshape(n, 2, (c // 2) * h, w), dim=1).view(n, c, h, w)
 
 
-class RFCN(nn.Module):
+class RFCN(FeatureModel):
     """Per-frame R-FCN detector. ``cfg`` is the config object of :mod:`dff.config`.
 
-    The protocol both detectors share (the engine, the trainer and the parity checks use only this):
-    ``class_names`` (background first) and the capabilities ``has_flow``, ``has_q``, ``task``, ``scheme`` (the
-    temporal scheme, :mod:`dff.temporal`) and ``loss_names``; :meth:`extract_feature` (the feature network);
-    :meth:`head_maps`, :meth:`candidates` and :meth:`head_rois` (the task network, split where the fast path
-    needs it), :meth:`detect` (both halves); :meth:`forward_train` (one batch dictionary -> the losses).
-    DFF adds the flow network (``estimate_flow``, ``warp``, ``propagate``).
+    The protocol every model shares is :class:`dff.models.base.FeatureModel`'s; a detector adds the task
+    network: :meth:`head_maps`, :meth:`candidates` and :meth:`head_rois` (split where the fast path needs it),
+    :meth:`detect` (both halves) and :meth:`task_losses`. DFF adds the flow network (``estimate_flow``, ``warp``,
+    ``propagate``).
     """
 
     kind = "rfcn"  # the checkpoint's ``model_kind`` (dff.models.builder.MODEL_KINDS)
-    uses_flow = False
     task = "det"
+    task_loss_names = TASK_LOSSES
+    new_layers = ("feat_conv_3x3", "rpn_head.rpn_cls_score", "rpn_head.rpn_bbox_pred", "rfcn_head.rfcn_cls",
+                  "rfcn_head.rfcn_bbox")
+    class_layers = ("rfcn_head.rfcn_cls.",)
 
     def __init__(self, cfg: Config) -> None:
-        super().__init__()
+        super().__init__(cfg)
         net = cfg.network
-        self.cfg = cfg
-        self.scheme = build_scheme(cfg, self.uses_flow)
-        self.class_names = class_names(cfg)  # background first; the checkpoint's config carries it
-        self.num_classes = len(self.class_names)
         self.num_reg_classes = 2 if cfg.CLASS_AGNOSTIC else self.num_classes
         self.num_anchors = len(net.ANCHOR_SCALES) * len(net.ANCHOR_RATIOS)
-        feat_dim = int(net.DFF_FEAT_DIM)
-        if feat_dim % 2:
-            raise ValueError(f"network.DFF_FEAT_DIM must be even (split RPN/R-FCN), got {feat_dim}")
-        self.feat_dim = feat_dim
-        self.backbone = build_backbone(net)
-        self.feat_conv_3x3 = nn.Conv2d(self.backbone.out_channels, feat_dim, 3, padding=6, dilation=6)
-        self.rpn_head = RPNHead(feat_dim // 2, self.num_anchors)
-        self.rfcn_head = build_head(net, feat_dim // 2, self.num_classes, self.num_reg_classes)
-
-    # capabilities ---------------------------------------------------------------------------------
-    @property
-    def has_flow(self) -> bool:
-        """The model holds a flow network (non-key frames can be warped from a key frame)."""
-        return self.scheme.uses_flow
-
-    @property
-    def has_q(self) -> bool:
-        """The flow network also predicts THP's Q (adaptive key frames, partial update)."""
-        return self.scheme.has_q
-
-    @property
-    def loss_names(self) -> tuple[str, ...]:
-        """The keys of :meth:`forward_train`'s output that the trainer logs, in order: the task's, then the
-        temporal scheme's own."""
-        return TASK_LOSSES + self.scheme.loss_names
-
-    # feature network ------------------------------------------------------------------------------
-    def extract_feature(self, data: Tensor) -> Tensor:
-        """data (N, 3, H, W) -> feature (N, DFF_FEAT_DIM, ceil(H/16), ceil(W/16)) (``feat_conv_3x3_relu``)."""
-        return self.feature_from_backbone(self.backbone(data))
-
-    def feature_from_backbone(self, x: Tensor) -> Tensor:
-        """The feature network's last layer: backbone output (N, C_res5, h, w) -> feature (N, DFF_FEAT_DIM, h, w).
-        Split from :meth:`extract_feature` for THP's partial update, which recomputes the two halves apart."""
-        return F.relu(self.feat_conv_3x3(x))
-
-    @property
-    def feature_head_reach(self) -> int:
-        """How many cells away :meth:`feature_from_backbone` reads (``feat_conv_3x3``: dilation 6, 3x3)."""
-        conv = self.feat_conv_3x3
-        return int(conv.dilation[0]) * (int(conv.kernel_size[0]) // 2)
+        if self.feat_dim % 2:
+            raise ValueError(f"network.DFF_FEAT_DIM must be even (split RPN/R-FCN), got {self.feat_dim}")
+        self.rpn_head = RPNHead(self.feat_dim // 2, self.num_anchors)
+        self.rfcn_head = build_head(net, self.feat_dim // 2, self.num_classes, self.num_reg_classes)
+        if self.num_reg_classes != 2:
+            self.class_layers = (*self.class_layers, "rfcn_head.rfcn_bbox.")
 
     # task network ---------------------------------------------------------------------------------
     def rpn(self, feat: Tensor) -> tuple[Tensor, Tensor]:
@@ -263,48 +222,10 @@ class RFCN(nn.Module):
             "rcnn_acc": rcnn_acc,
         }
 
-    def forward_train(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Training forward on one image (the reference's ``get_train_symbol``); the same call for every model.
-
-        ``batch``: ``data`` (1, 3, H, W) the preprocessed image, ``im_info`` (1, 3), ``gt_boxes`` (1, G, 5)
-        or (G, 5) in scaled-image pixels, on the model's device, plus what the temporal scheme reads (DFF:
-        ``data_ref`` and ``eq_flag``; key-frame aggregation: ``data_prev`` and ``prev_flag``). Returns the
-        dict of :meth:`task_losses` with the scheme's own losses added (their sum in ``loss``); call
-        ``out["loss"].backward()``.
-        """
-        data = batch["data"]
-        if data.dim() != 4 or data.shape[0] != 1:
-            raise ValueError(f"forward_train: data must be one image (1, 3, H, W), got {tuple(data.shape)}")
-        feat, scheme_losses = self.scheme.train_feature(self, batch)
-        out = self.task_losses(feat, batch["im_info"], batch["gt_boxes"], generator)
-        for name, value in scheme_losses.items():
-            out[name] = value
-            out["loss"] = out["loss"] + value
-        return out
-
-    def train_feature(self, batch: dict[str, Tensor]) -> Tensor:
-        """The feature that carries the training losses (the temporal scheme's)."""
-        return self.scheme.train_feature(self, batch)[0]
-
-    def init_video_layers(self) -> None:
-        """Start the temporal scheme's own layers (those a simpler model's checkpoint lacks) so that the model
-        begins as that simpler model."""
-        self.scheme.init_layers(self)
-
-    def frozen_parameters(self, fixed_prefixes: Sequence[str] | None = None) -> set[str]:
-        """Names of the parameters training keeps fixed: the one place this is decided.
-
-        Those whose MXNet name starts with one of ``fixed_prefixes`` (default ``network.FIXED_PARAMS``;
-        the reference matches prefixes, so ``"gamma"`` freezes nothing and ``"bn"`` every BatchNorm
-        scale), plus what the model itself keeps fixed (DFF: the scale map's bias).
-        """
-        prefixes = tuple(str(p) for p in (self.cfg.network.FIXED_PARAMS if fixed_prefixes is None else fixed_prefixes))
-        frozen = set()
-        for key, _ in self.named_parameters():
-            mx = mxnet_param_name(key)
-            if mx is not None and mx.startswith(prefixes):
-                frozen.add(key)
-        return frozen
+    def task_loss(self, feat: Tensor, batch: dict[str, Tensor],
+                  generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """:meth:`task_losses` on a training batch (``im_info``, ``gt_boxes``): the base class's hook."""
+        return self.task_losses(feat, batch["im_info"], batch["gt_boxes"], generator)
 
     def extra_repr(self) -> str:
         return f"backbone={self.backbone.arch}, feat_dim={self.feat_dim}, classes={self.num_classes}"

@@ -62,6 +62,7 @@ from dff.dataset.factory import ClassListMismatch, adopt_class_list, image_set_n
 from dff.dataset.imagenet_vid import missing_dataset_message
 from dff.dataset.loader import (
     STREAM_TARGETS,
+    TRAIN_DATASETS,
     AspectGroupedBatchSampler,
     BadSample,
     TrainDataset,
@@ -70,6 +71,7 @@ from dff.dataset.loader import (
     worker_init,
 )
 from dff.models.builder import (
+    MODEL_KINDS,
     build_model,
     fold_bbox_state,
     is_model_kind,
@@ -101,8 +103,6 @@ __all__ = [
 log = logging.getLogger("dff.train")
 
 _BUCKET_BYTES = 32 << 20
-_NEW_LAYERS = ("feat_conv_3x3", "rpn_head.rpn_cls_score", "rpn_head.rpn_bbox_pred", "rfcn_head.rfcn_cls",
-               "rfcn_head.rfcn_bbox")
 _DEFAULT_PREFIX = {False: "rfcn_vid", True: "dff_rfcn_vid"}  # by model.has_flow, when TRAIN.model_prefix is empty
 AMP_CHOICES = ("off", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -177,10 +177,10 @@ def load_train_roidb(cfg: Config, verbose: bool = True) -> tuple[list[dict[str, 
 
 @torch.no_grad()
 def init_new_layers(model: nn.Module, generator: torch.Generator) -> None:
-    """The reference's ``init_weight``: feat_conv / RPN / R-FCN weights N(0, 0.01), biases 0; DFF's scale
-    conv weight 0, bias 1 (bias frozen)."""
+    """The reference's ``init_weight``: the model's new layers (``model.new_layers``; R-FCN: feat_conv / RPN /
+    R-FCN) weights N(0, 0.01), biases 0; DFF's scale conv weight 0, bias 1 (bias frozen)."""
     modules = dict(model.named_modules())
-    for name in _NEW_LAYERS:
+    for name in model.new_layers:
         conv = modules[name]
         nn.init.normal_(conv.weight, 0.0, 0.01, generator=generator)
         nn.init.zeros_(conv.bias)
@@ -210,10 +210,9 @@ def _load_part(model: nn.Module, path: str, part: str, exempt: Sequence[str] = (
 
 
 def _class_layers(model: nn.Module) -> list[str]:
-    """The parameters whose shape follows the class list (the R-FCN score maps; the box maps unless
-    class-agnostic)."""
-    prefixes = ["rfcn_head.rfcn_cls."] + ([] if model.num_reg_classes == 2 else ["rfcn_head.rfcn_bbox."])
-    return [k for k, _ in model.named_parameters() if any(k.startswith(p) for p in prefixes)]
+    """The parameters whose shape follows the class list (``model.class_layers``: the R-FCN score maps and the
+    box maps unless class-agnostic; a segmentation model's score layer)."""
+    return [k for k, _ in model.named_parameters() if k.startswith(tuple(model.class_layers))]
 
 
 def _init_other_classes(model: nn.Module, path: str, saved: dict[str, Any], cfg: Config,
@@ -259,12 +258,50 @@ def _init_flow_network(model: nn.Module, cfg: Config, generator: torch.Generator
     return "flow network from scratch (flow 0; network.pretrained_flow names no .pth)"
 
 
+# the parts a model of one task can take from a model of another: the feature network and the flow network
+_SHARED_PARTS = ("backbone.", "feat_conv_3x3.", "flownet.")
+
+
+def _init_from_other_task(model: nn.Module, path: str, saved_kind: str, cfg: Config, generator: torch.Generator) -> str:
+    """``--init`` from a model of another task (a segmentation model started from a detector trained on the same
+    images): its feature network and, when both have one, its flow network; the rest as a fresh model's. The
+    tensors of those parts must all be there with this model's shapes."""
+    init_new_layers(model, generator)
+    state = model.state_dict()
+    saved = load_checkpoint(path)["model"]
+    loaded: set[str] = set()
+    for k, v in saved.items():
+        if k in state and k.startswith(_SHARED_PARTS):
+            if tuple(v.shape) != tuple(state[k].shape):
+                raise TrainingError(f"--init {path}: {k} is {tuple(v.shape)} there, {tuple(state[k].shape)} here "
+                                    "(the feature networks differ: network.BACKBONE / DFF_FEAT_DIM)")
+            state[k] = v.to(state[k].dtype)
+            loaded.add(k)
+    parts = [p for p in _SHARED_PARTS if any(k.startswith(p) for k in state)]
+    missing = [k for k in state if k.startswith(parts[0]) or k.startswith("feat_conv_3x3.")]
+    missing = [k for k in missing if k not in loaded and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise TrainingError(f"--init {path}: the {saved_kind} checkpoint lacks {missing[:5]} of this model's feature "
+                            "network")
+    model.load_state_dict(state)
+    taken = [p.rstrip(".") for p in parts if any(k.startswith(p) for k in loaded)]
+    line = f"{', '.join(taken)} from {path} (a {saved_kind} model); the {model.task} layers initialised N(0, 0.01)"
+    if model.has_flow and not any(k.startswith("flownet.") for k in loaded):
+        line += f"; {_init_flow_network(model, cfg, generator)}"
+    elif model.has_flow:
+        model.flownet.init_scale_identity()
+    return line
+
+
 def _load_init(model: nn.Module, path: str, cfg: Config, generator: torch.Generator) -> str:
     """``--init PATH``: every model weight from a native checkpoint or an MXNet file (training form). A native
     checkpoint with another class list (fine-tuning to new classes) gives all but the class-dependent layers."""
     if not os.path.isfile(path):
         raise TrainingError(f"{path}: --init file not found")
     saved = checkpoint_config(path) if detect_format(path) == "native" else None
+    saved_kind = load_checkpoint(path).get("model_kind") if saved is not None else None
+    if saved_kind in MODEL_KINDS and MODEL_KINDS[saved_kind].task != model.task:
+        return _init_from_other_task(model, path, saved_kind, cfg, generator)
     if saved is not None and tuple(class_names(config_from_dict(saved, path))) != tuple(model.class_names):
         return _init_other_classes(model, path, saved, cfg, generator)
     try:
@@ -277,7 +314,7 @@ def _load_init(model: nn.Module, path: str, cfg: Config, generator: torch.Genera
         # a THP or ConvGRU model fine-tuned from a DFF checkpoint: the video layers start from their
         # initialisation; a DFF model from its per-frame twin (an R-FCN checkpoint): the flow network too
         video_new = model.scheme.new_layer_patterns
-        from_twin = model.has_flow and fmt == "native" and load_checkpoint(path).get("model_kind") == "rfcn"
+        from_twin = model.has_flow and fmt == "native" and saved_kind in MODEL_KINDS and not MODEL_KINDS[saved_kind].uses_flow
         report = load_model_weights(model, path, ignore_missing=(*DEFAULT_IGNORE_MISSING, *video_new,
                                                                  *(("flownet.*",) if from_twin else ())))
         tag = weights_tag(path)
@@ -335,7 +372,7 @@ def initialize(model: nn.Module, cfg: Config, opts: TrainOptions) -> list[str]:
         n = _load_part(model, path, part, exempt)
         lines.append(f"{what}: {n} tensors from {path}")
     init_new_layers(model, gen)
-    lines.append("feat_conv/RPN/R-FCN: N(0, 0.01), biases 0" + ("; scale map: weight 0, bias 1 (frozen)"
+    lines.append(f"{'/'.join(model.new_layers)}: N(0, 0.01), biases 0" + ("; scale map: weight 0, bias 1 (frozen)"
                                                                   if model.has_flow else ""))
     return lines
 
@@ -597,7 +634,7 @@ def _set_up(cfg: Config, opts: TrainOptions, device: torch.device, dctx: _Dist, 
     if ckpt is not None:
         _restore_progress(run, ckpt, resume_from)
         del ckpt
-    run.dataset = TrainDataset(roidb, cfg, pairs=model.has_flow, seed=opts.seed)
+    run.dataset = TRAIN_DATASETS[model.task](roidb, cfg, pairs=model.has_flow, seed=opts.seed)
     run.sampler = AspectGroupedBatchSampler(
         [r["width"] for r in roidb], [r["height"] for r in roidb], per_rank=opts.accumulate, world_size=dctx.world,
         rank=dctx.rank, seed=opts.seed, shuffle=bool(cfg.TRAIN.SHUFFLE), aspect_grouping=bool(cfg.TRAIN.ASPECT_GROUPING),
