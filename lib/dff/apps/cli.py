@@ -23,6 +23,7 @@ from dff.config import ConfigError, load_config
 from dff.deploy import BACKENDS
 from dff.engine.fastpath import FAST_NAMES
 from dff.eval.tester import DEFAULT_THRESH, TesterError, default_model_path, run_test_from_args, test_overrides
+from dff.models.builder import MODEL_KINDS
 from dff.temporal import SCHEDULES
 from dff.train.trainer import AMP_CHOICES, TrainingDiverged, TrainingError, TrainOptions, train
 from dff.utils.logging import setup_logging
@@ -111,11 +112,12 @@ def add_train_options(ap: argparse._ActionsContainer) -> None:
 
 def add_test_options(ap: argparse._ActionsContainer, kind: str) -> None:
     """The test flags of both scripts (``--key-interval`` for DFF only) and ``--no-progress``."""
-    ap.add_argument("--thresh", type=float, default=None,
-                    help=f"score threshold (default {DEFAULT_THRESH[kind]:g}, as the reference)")
+    if kind in DEFAULT_THRESH:  # detectors
+        ap.add_argument("--thresh", type=float, default=None,
+                        help=f"score threshold (default {DEFAULT_THRESH[kind]:g}, as the reference)")
     ap.add_argument("--ignore-cache", "--ignore_cache", dest="ignore_cache", action="store_true",
                     help="run every video again, even those with finished detections in the output folder")
-    if kind == "dff":
+    if MODEL_KINDS[kind].uses_flow:
         ap.add_argument("--key-interval", type=int, default=None,
                         help="key frame every N frames (default TEST.KEY_FRAME_INTERVAL)")
         add_schedule_option(ap)

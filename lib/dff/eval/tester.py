@@ -67,6 +67,7 @@ from dff.engine.fastpath import FastPath
 from dff.engine.frames import FrameSource
 from dff.engine.video import STAGES, VideoDetector, schedule_overrides
 from dff.eval.coco_eval import coco_eval, format_coco_table
+from dff.eval.seg_eval import format_seg_result, run_seg_test_set
 from dff.eval.vid_eval import format_table, load_vid_annotations, save_json, vid_eval, write_vid_results
 from dff.models.builder import load_model
 from dff.utils.checkpoint import CheckpointError
@@ -485,12 +486,41 @@ def _init_test_group(device: torch.device) -> bool:
     return True
 
 
+def _run_seg_test(args: argparse.Namespace, model: torch.nn.Module, cfg: Config, path: str, out_dir: str,
+                  device: torch.device, shard: bool) -> dict[str, Any] | None:
+    """:func:`run_test_from_args` for a segmentation model: mIoU by the DFF paper's key-distance protocol
+    (:func:`dff.eval.seg_eval.run_seg_test_set`) at ``--key-interval`` (default ``TEST.KEY_FRAME_INTERVAL``), its
+    JSON at ``<out_dir>/results/eval_<test_image_set>.json``. Not sharded (the labelled frames are few): under
+    torchrun (and ``shard``) rank 0 evaluates, the other ranks return None."""
+    if shard and int(os.environ.get("RANK", "0")) != 0:
+        return None
+    for option, value, default in (("TEST.KEY_FRAME_SCHEDULE", str(cfg.TEST.KEY_FRAME_SCHEDULE), ("fixed",)),
+                                   ("--fast", getattr(args, "fast", "none"), ("none",)),
+                                   ("--backend", getattr(args, "backend", "torch"), ("torch",))):
+        if value not in default:  # the detection engine's options: say so rather than ignore them
+            raise TesterError(f"{option} {value}: segmentation is evaluated at fixed key intervals, in plain "
+                              "float32, with the torch backend")
+    with setup_logging(os.path.join(out_dir, "test.log"), console=False):
+        log.info("testing %s on %s (%s)", path, cfg.dataset.test_image_set, out_dir)
+        try:
+            result = run_seg_test_set(model, cfg, output_dir=out_dir, key_interval=getattr(args, "key_interval", None),
+                                      scale_map=not getattr(args, "no_scale_map", False), device=device,
+                                      progress=not args.no_progress, max_snippets=getattr(args, "max_videos", None))
+        except (OSError, ValueError) as e:  # missing data, an unreadable frame or label, another class list
+            raise TesterError(str(e)) from None
+        log.info("%s", format_seg_result(result))
+        log.info("IoU per class: %s", ", ".join(f"{n} {'n/a' if v is None else f'{v:.2f}'}"
+                                                for n, v in result["per_class_IoU"].items()))
+        log.info("results: %s", result["results_file"])
+    return result
+
+
 def run_test_from_args(args: argparse.Namespace, kind: str, cfg: Config, cfg_path: str,
                        model_path: str | None, *, shard: bool = True) -> dict[str, Any] | None:
     """Test the model at ``model_path`` (default :func:`default_model_path`) with the test options of
     ``args`` (:func:`dff.apps.cli.add_test_options`), log the table (also to ``test.log``). Under torchrun (and
     ``shard``) the videos are sharded over the processes; rank 0 evaluates and returns the result, the
-    others None."""
+    others None. A segmentation kind (``model.task == "seg"``) is evaluated by :func:`_run_seg_test` instead."""
     if not os.path.isdir(str(cfg.dataset.dataset_path)):  # before any folder is made
         raise TesterError(missing_dataset_message(str(cfg.dataset.dataset_path)))
     path = model_path or default_model_path(cfg, cfg_path)
@@ -502,6 +532,8 @@ def run_test_from_args(args: argparse.Namespace, kind: str, cfg: Config, cfg_pat
     out_dir = eval_output_dir(cfg, cfg_path)
     os.makedirs(out_dir, exist_ok=True)
     device = resolve_device(args.device)
+    if model.task == "seg":
+        return _run_seg_test(args, model, cfg, path, out_dir, device, shard)
     made_group = _init_test_group(device) if shard else False
     rank, world = _shard()
     if device.type == "cuda" and device.index is None and world > 1:
