@@ -9,19 +9,19 @@ import json
 import math
 import pathlib
 import runpy
+import shutil
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from dff.config import load_config
 from dff.dataset.cityscapes import CityscapesVideo
 from dff.dataset.synthetic import SynthConfig, generate
+from dff.engine.segment import class_fractions
 from dff.eval import seg_eval
 from dff.eval.seg_eval import (
     accumulate_key_distances,
-    class_fractions,
     confusion_matrix,
     evaluate_key_distances,
     iou_from_confusion,
@@ -111,7 +111,8 @@ def test_against_brute_force_per_class_masks():
 
 def test_class_fractions():
     labels = np.array([[0, 0, 2, 255], [2, 2, 0, 0]])
-    assert class_fractions(labels, ["bg", "a", "b"]) == {"bg": 0.5, "b": 0.375}
+    # an index past the class list (the ignore label) is named by its number; the fractions sum to 1
+    assert class_fractions(labels, ["bg", "a", "b"]) == {"bg": 0.5, "b": 0.375, "255": 0.125}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,14 +136,9 @@ def seg_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seg_cfg(seg_root, tmp_path_factory):
-    data = yaml.safe_load(DFF_DEEPLAB_CFG.read_text())
-    # only the network, data and test sections matter here; the MXNet-era names (the module, the dataset class)
-    # are left out so that the config checks for them are not what this test exercises
-    data.pop("symbol", None)
-    data["dataset"].pop("dataset", None)
     path = tmp_path_factory.mktemp("cfg") / "dff_deeplab_tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return load_config(path, ["network.MOBILENET_WIDTH=0.25", "network.FLOWNET_WIDTH=0.25",
+    shutil.copy(DFF_DEEPLAB_CFG, path)
+    return load_config(path, ["network.MOBILENET_WIDTH=0.25", f"dataset.NUM_CLASSES={len(CLASSES) + 1}", "network.FLOWNET_WIDTH=0.25",
                               "network.DFF_FEAT_DIM=16", "SCALES=[64,96]", f"dataset.dataset_path={seg_root}",
                               f"dataset.CLASSES=[{','.join(CLASSES)}]"])
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from dff.api import load_detector
 from dff.config import load_config, set_class_names
 from dff.dataset.cityscapes import CITYSCAPES_CLASSES, CityscapesError, CityscapesVideo, read_label
 from dff.dataset.loader import SegTrainDataset
@@ -196,3 +197,24 @@ def test_engine_warps_key_features_and_labels_every_frame():
         expected = model.segment(model.extract_feature(data), (48, 72)).argmax(1)[0].numpy()
     assert np.array_equal(results[3].labels, expected)
     assert results[1].times["flow"] > 0 and results[1].times["feature"] == 0
+
+
+def test_public_api_segments_and_reports_class_fractions(tmp_path):
+    cfg = tiny_cfg()
+    model = build_model("dff_deeplab", cfg).eval()
+    path = str(tmp_path / "seg.pth")
+    save_checkpoint(path, model_state=model, extra={"weights": "test", "model_kind": "dff_deeplab"}, config=cfg)
+    schema = json.loads(open(os.path.join(REPO, "docs", "frame_result.schema.json")).read())
+    rng = np.random.RandomState(1)
+    images = [rng.randint(0, 255, (48, 72, 3)).astype(np.uint8) for _ in range(4)]
+    with load_detector(path, device="cpu") as seg:
+        frames = list(seg.detect(images))
+    assert [f.is_key for f in frames] == [True, False, False, True]
+    for f in frames:
+        assert f.boxes == [] and f.labels.shape == (48, 72)
+        counts = np.bincount(f.labels.ravel(), minlength=6)
+        assert f.class_fractions == {n: round(c / f.labels.size, 5) for n, c in zip(f.class_names, counts) if c}
+        record = f.to_json()
+        assert record["class_fractions"] == f.class_fractions and record["detections"] == []
+        assert set(schema["required"]) <= set(record) <= set(schema["properties"])
+        assert sum(record["class_fractions"].values()) == pytest.approx(1.0, abs=1e-4)

@@ -40,7 +40,8 @@ from dff.deploy.runtime import BACKENDS, make_detector
 from dff.engine.fastpath import FastPath
 from dff.engine.frames import Frame, VideoReadError, frames_from_arrays
 from dff.engine.live import LiveSource, SourceLost, SourceOpenError, open_source
-from dff.engine.video import FrameResult, VideoDetector
+from dff.engine.segment import class_fractions
+from dff.engine.video import FrameResult, VideoEngine
 from dff.models.builder import load_model
 from dff.temporal.async_keys import key_worker
 from dff.utils.checkpoint import CheckpointError
@@ -89,7 +90,9 @@ class DetectionFrame:
     the detections; ``dropped``: frames a live source dropped so far (0 otherwise); ``updated_fraction``: THP's
     partial update, the fraction of feature cells recomputed; ``key_index`` and ``age``: the key frame whose feature
     gave this frame's (its index; frames since it, 0 on a key frame); ``image``: the BGR frame with
-    ``keep_images=True``, else None; ``result``: the engine's :class:`~dff.engine.video.FrameResult`."""
+    ``keep_images=True``, else None; ``labels``: a segmentation model's (H, W) uint8 class index of each pixel
+    (``boxes`` then empty; :attr:`class_fractions`), else None; ``result``: the engine's
+    :class:`~dff.engine.video.FrameResult`."""
 
     index: int
     seq: int
@@ -104,9 +107,15 @@ class DetectionFrame:
     key_index: int = 0
     age: int = 0
     image: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    labels: np.ndarray | None = dataclasses.field(default=None, repr=False)
     result: FrameResult | None = dataclasses.field(default=None, repr=False)
     class_names: Sequence[str] = dataclasses.field(default=(), repr=False)
     partial_update: bool = dataclasses.field(default=False, repr=False)
+
+    @property
+    def class_fractions(self) -> dict[str, float]:
+        """A segmentation model's frame: the pixel fraction of each class present, by name (empty for a detector)."""
+        return {} if self.labels is None else class_fractions(self.labels, self.class_names)
 
     def to_json(self, thresh: float = JSON_THRESH) -> dict:
         """The frame as the demo's ``--json-out`` line (``docs/frame_result.schema.json``): the boxes scoring
@@ -135,7 +144,7 @@ def frame_record(r: FrameResult, seq: int, timestamp: float, latency: float, dro
                 det["quality"] = round(float(r.quality((x1, y1, x2, y2))), 4)
             dets.append(det)
     dets.sort(key=lambda x: -x["score"])
-    return {
+    record = {
         "index": r.index,
         "seq": seq,
         "name": r.name,
@@ -148,6 +157,9 @@ def frame_record(r: FrameResult, seq: int, timestamp: float, latency: float, dro
         "net_ms": round(1000 * (r.times["total"] - r.times["post"]), 3),
         "detections": dets,
     }
+    if r.labels is not None:  # a segmentation model's frame: no boxes, the classes' pixel fractions
+        record["class_fractions"] = class_fractions(r.labels, class_names)
+    return record
 
 
 def _boxes(r: FrameResult, class_names: Sequence[str]) -> list[Box]:
@@ -218,11 +230,11 @@ class Detector:
     sources (cameras, streams).
 
     Attributes: ``model`` (the loaded network, owned by the detector: the fast path may have re-laid out its
-    weights), ``cfg`` (its config), ``engine`` (the :class:`~dff.engine.video.VideoDetector`), ``class_names``
+    weights), ``cfg`` (its config), ``engine`` (the model task's engine, e.g. :class:`~dff.engine.video.VideoDetector`), ``class_names``
     (background first), ``kind`` (``"dff"`` or ``"rfcn"``), ``device``, ``backend``, ``thresh``, ``fast``
     (the :class:`~dff.engine.fastpath.FastPath`), ``key_interval``, ``model_path``."""
 
-    def __init__(self, model: torch.nn.Module, cfg: Config, engine: VideoDetector, *, model_path: str,
+    def __init__(self, model: torch.nn.Module, cfg: Config, engine: VideoEngine, *, model_path: str,
                  device: torch.device, backend: str, fast: FastPath) -> None:
         self.model = model
         self.cfg = cfg
@@ -298,7 +310,7 @@ class Detector:
                         boxes=_boxes(r, self.class_names), times=dict(r.times), timestamp=stamp,
                         latency=now - stamp, dropped=live.stats().dropped if live is not None else 0,
                         updated_fraction=float(r.updated_fraction), key_index=r.key_index, age=r.age,
-                        image=r.image, result=r,
+                        image=r.image, labels=r.labels, result=r,
                         class_names=self.class_names, partial_update=partial)
         finally:
             if live is not None:
@@ -381,7 +393,7 @@ def load_detector(model: str | os.PathLike | None = None, *, device: str | torch
     base_cfg = load_config(cfg, overrides) if cfg is not None else None
     net, net_cfg = load_model(path, base_cfg, kind=kind, device=dev, overrides=overrides)
     if thresh is None:
-        thresh = THRESH[net.kind]
+        thresh = THRESH.get(net.kind, 0.0)  # a segmentation model has no scores to threshold
     fast_path = fast if isinstance(fast, FastPath) else FastPath.from_name(fast, dev)
     if async_keys and not net.has_flow:
         raise ValueError(f"{path}: async_keys needs a model with a flow network (a DFF); this one is per-frame")

@@ -1,4 +1,5 @@
-"""The demo command shared by ``rfcn/demo.py`` (per-frame) and ``dff_rfcn/demo.py`` (DFF).
+"""The demo command shared by ``rfcn/demo.py`` (per-frame) and ``dff_rfcn/demo.py`` (DFF), and by the segmentation
+demos ``deeplab/demo.py`` (per-frame) and ``dff_deeplab/demo.py`` (DFF).
 
 Model: ``--model`` (an MXNet ``.params`` file, a native ``.pth`` that brings its own config and kind, or
 ``fixture``); without it the embedded mobile models (``data/models/dff_mobile_synthetic.pth`` and its per-frame
@@ -25,6 +26,12 @@ Exit status: 0 when the run ends (the input ends, ``--max-frames``, a stop by si
 source dropped and did not come back (the outputs hold what came before); 2 when the run cannot start
 (bad input, a source that does not open, a missing model, a ``--compare-model`` that is not a per-frame
 R-FCN of the DFF model's classes).
+
+Segmentation (a DeepLab / DFF DeepLab model, ``model.task == "seg"``): everything above works the same; what is
+drawn, written and counted per frame is the task's (:mod:`dff.apps.present`): the label map as a coloured overlay
+with a legend, ``class_fractions`` in the JSON lines, the classes present in the per-frame line, ``--labels-out DIR``
+for each frame's label map as a PNG; ``--compare``'s per-frame baseline is a DeepLab, ``--thresh`` and
+``--vis-thresh`` are ignored.
 """
 from __future__ import annotations
 
@@ -44,7 +51,6 @@ import cv2
 import torch
 from tqdm import tqdm
 
-from dff.api import frame_record
 from dff.apps.cli import (
     add_backend_options,
     add_device_option,
@@ -52,8 +58,9 @@ from dff.apps.cli import (
     add_schedule_option,
     add_set_option,
 )
-from dff.apps.compare import Comparison, annotate, speedup_line, summary_figure, time_split_line, write_png
-from dff.apps.reporting import JsonLines, RunStats, boxes_above, current_rss_mb, peak_rss_mb
+from dff.apps.compare import Comparison, speedup_line, time_split_line, write_png
+from dff.apps.present import DetectionPresentation, Presentation, presentation
+from dff.apps.reporting import JsonLines, RunStats, current_rss_mb, peak_rss_mb
 from dff.apps.serve import StreamServer
 from dff.config import Config, ConfigError, mobile_parts
 from dff.dataset.synthetic import SynthConfig, generate
@@ -62,7 +69,7 @@ from dff.engine.fastpath import FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError
 from dff.engine.live import Backoff, LiveSource, SourceLost, is_live
 from dff.engine.video import FrameResult, VideoDetector, per_frame_config, schedule_overrides
-from dff.models.builder import load_run_model
+from dff.models.builder import MODEL_KINDS, load_run_model
 from dff.temporal.async_keys import key_worker
 from dff.utils.checkpoint import CheckpointError
 from dff.utils.vis import update_label
@@ -71,6 +78,7 @@ __all__ = ["DemoError", "build_parser", "clip_size", "demo_class_names", "load_d
            "synthetic_clip"]
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_ERROR = 0, 1, 2
+DETECTION = DetectionPresentation()
 
 
 class DemoError(RuntimeError):
@@ -83,8 +91,12 @@ def demo_class_names(model: torch.nn.Module) -> Sequence[str]:
     return tuple(model.class_names)
 
 
-def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> argparse.ArgumentParser:
+def build_parser(name: str, default_cfg: str, default_out: str, dff: bool,
+                 present: Presentation = DETECTION) -> argparse.ArgumentParser:
+    """The demo's options; ``present`` (the model's task) adds its own and words the task's help."""
     ap = argparse.ArgumentParser(prog=name, description=__doc__)
+    thresh_help, vis_thresh_help = present.thresh_help(dff)
+    base = f"per-frame {present.per_frame_name}"
     ap.add_argument("input", nargs="?", default=None,
                     help="video file, folder of frames, camera (cam:N) or stream URL (rtsp://, http(s)://, anything "
                          "OpenCV's FFmpeg backend opens); default: a synthetic clip generated on the spot, "
@@ -101,8 +113,8 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
     add_backend_options(ap)
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     ap.add_argument("--thresh", type=float, default=1e-4 if dff else 1e-3,
-                    help="detection score threshold (reference: 1e-4 DFF, 1e-3 R-FCN)")
-    ap.add_argument("--vis-thresh", type=float, default=0.7, help="draw boxes above this score (reference: 0.7)")
+                    help=thresh_help)
+    ap.add_argument("--vis-thresh", type=float, default=0.7, help=vis_thresh_help)
     ap.add_argument("--no-video", action="store_true", help="do not write the .mp4")
     ap.add_argument("--no-frames", action="store_true", help="do not write annotated frames")
     ap.add_argument("--quiet", action="store_true", help="no per-frame lines")
@@ -115,13 +127,14 @@ def build_parser(name: str, default_cfg: str, default_out: str, dff: bool) -> ar
                              "previous key frame: no frame waits for a whole key frame (docs/live.md); on the CPU "
                              "the cores are split between the two")
         ap.add_argument("--compare", action="store_true",
-                        help="also run per-frame R-FCN on the same frames: writes compare.mp4 (per-frame | DFF side "
+                        help=f"also run {base} on the same frames: writes compare.mp4 (per-frame | DFF side "
                              "by side, running fps, key frames marked) and summary.png, and reports the speed-up")
         ap.add_argument("--compare-model", default=None, metavar="PATH",
-                        help="--compare's per-frame R-FCN (implies --compare): an R-FCN checkpoint with the DFF "
-                             "model's classes; default: the embedded per-frame twin "
-                             "(data/models/rfcn_mobile_synthetic.pth) for the embedded DFF model, else the DFF "
-                             "model's own weights with every frame a key frame")
+                        help=f"--compare's {base} (implies --compare): an {present.per_frame_name} checkpoint "
+                             "with the DFF model's classes; default: the embedded per-frame twin "
+                             f"(data/models/{present.per_frame_kind}_mobile_synthetic.pth) for the embedded DFF "
+                             "model, else the DFF model's own weights with every frame a key frame")
+    present.add_arguments(ap)
     add_live_arguments(ap)
     return ap
 
@@ -176,7 +189,7 @@ def _warm_up(detector: VideoDetector, source: FrameSource | LiveSource) -> None:
         pass
 
 
-def _print_summary(s: dict, say: Callable[[str], None] = print) -> None:
+def _print_summary(s: dict, say: Callable[[str], None] = print, present: Presentation = DETECTION) -> None:
     if s["frames"] == 0:
         say(f"{s['label']}: no frames processed")
         return
@@ -184,8 +197,9 @@ def _print_summary(s: dict, say: Callable[[str], None] = print) -> None:
     say(f"{s['label']}: {s['frames']} frames ({s['key_frames']} key), network {s['net_ms']:.1f} ms/frame "
         f"= {s['net_fps']:.2f} fps; end-to-end {s['end_to_end_fps']:.2f} fps (decode included)")
     say(f"  per-stage mean ms: {split}")
-    if s["drawn"]:
-        say(f"  {s['drawn']} boxes drawn (score above --vis-thresh)")
+    line = present.summary_line(s)
+    if line:
+        say(line)
 
 
 def _print_live_summary(s: dict, source: LiveSource, say: Callable[[str], None]) -> None:
@@ -209,8 +223,9 @@ class Outputs:
     def __init__(self, class_names: Sequence[str], vis_thresh: float, mark_keys: bool, frames_dir: str | None = None,
                  video_path: str | None = None, json_out: JsonLines | None = None,
                  server: StreamServer | None = None, scales: Sequence[int] | None = None,
-                 sinks: Sequence[Callable[[FrameResult], None]] = ()) -> None:
+                 sinks: Sequence[Callable[[FrameResult], None]] = (), present: Presentation = DETECTION) -> None:
         self.class_names = class_names
+        self.present = present  # how the task's results are drawn, written and counted
         self.scales = scales  # the config's (target, max) size: maps THP's update mask back to the frame
         self.vis_thresh = vis_thresh
         self.mark_keys = mark_keys
@@ -229,10 +244,7 @@ class Outputs:
     def add(self, r: FrameResult, record: dict | None, status: dict | None) -> None:
         """One processed frame: drawn (when an output shows it), written, served; ``record`` its JSON line."""
         if self.draws:
-            im = annotate(r.image, r.detections, self.class_names, self.vis_thresh,
-                          key_frame=r.is_key if self.mark_keys else None, update_mask=r.update_mask,
-                          updated_fraction=r.updated_fraction, scales=self.scales,
-                          age=r.age if self.mark_keys else None, quality=r.quality if r.has_q else None)
+            im = self.present.draw_result(r, self.class_names, self.vis_thresh, self.mark_keys, self.scales)
             if self.frames_dir is not None:
                 cv2.imwrite(os.path.join(self.frames_dir, os.path.splitext(r.name)[0] + ".jpg"), im)
             if self.video_path is not None:
@@ -303,12 +315,13 @@ def _run(detector: VideoDetector, source: FrameSource | LiveSource, label: str, 
                 now = time.time()
                 stamp = stamps.pop(r.index, now)
                 latency = now - stamp
-                ndet = boxes_above(r.detections, vis_thresh)
+                ndet = outputs.present.count(r, vis_thresh)
                 stats.add(r, ndet, latency)
                 record = None
                 if outputs.json_out is not None:
                     dropped = source.stats().dropped if live else 0
-                    record = frame_record(r, stats.frames - 1, stamp, latency, dropped, outputs.class_names, vis_thresh)
+                    record = outputs.present.record(r, stats.frames - 1, stamp, latency, dropped, outputs.class_names,
+                                                    vis_thresh)
                     if partial:
                         record["updated_fraction"] = round(float(r.updated_fraction), 5)
                 status = _status(stats, source, detector.key_interval, latency) if outputs.server is not None else None
@@ -318,7 +331,8 @@ def _run(detector: VideoDetector, source: FrameSource | LiveSource, label: str, 
                     tqdm.write(f"{label} {r.name} {'key' if r.is_key else '   '}"
                            + (f" age {r.age:>2}" if not r.is_key else "       ")
                            + f" {1000 * r.times['total']:.1f} ms "
-                               f"{ndet} boxes > {vis_thresh}" + (f" latency {1000 * latency:.0f} ms" if live else "")
+                               f"{outputs.present.count_text(ndet, vis_thresh)}"
+                               + (f" latency {1000 * latency:.0f} ms" if live else "")
                                + (f" {update_label(r.updated_fraction)}" if partial and not r.is_key else ""),
                                file=sys.stderr)
                 bar.update(1)
@@ -416,18 +430,19 @@ def _names(names: Sequence[str], limit: int = 8) -> str:
 
 
 def load_baseline(path: str, args: argparse.Namespace, dff_model: torch.nn.Module,
-                  dff_cfg: Config) -> tuple[torch.nn.Module, Config]:
-    """``--compare``'s per-frame R-FCN from ``path``: an R-FCN (kind ``rfcn``) with the DFF model's class list, or a
-    :class:`DemoError` that says which of the two it is not. A native checkpoint brings its config (``--set``
-    applies to it as to the DFF model's); an MXNet file takes ``--cfg``."""
-    where = "--compare-model (the per-frame R-FCN)"
+                  dff_cfg: Config, present: Presentation = DETECTION) -> tuple[torch.nn.Module, Config]:
+    """``--compare``'s per-frame model from ``path``: one of the task's per-frame kind (``present.per_frame_kind``:
+    an R-FCN, kind ``rfcn``, for a DFF detector) with the DFF model's class list, or a :class:`DemoError` that says
+    which of the two it is not. A native checkpoint brings its config (``--set`` applies to it as to the DFF
+    model's); an MXNet file takes ``--cfg``."""
+    where = f"--compare-model (the per-frame {present.per_frame_name})"
     try:
-        model, cfg = load_run_model(path, args.cfg, args.set, kind="rfcn", device=args.device)
+        model, cfg = load_run_model(path, args.cfg, args.set, kind=present.per_frame_kind, device=args.device)
     except CheckpointError as e:
         raise DemoError(f"{where}: {e}") from None
     mine, theirs = demo_class_names(model)[1:], demo_class_names(dff_model)[1:]
     if tuple(mine) != tuple(theirs):
-        raise DemoError(f"{where}: {path}: detects {len(mine)} classes ({_names(mine)}), the DFF model "
+        raise DemoError(f"{where}: {path}: {present.verb} {len(mine)} classes ({_names(mine)}), the DFF model "
                         f"{len(theirs)} ({_names(theirs)}); the two must have the same class list")
     if tuple(cfg.SCALES[0]) != tuple(dff_cfg.SCALES[0]):
         print(f"warning: {where} {path}: input size {tuple(cfg.SCALES[0])}, the DFF model's "
@@ -437,7 +452,7 @@ def load_baseline(path: str, args: argparse.Namespace, dff_model: torch.nn.Modul
 
 def _run_baseline(args: argparse.Namespace, comparison: Comparison, model: torch.nn.Module, cfg: Config,
                   onnx_dir: str | None, fast: FastPath | None, stop: threading.Event,
-                  dff_summary: dict, say: Callable[[str], None]) -> list[str]:
+                  dff_summary: dict, say: Callable[[str], None], present: Presentation = DETECTION) -> list[str]:
     """``--compare``: the per-frame run over the frames the DFF run read, drawn beside it into compare.mp4, then
     summary.png. Prints the run's summary; returns the lines that end the printed summary (the speed-up and
     where the time goes)."""
@@ -447,16 +462,17 @@ def _run_baseline(args: argparse.Namespace, comparison: Comparison, model: torch
     _warm_up(base, source)
     stats = RunStats(comparison.base.label)
     try:
-        _run(base, source, "per-frame", stats, Outputs((), args.vis_thresh, False, sinks=[comparison.add_base]),
-             True, stop)
+        _run(base, source, "per-frame", stats,
+             Outputs((), args.vis_thresh, False, sinks=[comparison.add_base], present=present), True, stop)
     finally:
         comparison.close()  # compare.mp4 is finalised however the run ends
     base_summary = stats.summary()
-    _print_summary(base_summary, say)
+    _print_summary(base_summary, say, present)
     if base_summary["frames"] == 0 or dff_summary["frames"] == 0:
         return ["no frames to compare"]
     png = os.path.join(args.out, "summary.png")
-    write_png(summary_figure(comparison, base_summary, dff_summary, source=os.path.basename(str(args.input))), png)
+    write_png(present.summary_figure(comparison, base_summary, dff_summary, source=os.path.basename(str(args.input))),
+              png)
     if comparison.video is not None:
         say(f"side by side: {comparison.video.path} ({comparison.video.frames} frames); summary page: {png}")
     else:
@@ -465,12 +481,18 @@ def _run_baseline(args: argparse.Namespace, comparison: Comparison, model: torch
 
 
 def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, default_out: str, what: str,
-             default_model: str | None = None, default_compare_model: str | None = None) -> int:
-    """The demo's command line (see the module's docstring); returns the exit status. ``default_model``: the
-    embedded model used when no --model is given (and its input, with no input, a synthetic clip);
-    ``default_compare_model``: DFF only, the per-frame twin --compare runs for that embedded model."""
-    dff = kind == "dff"
-    args = build_parser(name, default_cfg, default_out, dff).parse_args(argv)
+             default_model: str | None = None, default_compare_model: str | None = None,
+             missing_model_hint: str | None = None) -> int:
+    """The demo's command line (see the module's docstring); returns the exit status. ``kind``: the model kind
+    (:data:`dff.models.builder.MODEL_KINDS`: ``rfcn``, ``dff``, ``deeplab``, ``dff_deeplab``), which says the
+    task and whether the model is a DFF one. ``default_model``: the embedded model used when no --model is given
+    (and its input, with no input, a synthetic clip); ``default_compare_model``: DFF only, the per-frame twin
+    --compare runs for that embedded model. ``missing_model_hint``: with it, no --model and no ``default_model``
+    file is an error naming the file and saying this (how to make it)."""
+    model_class = MODEL_KINDS[kind]
+    dff = bool(model_class.uses_flow)
+    present = presentation(model_class.task)  # the task's options and wording; the loaded model's task decides
+    args = build_parser(name, default_cfg, default_out, dff, present).parse_args(argv)
     compare = dff and (args.compare or args.compare_model is not None)
     # one line per warning (skipped frames, operator fallback), not the source line that raised it
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
@@ -494,7 +516,10 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
                                 "not a camera or a stream")
             if args.model is None and default_model is not None and os.path.isfile(default_model):
                 args.model = default_model
-                say(f"model: {os.path.relpath(default_model)} (the embedded model, trained on the synthetic mini-VID)")
+                say(f"model: {os.path.relpath(default_model)} (the embedded model, trained on {present.trained_on})")
+            elif args.model is None and default_model is not None and missing_model_hint is not None:
+                raise DemoError(f"the embedded model {os.path.relpath(default_model)} is missing (no --model given): "
+                                f"{missing_model_hint}")
             synthetic = args.input is None
             if synthetic and not _same_file(args.model, default_model):
                 raise DemoError("no input given: pass a video file or a folder of frames, "
@@ -504,6 +529,7 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
                 say(f"input: {source.name} (live: the newest frame each time, older ones dropped)")
             overrides = [*args.set, *schedule_overrides(getattr(args, "schedule", None))]
             model, cfg = load_demo_model(kind, args.cfg, args.model, args.device, what, overrides)
+            present = presentation(model.task)
             baseline: tuple[torch.nn.Module, Config] | None = None
             if compare:  # loaded before anything runs: a baseline that does not fit is an error at once
                 base_path = args.compare_model
@@ -511,7 +537,7 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
                         and os.path.isfile(default_compare_model)):
                     base_path = default_compare_model
                 if base_path is not None:
-                    baseline = load_baseline(base_path, args, model, cfg)
+                    baseline = load_baseline(base_path, args, model, cfg, present)
                     say(f"per-frame baseline: {base_path}")
             if synthetic:  # at the model's input size, known once its config is
                 os.makedirs(args.out, exist_ok=True)
@@ -530,20 +556,24 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
                 source = FrameSource(args.input, prepare=detector.prepare, max_frames=args.max_frames, on_error="skip")
             os.makedirs(args.out, exist_ok=True)
             _warm_up(detector, source)
-            label = "dff" if dff else "rfcn"
+            label = kind
             comparison = None
             if compare:
                 mobile = baseline is not None and bool(mobile_parts(baseline[1]))
-                base_label = ("per-frame R-FCN (same weights)" if baseline is None
-                              else f"per-frame R-FCN ({'mobile twin' if mobile else 'twin'})")
-                comparison = Comparison(demo_class_names(model), args.vis_thresh, base_label,
-                                        f"DFF, {_schedule_text(detector)}",
-                                        video_path=None if args.no_video else os.path.join(args.out, "compare.mp4"),
-                                        scales=detector.cfg.SCALES[0])
+                base_name = f"per-frame {present.per_frame_name}"
+                base_label = (f"{base_name} (same weights)" if baseline is None
+                              else f"{base_name} ({'mobile twin' if mobile else 'twin'})")
+                comparison = present.comparison(demo_class_names(model), args.vis_thresh, base_label,
+                                                f"DFF, {_schedule_text(detector)}",
+                                                video_path=None if args.no_video else os.path.join(args.out,
+                                                                                                   "compare.mp4"),
+                                                scales=detector.cfg.SCALES[0])
             outputs = Outputs(demo_class_names(model), args.vis_thresh, dff,
                               frames_dir=None if args.no_frames or live else args.out,
                               video_path=None if args.no_video else os.path.join(args.out, "demo.mp4"),
-                              scales=detector.cfg.SCALES[0], sinks=[comparison.add_dff] if comparison else ())
+                              scales=detector.cfg.SCALES[0],
+                              sinks=[*present.sinks(args), *([comparison.add_dff] if comparison else [])],
+                              present=present)
             lost: SourceLost | None = None
             try:
                 if args.json_out is not None:
@@ -560,14 +590,14 @@ def run_demo(argv: list[str] | None, *, name: str, kind: str, default_cfg: str, 
             if isinstance(source, FrameSource) and source.skipped:
                 say(f"skipped {len(source.skipped)} unreadable frame(s): {', '.join(source.skipped[:5])}")
             summary = stats.summary()
-            _print_summary(summary, say)
+            _print_summary(summary, say, present)
             if isinstance(source, LiveSource):
                 _print_live_summary(summary, source, say)
             tail: list[str] = []
             if comparison is not None and stop.signal is None:
                 base_model, base_cfg = baseline if baseline is not None else (model, per_frame_config(cfg))
                 tail = _run_baseline(args, comparison, base_model, base_cfg, args.onnx if baseline is None else None,
-                                     fast, stop.event, summary, say)
+                                     fast, stop.event, summary, say, present)
             if stop.signal is not None:
                 say(f"stopped by {stop.signal}; outputs finalised")
             say(f"peak RSS {peak_rss_mb():.0f} MB; wrote {args.out}")

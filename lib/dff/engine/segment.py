@@ -9,7 +9,7 @@ its output. Each :class:`~dff.engine.video.FrameResult` carries the label map in
 from __future__ import annotations
 
 import time
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from dff.engine.video import STAGES, FrameResult, VideoEngine
 from dff.models.deeplab import upsample
 from dff.temporal import StepInfo
 
-__all__ = ["VideoSegmenter", "label_map"]
+__all__ = ["VideoSegmenter", "class_fractions", "label_map"]
 
 
 def label_map(scores: Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -28,6 +28,17 @@ def label_map(scores: Tensor, size: tuple[int, int]) -> np.ndarray:
     upsampled before the arg-max (not the labels), as the network's bilinear upsampling layer; the soft-max is
     left out because it does not change the arg-max."""
     return upsample(scores, size)[0].argmax(0).to(torch.uint8).cpu().numpy()
+
+
+def class_fractions(labels: np.ndarray, class_names: Sequence[str], digits: int = 5) -> dict[str, float]:
+    """The pixel fraction of each class present in ``labels`` (class indices, the background included), by class
+    name (an index past ``class_names``, e.g. an ignore label, by its number), in class order, rounded to
+    ``digits``: the JSON lines' ``class_fractions`` (they sum to 1)."""
+    labels = np.asarray(labels).astype(np.int64, copy=False)
+    counts = np.bincount(labels.ravel(), minlength=len(class_names))
+    total = max(int(labels.size), 1)
+    return {(str(class_names[c]) if c < len(class_names) else str(c)): round(int(counts[c]) / total, digits)
+            for c in np.flatnonzero(counts).tolist()}
 
 
 class VideoSegmenter(VideoEngine):

@@ -39,7 +39,7 @@ from dff.utils.io import atomic_write_text
 
 __all__ = ["confusion_matrix", "iou_from_confusion", "predict_labels", "KeyDistanceConfusions",
            "accumulate_key_distances", "summarize_key_distances", "evaluate_key_distances", "run_seg_test_set",
-           "format_seg_result", "class_fractions"]
+           "format_seg_result"]
 
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int = IGNORE_LABEL) -> np.ndarray:
@@ -290,16 +290,3 @@ def format_seg_result(result: dict[str, Any]) -> str:
             f"{'' if result['scale_map'] else ' (no scale map)'}; by key distance "
             f"[{', '.join(pct(v) for v in result['mIoU_by_distance'])}], pooled {pct(result['pooled_mIoU'])}; "
             f"{result['frames_evaluated']} annotated frames")
-
-
-def class_fractions(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
-    """The fraction of the pixels of ``labels`` (class indices; ``IGNORE_LABEL`` and indices outside
-    ``class_names`` count in the total but name no class) taken by each class present, rounded to 4 decimals,
-    in class order."""
-    labels = np.asarray(labels)
-    total = labels.size
-    if not total:
-        return {}
-    valid = labels[(labels >= 0) & (labels < len(class_names))].astype(np.int64)
-    counts = np.bincount(valid.ravel(), minlength=len(class_names))
-    return {str(class_names[c]): round(float(n) / total, 4) for c, n in enumerate(counts) if n}
