@@ -1,4 +1,4 @@
-"""Export a detector to ONNX: ``key.onnx``, ``nonkey.onnx`` (DFF only) and ``model.json``.
+"""Export a model to ONNX: ``key.onnx``, ``nonkey.onnx`` (DFF only) and ``model.json``.
 
 :func:`export_onnx` exports each stage of :mod:`dff.deploy.graphs` with ``torch.onnx.export`` (the
 ``torch.export``-based exporter: dynamic sizes come out as symbolic dimensions, not as the traced
@@ -10,6 +10,12 @@ as named tensors (``feat``, ``flow``, ``scale``) so a host can time or split the
 * ``nonkey.onnx``: ``data``, ``im_info``, ``key_data``, ``key_feat`` -> ``feat`` (the warped feature),
   ``rois``, ``cls_prob``, ``bbox_pred``, ``flow``, ``scale``.
 
+A segmentation model (``model.task == "seg"``, :mod:`dff.models.deeplab`) exports the same way with its task
+network, the 1x1 score convolution, in place of the detection head (:data:`TASKS`, the one table of what
+differs by task): ``key.onnx`` ``data`` -> ``feat``, ``seg_score``; ``nonkey.onnx`` ``data``, ``key_data``,
+``key_feat`` -> ``feat``, ``seg_score``, ``flow``, ``scale``; ``model.json`` records ``"task": "seg"`` (a
+manifest without ``task`` is a detector's).
+
 Only standard ONNX operators (opset :data:`OPSET`, float32 and int64 tensors); see docs/onnx.md for
 what runs in the graphs and what on the host. :func:`cached_export` keeps exports in a folder keyed
 by the weights and the settings the graphs bake in, so a second run reuses them.
@@ -17,6 +23,7 @@ by the weights and the settings the graphs bake in, so a second run reuses them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import hashlib
 import json
@@ -25,18 +32,33 @@ import shutil
 import sys
 import tempfile
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from dff.config import Config, ConfigError, mobile_parts
-from dff.deploy.graphs import GRAPHS, STAGE_IO, STAGE_PARAMS, STAGE_SETTINGS, build_stage
+from dff.deploy.graphs import (
+    STAGE_IO,
+    STAGE_PARAMS,
+    STAGE_SETTINGS,
+    TASK_GRAPHS,
+    build_stage,
+    task_graphs,
+    task_stages,
+)
 from dff.deploy.ops import TRANSLATIONS, psroi_pool_std
+from dff.models.base import FeatureModel
 from dff.models.builder import FIXTURE, load_run_model
+from dff.models.deeplab import DeepLab
+from dff.models.dff import FlowModel
 from dff.models.flownet import FlowNet
+from dff.models.light_flow import LightFlow
+from dff.models.mobilenet import MobileNetV2Backbone
 from dff.models.resnet import ResNetV1
 from dff.models.rfcn import RFCN
 from dff.models.rpn import generate_anchors, rpn_inv_normalize
+from dff.ops.layers import SeparableConv2d
+from dff.ops.prepack import conv_leaky_relu
 from dff.utils.checkpoint import CheckpointError, detect_format
 from dff.utils.io import atomic_write_text
 
@@ -48,18 +70,13 @@ except ImportError:
 
 __all__ = ["OPSET", "FORMAT", "FORMAT_VERSION", "MANIFEST", "DEPLOY_HINT", "DeployUnavailable", "export_onnx",
            "cached_export", "default_cache_dir", "export_signature", "stage_signature", "read_manifest", "graph_files",
-           "run_export_onnx", "BAKED_KEYS"]
+           "run_export_onnx", "BAKED_KEYS", "TASKS", "TaskExport", "baked_keys", "manifest_task", "model_task"]
 
 OPSET = 18
 FORMAT = "dff-onnx"
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
 DEPLOY_HINT = "pip install -e .[deploy]  (onnx, onnxscript, onnxruntime)"
-# the config keys whose values are part of the graphs: a config that differs in one needs a new export
-BAKED_KEYS = tuple(dict.fromkeys(k for keys in STAGE_SETTINGS.values() for k in keys))
-# the graphs' outputs, in order (a stage boundary that is an output can be cut there)
-GRAPH_OUTPUTS = {"key": ("feat", "rois", "cls_prob", "bbox_pred"),
-                 "nonkey": ("feat", "rois", "cls_prob", "bbox_pred", "flow", "scale")}
 _EXAMPLE_HW = (96, 160)  # the traced example's input size; every size works after export
 
 
@@ -71,6 +88,118 @@ def require(*modules: object) -> None:
     """Raise :class:`DeployUnavailable` unless every optional module imported."""
     if any(m is None for m in modules):
         raise DeployUnavailable(f"ONNX export and the onnxruntime backend need the optional packages: {DEPLOY_HINT}")
+
+
+def _det_manifest(model: FeatureModel, cfg: Config) -> dict[str, Any]:
+    """A detector's entries of ``model.json``: its task network's outputs, what runs in the graphs, on the host."""
+    test = cfg.TEST
+    post = int(test.RPN_POST_NMS_TOP_N)
+    num_classes, reg = model.num_classes, model.num_reg_classes
+    return {
+        "outputs": {
+            "rois": {"shape": [post, 5], "what": "[0, x1, y1, x2, y2] proposals in data pixels"},
+            "cls_prob": {"shape": [1, post, num_classes], "what": "class probabilities, column 0 background"},
+            "bbox_pred": {"shape": [1, post, 4 * reg],
+                          "what": "box deltas (class-agnostic: background slot then foreground)" if reg == 2
+                          else "box deltas per class"},
+        },
+        "in_graph": {"proposal_nms": "ONNX NonMaxSuppression on [x1, y1, x2 + 1, y2 + 1] with rank scores: the same "
+                                     "keeps as dff.ops.nms_fixed (docs/onnx.md)",
+                     "psroi_pooling": "standard operators, the reference's rounding (float32 sums)",
+                     "warp": "standard operators (Gather): the values of dff.ops.warp_scale"},
+        "host": {"detection_post_processing": "box decoding (float64), per-class NMS and max_per_image: "
+                                              "dff.engine.postprocess.pred_eval_fixed, as the PyTorch engine",
+                 "why": "the reference decodes and suppresses in float64 and ONNX NonMaxSuppression takes float32 "
+                        "boxes and orders tied scores arbitrarily",
+                 "settings": {"TEST.NMS": float(test.NMS), "TEST.max_per_image": int(test.max_per_image),
+                              "CLASS_AGNOSTIC": bool(cfg.CLASS_AGNOSTIC)}},
+    }
+
+
+def _seg_manifest(model: FeatureModel, cfg: Config) -> dict[str, Any]:
+    """A segmentation model's entries of ``model.json`` (:func:`_det_manifest`'s)."""
+    return {
+        "outputs": {
+            "seg_score": {"shape": [1, model.num_classes, "feat_height", "feat_width"],
+                          "what": "class scores (logits, not soft-maxed) at the feature's resolution, channel 0 "
+                                  "background / void"},
+        },
+        "in_graph": {"task_network": "the 1x1 score convolution (dff.models.deeplab.DeepLab.head_maps)",
+                     "warp": "standard operators (Gather): the values of dff.ops.warp_scale"},
+        "host": {"segmentation_post_processing": "seg_score bilinearly upsampled to the original frame "
+                                                 "(align_corners False) and the arg-max class of each pixel: "
+                                                 "dff.engine.segment.label_map, as the PyTorch engine",
+                 "why": "the output size is the original frame's, which the graphs do not take; an (H, W, K) "
+                        "float map is the largest tensor of a frame and only its arg-max is wanted"},
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskExport:
+    """What the export of a model of one task (``model.task``) needs besides its stages' graphs
+    (:data:`dff.deploy.graphs.TASK_GRAPHS`).
+
+    outputs: graph -> its outputs, in order (a stage boundary that is an output can be cut there).
+    exportable: the :func:`dff.config.mobile_parts` (by prefix) that have a stage graph; a model with
+        another is refused, ``refusal`` saying what the export covers.
+    traced: objects whose modules' source the graphs are traced from: a change to one of these files is a
+        new graph (the stages' signatures).
+    manifest: (model, cfg) -> the task's entries of ``model.json``: ``outputs`` (the task network's),
+        ``in_graph``, ``host``.
+    """
+
+    outputs: dict[str, tuple[str, ...]]
+    exportable: tuple[str, ...]
+    refusal: str
+    traced: tuple
+    manifest: Callable[[FeatureModel, Config], dict[str, Any]]
+
+
+# the code of every task's graphs: the stages, the export forms of the operators, the networks of the reference
+_TRACED_COMMON = (build_stage, psroi_pool_std, FlowNet, ResNetV1, FeatureModel, FlowModel)
+TASKS: dict[str, TaskExport] = {
+    "det": TaskExport(
+        outputs={"key": ("feat", "rois", "cls_prob", "bbox_pred"),
+                 "nonkey": ("feat", "rois", "cls_prob", "bbox_pred", "flow", "scale")},
+        exportable=("network.BACKBONE",),
+        refusal="ONNX export covers the reference's networks (FlowNet, the R-FCN head, no key-frame aggregation)",
+        traced=_TRACED_COMMON + (RFCN, generate_anchors, rpn_inv_normalize),
+        manifest=_det_manifest),
+    "seg": TaskExport(
+        outputs={"key": ("feat", "seg_score"), "nonkey": ("feat", "seg_score", "flow", "scale")},
+        exportable=("network.BACKBONE", "network.FLOW_NETWORK", "network.HEAD"),  # a DeepLab has no network.HEAD
+        refusal="ONNX export of a segmentation model covers its backbone (ResNet or MobileNetV2), its flow network "
+                "(FlowNet or Light Flow) and the score convolution, no key-frame aggregation",
+        traced=_TRACED_COMMON + (DeepLab, LightFlow, MobileNetV2Backbone,
+                                 conv_leaky_relu, SeparableConv2d),
+        manifest=_seg_manifest),
+}
+assert set(TASKS) == set(TASK_GRAPHS)
+
+
+def model_task(model: FeatureModel) -> str:
+    """``model.task`` when it has an export (:data:`TASKS`); a ``ValueError`` naming the tasks otherwise."""
+    task = getattr(model, "task", "det")
+    task_graphs(task)
+    return task
+
+
+def manifest_task(manifest: dict[str, Any]) -> str:
+    """The task of an export (``model.json``'s ``task``; a detector's manifest has none)."""
+    return str(manifest.get("task", "det"))
+
+
+def baked_keys(task: str = "det") -> tuple[str, ...]:
+    """The config keys whose values are part of ``task``'s graphs (its stages' :data:`STAGE_SETTINGS`): a config
+    that differs in one needs a new export."""
+    stages = task_stages(task)
+    return tuple(dict.fromkeys(k for s, keys in STAGE_SETTINGS.items() if s in stages for k in keys))
+
+
+# a detector's (every key an export of either task bakes in is one of these)
+BAKED_KEYS = baked_keys("det")
+# a detector's graphs' outputs, in order
+GRAPH_OUTPUTS = TASKS["det"].outputs
 
 
 def _lookup(cfg: Config, key: str) -> Any:
@@ -90,34 +219,32 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def baked_settings(cfg: Config) -> dict[str, Any]:
-    """The values of :data:`BAKED_KEYS` in ``cfg`` (JSON types)."""
-    return {k: _jsonable(_lookup(cfg, k)) for k in BAKED_KEYS}
+def baked_settings(cfg: Config, task: str = "det") -> dict[str, Any]:
+    """The values of :func:`baked_keys` of ``task`` in ``cfg`` (JSON types)."""
+    return {k: _jsonable(_lookup(cfg, k)) for k in baked_keys(task)}
 
 
-# the code a graph is traced from (one object of each file): a change to one of these files is a new graph
-_TRACED = (build_stage, psroi_pool_std, FlowNet, ResNetV1, RFCN, generate_anchors, rpn_inv_normalize)
-
-
-@functools.lru_cache(maxsize=1)
-def _code_digest() -> str:
-    """The exporter's versions and the source of the modules the graphs are traced from."""
+@functools.lru_cache(maxsize=None)
+def _code_digest(task: str = "det") -> str:
+    """The exporter's versions and the source of the modules ``task``'s graphs are traced from
+    (:attr:`TaskExport.traced`)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{torch.__version__} {getattr(onnxscript, '__version__', None)}".encode())
-    for obj in _TRACED:
+    for obj in TASKS[task].traced:
         module = sys.modules[obj.__module__]
         with open(module.__file__, "rb") as f:
             h.update(f.read())
     return h.hexdigest()
 
 
-def stage_signature(stage: str, model: RFCN, opset: int = OPSET) -> str:
+def stage_signature(stage: str, model: FeatureModel, opset: int = OPSET) -> str:
     """A digest of what the graph of ``stage`` depends on: the format version, the opset, the exporter's
     versions and the traced code, the stage's config settings (:data:`dff.deploy.graphs.STAGE_SETTINGS`)
     and its parameters and buffers (names, shapes, values; :data:`dff.deploy.graphs.STAGE_PARAMS`)."""
     h = hashlib.blake2b(digest_size=16)
     settings = {k: _jsonable(_lookup(model.cfg, k)) for k in STAGE_SETTINGS[stage]}
-    h.update(json.dumps([FORMAT, FORMAT_VERSION, opset, stage, _code_digest(), settings], sort_keys=True).encode())
+    h.update(json.dumps([FORMAT, FORMAT_VERSION, opset, stage, _code_digest(model_task(model)), settings],
+                        sort_keys=True).encode())
     prefixes = STAGE_PARAMS[stage]
     for name, t in sorted(model.state_dict().items()):
         if not prefixes or not name.startswith(prefixes):
@@ -128,15 +255,16 @@ def stage_signature(stage: str, model: RFCN, opset: int = OPSET) -> str:
     return h.hexdigest()
 
 
-def export_signature(model: RFCN, opset: int = OPSET) -> str:
+def export_signature(model: FeatureModel, opset: int = OPSET) -> str:
     """A digest of what the export of ``model`` depends on: its kind and its stages' :func:`stage_signature`."""
-    stages = dict.fromkeys(s for g in graph_files(model.has_flow) for s in GRAPHS[g])
+    graphs = task_graphs(model_task(model))
+    stages = dict.fromkeys(s for g in graph_files(model.has_flow) for s in graphs[g])
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([model.kind, {s: stage_signature(s, model, opset) for s in stages}], sort_keys=True).encode())
     return h.hexdigest()
 
 
-def _example(name: str, model: RFCN) -> dict[str, torch.Tensor]:
+def _example(name: str, model: FeatureModel) -> dict[str, torch.Tensor]:
     """Example inputs of a stage (distinct tensors: the exporter merges an input passed twice)."""
     g = torch.Generator().manual_seed(0)
     hh, ww = _EXAMPLE_HW
@@ -173,7 +301,7 @@ def _dynamic_shapes(name: str) -> dict[str, Any]:
     return shapes
 
 
-def export_stage(name: str, model: RFCN, opset: int = OPSET) -> "onnx.ModelProto":
+def export_stage(name: str, model: FeatureModel, opset: int = OPSET) -> "onnx.ModelProto":
     """One stage of ``model`` (:data:`dff.deploy.graphs.STAGE_IO`) as an ONNX model with dynamic sizes."""
     require(onnx, onnxscript)
     stage = build_stage(name, model)
@@ -244,23 +372,35 @@ def _save(model: "onnx.ModelProto", path: str) -> None:
     onnx.save_model(model, path, save_as_external_data=large, location=os.path.basename(path) + ".data")
 
 
-def _manifest(model: RFCN, cfg: Config, graphs: dict[str, str], signature: str) -> dict[str, Any]:
+def _manifest(model: FeatureModel, cfg: Config, graphs: dict[str, str], signature: str) -> dict[str, Any]:
     net, test = cfg.network, cfg.TEST
-    post = int(test.RPN_POST_NMS_TOP_N)
-    num_classes, reg = model.num_classes, model.num_reg_classes
+    task = model_task(model)
+    spec, stages_of = TASKS[task], task_graphs(task)
+    own = spec.manifest(model, cfg)
     names = model.class_names
+    used = {a for stages in stages_of.values() for s in stages for a in STAGE_IO[s][0]}  # the task's stages' inputs
+    inputs = {
+        "data": {"shape": [1, 3, "height", "width"], "dtype": "float32",
+                 "what": "the frame resized by input_size, RGB, minus pixel_means (RGB order), not divided"},
+        "im_info": {"shape": [1, 3], "dtype": "float32", "what": "[height, width, scale] of data"},
+        "key_data": {"shape": [1, 3, "height", "width"], "dtype": "float32", "what": "data of the key frame"},
+        "key_feat": {"shape": [1, model.feat_dim, "feat_height", "feat_width"], "dtype": "float32",
+                     "what": "feat of the key frame (feat_height, feat_width = ceil(height/16), ceil(width/16))"},
+    }
+    flow_net = "FlowNet" if str(net.FLOW_NETWORK) == "flownet" else "the flow network"
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        **({} if task == "det" else {"task": task}),  # a detector's manifest is as before tasks: no task is "det"
         "kind": model.kind,
         "opset": OPSET,
         "signature": signature,
-        "graphs": {g: {"file": f, "stages": list(GRAPHS[g]),
-                       "inputs": list(dict.fromkeys(a for s in GRAPHS[g] for a in STAGE_IO[s][0]
-                                                    if a not in {o for t in GRAPHS[g] for o in STAGE_IO[t][1]})),
-                       "outputs": list(GRAPH_OUTPUTS[g])} for g, f in graphs.items()},
+        "graphs": {g: {"file": f, "stages": list(stages_of[g]),
+                       "inputs": list(dict.fromkeys(a for s in stages_of[g] for a in STAGE_IO[s][0]
+                                                    if a not in {o for t in stages_of[g] for o in STAGE_IO[t][1]})),
+                       "outputs": list(spec.outputs[g])} for g, f in graphs.items()},
         "stages": {s: {"graph": g, "prefix": f"{s}/", "inputs": list(STAGE_IO[s][0]), "outputs": list(STAGE_IO[s][1])}
-                   for g in graphs for s in GRAPHS[g]},
+                   for g in graphs for s in stages_of[g]},
         "state": {
             "key_feat": "output 'feat' of key.onnx on the latest key frame",
             "key_data": "input 'data' of key.onnx on the latest key frame",
@@ -268,40 +408,21 @@ def _manifest(model: RFCN, cfg: Config, graphs: dict[str, str], signature: str) 
                     "one; a key frame is frame i % key_frame_interval == 0 of a video, and any frame whose size "
                     "differs from the key frame's",
         },
-        "inputs": {
-            "data": {"shape": [1, 3, "height", "width"], "dtype": "float32",
-                     "what": "the frame resized by input_size, RGB, minus pixel_means (RGB order), not divided"},
-            "im_info": {"shape": [1, 3], "dtype": "float32", "what": "[height, width, scale] of data"},
-            "key_data": {"shape": [1, 3, "height", "width"], "dtype": "float32", "what": "data of the key frame"},
-            "key_feat": {"shape": [1, model.feat_dim, "feat_height", "feat_width"], "dtype": "float32",
-                         "what": "feat of the key frame (feat_height, feat_width = ceil(height/16), ceil(width/16))"},
-        },
+        "inputs": {k: v for k, v in inputs.items() if k in used},
         "outputs": {
             "feat": {"shape": [1, model.feat_dim, "feat_height", "feat_width"]},
-            "rois": {"shape": [post, 5], "what": "[0, x1, y1, x2, y2] proposals in data pixels"},
-            "cls_prob": {"shape": [1, post, num_classes], "what": "class probabilities, column 0 background"},
-            "bbox_pred": {"shape": [1, post, 4 * reg],
-                          "what": "box deltas (class-agnostic: background slot then foreground)" if reg == 2
-                          else "box deltas per class"},
+            **own["outputs"],
             "flow": {"shape": [1, 2, "feat_height", "feat_width"], "what": "flow to the key frame, feature pixels"},
-            "scale": {"shape": [1, model.feat_dim, "feat_height", "feat_width"], "what": "FlowNet's scale map"},
+            "scale": {"shape": [1, model.feat_dim, "feat_height", "feat_width"], "what": f"{flow_net}'s scale map"},
         },
         "input_size": {"scales": _jsonable(cfg.SCALES), "image_stride": int(net.IMAGE_STRIDE),
                        "pixel_means_bgr": _jsonable(net.PIXEL_MEANS), "feature_stride": int(net.RPN_FEAT_STRIDE),
                        "dynamic": ["height", "width"], "traced_example": list(_EXAMPLE_HW)},
         "key_frame_interval": int(test.KEY_FRAME_INTERVAL) if model.has_flow else 1,
         "class_names": list(names) if names is not None else None,
-        "in_graph": {"proposal_nms": "ONNX NonMaxSuppression on [x1, y1, x2 + 1, y2 + 1] with rank scores: the same "
-                                     "keeps as dff.ops.nms_fixed (docs/onnx.md)",
-                     "psroi_pooling": "standard operators, the reference's rounding (float32 sums)",
-                     "warp": "standard operators (Gather): the values of dff.ops.warp_scale"},
-        "host": {"detection_post_processing": "box decoding (float64), per-class NMS and max_per_image: "
-                                              "dff.engine.postprocess.pred_eval_fixed, as the PyTorch engine",
-                 "why": "the reference decodes and suppresses in float64 and ONNX NonMaxSuppression takes float32 "
-                        "boxes and orders tied scores arbitrarily",
-                 "settings": {"TEST.NMS": float(test.NMS), "TEST.max_per_image": int(test.max_per_image),
-                              "CLASS_AGNOSTIC": bool(cfg.CLASS_AGNOSTIC)}},
-        "baked": baked_settings(cfg),
+        "in_graph": own["in_graph"],
+        "host": own["host"],
+        "baked": baked_settings(cfg, task),
         "config": _jsonable(cfg.to_dict()),
         "exporter": {"torch": torch.__version__, "onnx": getattr(onnx, "__version__", None),
                      "onnxscript": getattr(onnxscript, "__version__", None)},
@@ -313,7 +434,7 @@ def graph_files(has_flow: bool) -> dict[str, str]:
     return {"key": "key.onnx", "nonkey": "nonkey.onnx"} if has_flow else {"key": "key.onnx"}
 
 
-def _stage_model(stage: str, model: RFCN, opset: int, stage_cache: str | None, say) -> "onnx.ModelProto":
+def _stage_model(stage: str, model: FeatureModel, opset: int, stage_cache: str | None, say) -> "onnx.ModelProto":
     """The stage's ONNX model: from ``stage_cache`` when it holds one of the same :func:`stage_signature`,
     else exported (and stored there)."""
     path = None
@@ -332,10 +453,11 @@ def _stage_model(stage: str, model: RFCN, opset: int, stage_cache: str | None, s
     return proto
 
 
-def export_onnx(model: RFCN, out_dir: str | os.PathLike, cfg: Config | None = None, opset: int = OPSET,
+def export_onnx(model: FeatureModel, out_dir: str | os.PathLike, cfg: Config | None = None, opset: int = OPSET,
                 log=None, stage_cache: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Export ``model`` (an :class:`~dff.models.rfcn.RFCN` or :class:`~dff.models.dff.DFF`) to ``out_dir``:
-    ``key.onnx``, for DFF ``nonkey.onnx``, and ``model.json`` (:data:`MANIFEST`).
+    """Export ``model`` (an :class:`~dff.models.rfcn.RFCN` or :class:`~dff.models.dff.DFF`; a
+    :class:`~dff.models.deeplab.DeepLab` or :class:`~dff.models.deeplab.DFFDeepLab`: :data:`TASKS`) to
+    ``out_dir``: ``key.onnx``, for DFF ``nonkey.onnx``, and ``model.json`` (:data:`MANIFEST`).
 
     ``cfg`` is the model's config (default ``model.cfg``); it goes into ``model.json``. ``stage_cache``:
     a folder of exported stages to reuse and add to (a stage is reused when its weights and baked
@@ -346,10 +468,11 @@ def export_onnx(model: RFCN, out_dir: str | os.PathLike, cfg: Config | None = No
     """
     require(onnx, onnxscript)
     cfg = cfg if cfg is not None else model.cfg
-    unsupported = [p for p in mobile_parts(cfg) if not p.startswith("network.BACKBONE")]
+    task = model_task(model)
+    spec, stages_of = TASKS[task], task_graphs(task)
+    unsupported = [p for p in mobile_parts(cfg) if not p.startswith(spec.exportable)]
     if unsupported:
-        raise ValueError(f"ONNX export covers the reference's networks (FlowNet, the R-FCN head, no key-frame "
-                         f"aggregation); this model has {', '.join(unsupported)} (the mobile variant runs on the "
+        raise ValueError(f"{spec.refusal}; this model has {', '.join(unsupported)} (the mobile variant runs on the "
                          f"PyTorch engine)")
     say = log or (lambda _msg: None)
     files = graph_files(model.has_flow)
@@ -357,7 +480,7 @@ def export_onnx(model: RFCN, out_dir: str | os.PathLike, cfg: Config | None = No
     was_training = model.training
     model.eval()
     try:
-        names = dict.fromkeys(s for g in files for s in GRAPHS[g])
+        names = dict.fromkeys(s for g in files for s in stages_of[g])
         stages = {s: _stage_model(s, model, opset, cache, say) for s in names}
     finally:
         model.train(was_training)
@@ -367,7 +490,7 @@ def export_onnx(model: RFCN, out_dir: str | os.PathLike, cfg: Config | None = No
     tmp = tempfile.mkdtemp(prefix=".onnx-", dir=parent)
     try:
         for g, f in files.items():
-            joined = compose([(s, stages[s]) for s in GRAPHS[g]], GRAPH_OUTPUTS[g], name=g)
+            joined = compose([(s, stages[s]) for s in stages_of[g]], spec.outputs[g], name=g)
             onnx.checker.check_model(joined)
             _save(joined, os.path.join(tmp, f))
         manifest = _manifest(model, cfg, files, export_signature(model, opset))
@@ -406,7 +529,7 @@ def default_cache_dir() -> str:
     return os.path.join(base, "dff", "onnx")
 
 
-def cached_export(model: RFCN, cache_dir: str | os.PathLike | None = None, log=None) -> str:
+def cached_export(model: FeatureModel, cache_dir: str | os.PathLike | None = None, log=None) -> str:
     """The export folder of ``model`` under ``cache_dir`` (default :func:`default_cache_dir`), exported
     first when no folder there has its :func:`export_signature` (the stages in ``cache_dir/stages`` are
     reused). Returns the folder."""

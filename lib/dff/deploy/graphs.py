@@ -1,4 +1,4 @@
-"""The stages of a detector as exportable modules: what goes into ``key.onnx`` and ``nonkey.onnx``.
+"""The stages of a model as exportable modules: what goes into ``key.onnx`` and ``nonkey.onnx``.
 
 Each stage is an ``nn.Module`` over the model's own submodules (no weights are copied) whose forward
 uses only what exports to standard ONNX operators with dynamic input sizes:
@@ -10,14 +10,18 @@ feature   data (1, 3, H, W)                   feat (1, C, h, w)
 flow      data, key_data (1, 3, H, W)         flow (1, 2, h, w), scale (1, C, h, w)
 warp      key_feat, flow, scale (1, *, h, w)  feat (1, C, h, w)
 head      feat (1, C, h, w), im_info (1, 3)   rois (R, 5), cls_prob (1, R, K), bbox_pred (1, R, 4k)
+task_maps feat (1, C, h, w)                   seg_score (1, K, h, w)
 ========  ==================================  ===========================================
 
 with ``h, w = ceil(H/16), ceil(W/16)``, ``R = TEST.RPN_POST_NMS_TOP_N``, ``K`` classes with the
-background and ``k`` regression classes (2 when ``CLASS_AGNOSTIC``). ``key.onnx`` is feature then
-head, ``nonkey.onnx`` flow, warp, then head (:data:`GRAPHS`). Eagerly each stage computes what the
-engine computes (``tests/test_onnx_export.py``): the feature network, FlowNet and the warp exactly, the
-head within float32 rounding (its score maps come from a matrix product and PSROI pooling sums in
-float32, :func:`dff.deploy.ops.psroi_conv_std`).
+background and ``k`` regression classes (2 when ``CLASS_AGNOSTIC``). The task network is the stage of
+the model's ``task`` (:data:`TASK_GRAPHS`): a detector's ``head`` (the R-FCN with the proposal NMS), a
+segmentation model's ``task_maps`` (its 1x1 score convolution, :meth:`dff.models.deeplab.DeepLab.head_maps`;
+the engine's stage of that name). ``key.onnx`` is feature then the task network, ``nonkey.onnx`` flow,
+warp, then the task network. Eagerly each stage computes what the engine computes
+(``tests/test_onnx_export.py``, ``tests/test_seg_onnx.py``): the feature network, the flow network and
+the warp exactly, the detection head within float32 rounding (its score maps come from a matrix
+product and PSROI pooling sums in float32, :func:`dff.deploy.ops.psroi_conv_std`).
 """
 from __future__ import annotations
 
@@ -26,13 +30,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from dff.deploy.ops import proposal_pick, psroi_conv_std, warp_scale_std
+from dff.models.base import FeatureModel
 from dff.models.heads import PSROI_GROUP, PSROI_SPATIAL_SCALE
 from dff.models.rfcn import RFCN
 from dff.models.rpn import generate_anchors, rpn_inv_normalize
 
-__all__ = ["STAGE_IO", "GRAPHS", "STAGE_PARAMS", "STAGE_SETTINGS", "FeatureStage", "FlowStage", "WarpStage",
-           "HeadStage",
-           "candidates_std", "build_stage"]
+__all__ = ["STAGE_IO", "GRAPHS", "TASK_GRAPHS", "STAGE_PARAMS", "STAGE_SETTINGS", "FeatureStage", "FlowStage",
+           "WarpStage", "HeadStage", "TaskMapsStage", "candidates_std", "build_stage", "task_graphs", "task_stages"]
 
 # stage -> (input names, output names); the names are the graphs' tensor names
 STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -40,13 +44,19 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "flow": (("data", "key_data"), ("flow", "scale")),
     "warp": (("key_feat", "flow", "scale"), ("feat",)),
     "head": (("feat", "im_info"), ("rois", "cls_prob", "bbox_pred")),
+    "task_maps": (("feat",), ("seg_score",)),
 }
-# graph -> its stages in order (a stage's inputs come from the graph's inputs or an earlier stage)
-GRAPHS: dict[str, tuple[str, ...]] = {"key": ("feature", "head"), "nonkey": ("flow", "warp", "head")}
+# the model's task -> graph -> its stages in order (a stage's inputs come from the graph's inputs or an earlier
+# stage): the feature and flow stages are every task's, the task network the task's own
+TASK_GRAPHS: dict[str, dict[str, tuple[str, ...]]] = {
+    "det": {"key": ("feature", "head"), "nonkey": ("flow", "warp", "head")},
+    "seg": {"key": ("feature", "task_maps"), "nonkey": ("flow", "warp", "task_maps")},
+}
+GRAPHS: dict[str, tuple[str, ...]] = TASK_GRAPHS["det"]  # a detector's
 # stage -> the model's parameters it holds (state_dict prefixes) and the config keys it bakes in: together
 # they decide the stage's graph (dff.deploy.export.stage_signature)
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {"feature": ("backbone.", "feat_conv_3x3."), "flow": ("flownet.",),
-                                            "warp": (), "head": ("rpn_head.", "rfcn_head.")}
+                                            "warp": (), "head": ("rpn_head.", "rfcn_head."), "task_maps": ("score.",)}
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "feature": ("network.BACKBONE", "network.DFF_FEAT_DIM"),
     "flow": ("network.DFF_FEAT_DIM", "network.FLOWNET_WIDTH", "network.FLOW_AVG_POOL"),
@@ -55,13 +65,28 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
              "network.ANCHOR_RATIOS", "network.ANCHOR_MEANS", "network.ANCHOR_STDS", "network.NORMALIZE_RPN",
              "network.RPN_FEAT_STRIDE", "TEST.RPN_PRE_NMS_TOP_N", "TEST.RPN_POST_NMS_TOP_N", "TEST.RPN_NMS_THRESH",
              "TEST.RPN_MIN_SIZE"),
+    "task_maps": ("dataset.NUM_CLASSES", "network.DFF_FEAT_DIM"),
 }
 
 
-class FeatureStage(nn.Module):
-    """The feature network: data (1, 3, H, W) -> feat (1, C, h, w) (:meth:`dff.models.rfcn.RFCN.extract_feature`)."""
+def task_graphs(task: str) -> dict[str, tuple[str, ...]]:
+    """:data:`TASK_GRAPHS` of ``task`` (a model's ``task``; a ``ValueError`` names the tasks for another)."""
+    try:
+        return TASK_GRAPHS[task]
+    except KeyError:
+        raise ValueError(f"no ONNX export for task {task!r} (one of {', '.join(TASK_GRAPHS)})") from None
 
-    def __init__(self, model: RFCN) -> None:
+
+def task_stages(task: str) -> tuple[str, ...]:
+    """The stages of ``task``'s graphs, in :data:`STAGE_IO`'s order."""
+    used = {s for stages in task_graphs(task).values() for s in stages}
+    return tuple(s for s in STAGE_IO if s in used)
+
+
+class FeatureStage(nn.Module):
+    """The feature network: data (1, 3, H, W) -> feat (1, C, h, w) (:meth:`dff.models.base.FeatureModel.extract_feature`)."""
+
+    def __init__(self, model: FeatureModel) -> None:
         super().__init__()
         self.model = model
 
@@ -70,10 +95,11 @@ class FeatureStage(nn.Module):
 
 
 class FlowStage(nn.Module):
-    """FlowNet: data, key_data (1, 3, H, W) -> flow (1, 2, h, w), scale (1, C, h, w): the model's own forward,
-    traced as it is (:class:`dff.models.flownet.FlowNet` avoids what has no ONNX form)."""
+    """The flow network: data, key_data (1, 3, H, W) -> flow (1, 2, h, w), scale (1, C, h, w): the model's own
+    forward, traced as it is (:class:`dff.models.flownet.FlowNet` avoids what has no ONNX form;
+    :class:`dff.models.light_flow.LightFlow` is convolutions, pooling and resizes)."""
 
-    def __init__(self, model: RFCN) -> None:
+    def __init__(self, model: FeatureModel) -> None:
         super().__init__()
         if not model.has_flow:
             raise ValueError("the flow stage needs a DFF model (with FlowNet), got a per-frame model")
@@ -184,9 +210,23 @@ class HeadStage(nn.Module):
         return rois, cls_prob.reshape(1, -1, head.num_classes), bbox_pred
 
 
-def build_stage(name: str, model: RFCN) -> nn.Module:
+class TaskMapsStage(nn.Module):
+    """A segmentation model's task network: feat (1, C, h, w) -> seg_score (1, K, h, w), the logits at the feature's
+    resolution (:meth:`dff.models.deeplab.DeepLab.head_maps`, the engine's ``task_maps`` stage); the upsampling to
+    the frame and the arg-max are the engine's post-processing, on the host."""
+
+    def __init__(self, model: FeatureModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, feat: Tensor) -> Tensor:
+        return self.model.head_maps(feat)["seg_score"]
+
+
+def build_stage(name: str, model: FeatureModel) -> nn.Module:
     """The stage module ``name`` (a key of :data:`STAGE_IO`) of ``model``, in eval mode."""
-    stages = {"feature": FeatureStage, "flow": FlowStage, "warp": lambda _m: WarpStage(), "head": HeadStage}
+    stages = {"feature": FeatureStage, "flow": FlowStage, "warp": lambda _m: WarpStage(), "head": HeadStage,
+              "task_maps": TaskMapsStage}
     if name not in stages:
         raise ValueError(f"unknown stage {name!r}; the stages are {', '.join(STAGE_IO)}")
     return stages[name](model).eval()

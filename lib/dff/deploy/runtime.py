@@ -1,10 +1,13 @@
 """The onnxruntime backend of the video engine (:class:`OnnxStages`), and :func:`make_detector`, which picks a backend.
 
-:class:`OnnxStages` is a stage runner for :class:`~dff.engine.video.VideoDetector`, like PyTorch's
-:class:`~dff.engine.fastpath.StageRunner`: its ``feature``, ``flow``, ``warp`` and ``head`` run the exported
-``key.onnx`` / ``nonkey.onnx`` (:mod:`dff.deploy.export`) with onnxruntime, and its ``post`` is the engine's
-own post-processing (:func:`dff.engine.postprocess.pred_eval_fixed`). The engine, its key-frame loop (the
-temporal scheme of the export's config) and its results are the PyTorch backend's: one key-frame rule.
+:class:`OnnxStages` is a stage runner for the video engine of the export's task (a detector's
+:class:`~dff.engine.video.VideoDetector`, a segmentation model's :class:`~dff.engine.segment.VideoSegmenter`:
+:data:`dff.engine.engines.ENGINES`), like PyTorch's :class:`~dff.engine.fastpath.StageRunner`: its ``feature``,
+``flow``, ``warp`` and the task network (a detector's ``head``, a segmentation model's ``task_maps``) run the
+exported ``key.onnx`` / ``nonkey.onnx`` (:mod:`dff.deploy.export`) with onnxruntime, and its ``post`` is the
+engine's own post-processing (a detector's :func:`dff.engine.postprocess.pred_eval_fixed`; a segmenter's
+upsampling and arg-max run in the engine itself). The engine, its key-frame loop (the temporal scheme of the
+export's config) and its results are the PyTorch backend's: one key-frame rule.
 
 Each graph runs as one onnxruntime session per stage, cut at its named stage boundaries (``feat``;
 ``flow`` and ``scale``): the nodes are those of the graph, nothing is recomputed, and the engine times
@@ -25,13 +28,15 @@ from dff.deploy.export import (
     baked_settings,
     cached_export,
     export_signature,
+    manifest_task,
+    model_task,
     read_manifest,
     require,
 )
-from dff.engine.engines import video_engine
+from dff.engine.engines import ENGINES, video_engine
 from dff.engine.fastpath import FastPath
-from dff.engine.video import VideoDetector, VideoEngine
-from dff.models.rfcn import RFCN
+from dff.engine.video import VideoEngine
+from dff.models.base import FeatureModel
 from dff.temporal import build_scheme, key_frame_interval
 from dff.temporal.async_keys import KeyWorker
 
@@ -68,9 +73,10 @@ class OnnxStages:
 
     Args:
         onnx_dir: the export folder (``model.json``, ``key.onnx``, DFF: ``nonkey.onnx``).
-        cfg: the config; its settings that the graphs bake in (``dff.deploy.export.BAKED_KEYS``, e.g.
-            ``TEST.RPN_POST_NMS_TOP_N``) must be the export's: a ``ValueError`` names any that differ.
-        post: the engine's post-processing (``VideoDetector.post_function``), run on the host.
+        cfg: the config; its settings that the graphs bake in (``dff.deploy.export.baked_keys`` of the export's
+            task, e.g. a detector's ``TEST.RPN_POST_NMS_TOP_N``) must be the export's: a ``ValueError`` names any
+            that differ.
+        post: the engine's post-processing (``VideoDetector.post_function``; None for a segmenter), run on the host.
         graphs: the graphs to load (``key``; ``nonkey`` where non-key frames are warped).
         device: ``"cpu"`` (CPUExecutionProvider) or ``"cuda"`` (CUDAExecutionProvider); inputs, outputs and
             the post-processing stay on the host.
@@ -84,7 +90,8 @@ class OnnxStages:
         require(onnx, ort)
         self.onnx_dir = os.fspath(onnx_dir)
         self.manifest = manifest
-        differ = {k: (v, manifest["baked"].get(k)) for k, v in baked_settings(cfg).items()
+        self.task = manifest_task(manifest)
+        differ = {k: (v, manifest["baked"].get(k)) for k, v in baked_settings(cfg, self.task).items()
                   if v != manifest["baked"].get(k)}
         if differ:
             what = "; ".join(f"{k} = {b!r} in the export, {a!r} in the config" for k, (a, b) in differ.items())
@@ -98,7 +105,7 @@ class OnnxStages:
 
     def _load_sessions(self, device: torch.device, graphs: tuple[str, ...]) -> dict[str, "ort.InferenceSession"]:
         """One session per stage, cut out of the first graph that has it at the stage's named inputs and outputs
-        (the graphs share the head: it is loaded once)."""
+        (the graphs share the task network: it is loaded once)."""
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ValueError("--device cuda: this onnxruntime has no CUDAExecutionProvider "
@@ -151,12 +158,19 @@ class OnnxStages:
         rois, cls_prob, bbox_pred = self._run("head", feat=feat, im_info=im_info.reshape(1, 3))
         return {"rois": rois, "cls_prob": cls_prob, "bbox_pred": bbox_pred}
 
+    def task_maps(self, feat: Tensor) -> dict[str, Tensor]:
+        """A segmentation model's task network: feat -> ``seg_score`` (1, K, h, w) (a CPU tensor)."""
+        (seg_score,) = self._run("task_maps", feat=feat)
+        return {"seg_score": seg_score}
+
 
 def onnx_detector(onnx_dir: str | os.PathLike, cfg: Config | None = None, key_interval: int | None = None,
                   device: str | torch.device = "cpu", thresh: float = 1e-4, sync: bool = True,
                   keep_images: bool = False, fast: FastPath | None = None, threads: int | None = None,
-                  keys: KeyWorker | None = None) -> VideoDetector:
-    """The video engine on an ONNX export: a :class:`~dff.engine.video.VideoDetector` with :class:`OnnxStages`.
+                  keys: KeyWorker | None = None) -> VideoEngine:
+    """The video engine on an ONNX export, with :class:`OnnxStages`: the engine of the export's task
+    (``model.json``'s ``task``: a :class:`~dff.engine.video.VideoDetector`, or a
+    :class:`~dff.engine.segment.VideoSegmenter` for a segmentation model; ``thresh`` is the detector's).
 
     ``cfg``: default the one in ``model.json``. ``key_interval``, ``thresh``, ``sync``, ``keep_images``: as the
     engine's; ``fast`` is ignored (PyTorch's fast path; accepted so callers can pass the same arguments);
@@ -169,12 +183,15 @@ def onnx_detector(onnx_dir: str | os.PathLike, cfg: Config | None = None, key_in
     scheme = build_scheme(cfg, uses_flow=len(manifest["graphs"]) > 1)
     interval = key_frame_interval(cfg, key_interval, scheme.uses_flow)
     graphs = tuple(manifest["graphs"]) if interval > 1 else ("key",)
-    return VideoDetector(None, cfg, key_interval, device="cpu", thresh=thresh, sync=sync, keep_images=keep_images,
+    task = manifest_task(manifest)
+    if task not in ENGINES:
+        raise ValueError(f"{onnx_dir}: an export of task {task!r}; the engines are for {', '.join(ENGINES)}")
+    return ENGINES[task](None, cfg, key_interval, device="cpu", thresh=thresh, sync=sync, keep_images=keep_images,
                          stages=lambda post: OnnxStages(onnx_dir, manifest, cfg, post, graphs, device, threads),
                          scheme=scheme, keys=keys)
 
 
-def make_detector(model: RFCN | None, cfg: Config | None, *, backend: str = "torch",
+def make_detector(model: FeatureModel | None, cfg: Config | None, *, backend: str = "torch",
                   onnx_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                   threads: int | None = None, log=None, **kwargs: Any) -> VideoEngine:
     """The video engine of ``backend`` for ``model``.
@@ -183,7 +200,8 @@ def make_detector(model: RFCN | None, cfg: Config | None, *, backend: str = "tor
       :class:`~dff.engine.video.VideoDetector` or a :class:`~dff.engine.segment.VideoSegmenter`; ``model``,
       ``cfg``, ``**kwargs``).
     * ``"onnxruntime"``: :func:`onnx_detector` on ``onnx_dir``, or without it on the export of
-      ``model`` in ``cache_dir`` (:func:`dff.deploy.export.cached_export`: exported once, then reused).
+      ``model`` in ``cache_dir`` (:func:`dff.deploy.export.cached_export`: exported once, then reused);
+      the engine is the export's task's, as the torch backend's (detection or segmentation).
       With both ``model`` and ``onnx_dir`` the export must be of that model (its weights and baked
       settings): a ``ValueError`` says so otherwise. ``model`` may be None with ``onnx_dir``.
 
@@ -199,9 +217,8 @@ def make_detector(model: RFCN | None, cfg: Config | None, *, backend: str = "tor
         if model is None:
             raise ValueError("the torch backend needs a model")
         return video_engine(model, cfg, **kwargs)
-    if model is not None and model.task != "det":
-        raise ValueError(f"--backend onnxruntime runs detectors; this {model.kind} model is a {model.task} model: "
-                         "use --backend torch")
+    if model is not None:
+        model_task(model)  # a task without an export: a ValueError naming those with one
     require(onnx, ort)
     if onnx_dir is None:
         if model is None:
