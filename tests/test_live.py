@@ -43,6 +43,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((REPO / "docs" / "frame_result.schema.json").read_text())
 DFF_MODEL = REPO / "data" / "models" / "dff_rfcn_synthetic_tiny.pth"
 DFF_CFG = REPO / "experiments" / "dff_rfcn" / "cfgs" / "dff_rfcn_vid_demo.yaml"
+SEG_MODEL = REPO / "data" / "models" / "dff_deeplab_mobile_synthetic.pth"
+SEG_CFG = REPO / "experiments" / "dff_deeplab" / "cfgs" / "dff_deeplab_mobile_synthetic.yaml"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -416,6 +418,25 @@ def test_a_stream_that_ends_is_a_clean_end(tmp_path, capfd, clip_jpegs):
     processed = int(re.search(r"live: 40 frames received, (\d+) processed", out).group(1))
     assert processed >= 1
     _outputs_finalised(tmp_path / "out", tmp_path / "f.jsonl", processed)
+
+
+def test_segmentation_demo_on_a_stream(tmp_path, capfd, clip_jpegs):
+    """The segmentation demo on a live stream: the same live path, its JSON lines carry class_fractions."""
+    server = MjpegServer(clip_jpegs, fps=50, per_connection=30).start()
+    try:
+        rc = run_demo([server.url, "--reconnect", "0", "--json-out", str(tmp_path / "f.jsonl"), "--out",
+                       str(tmp_path / "out"), "--quiet"], name="dff_deeplab/demo.py", kind="dff_deeplab",
+                      default_cfg=str(SEG_CFG), default_out=str(tmp_path / "out"), what="a DFF DeepLab checkpoint",
+                      default_model=str(SEG_MODEL))
+    finally:
+        server.stop()
+    out = capfd.readouterr().out
+    assert rc == 0, out
+    processed = int(re.search(r"live: 30 frames received, (\d+) processed", out).group(1))
+    _outputs_finalised(tmp_path / "out", tmp_path / "f.jsonl", processed)
+    records = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert all(r["detections"] == [] and sum(r["class_fractions"].values()) == pytest.approx(1.0, abs=1e-3)
+               for r in records)
 
 
 @pytest.mark.slow

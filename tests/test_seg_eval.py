@@ -118,14 +118,6 @@ def test_class_fractions():
 # --------------------------------------------------------------------------------------------------
 # the key-distance protocol on a tiny random model
 # --------------------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def seg_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg") / "cityscapes"

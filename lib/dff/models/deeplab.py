@@ -35,6 +35,7 @@ class DeepLab(FeatureModel):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
+        per_frame_normalisation(self.backbone)
         self.score = nn.Conv2d(self.feat_dim, self.num_classes, 1)
 
     # task network ---------------------------------------------------------------------------------
@@ -80,6 +81,24 @@ class DFFDeepLab(FlowModel, DeepLab):
     """DeepLab + a flow network: DFF for segmentation."""
 
     kind = "dff_deeplab"
+
+
+def per_frame_normalisation(module: nn.Module) -> None:
+    """Replace every trainable ``nn.BatchNorm2d`` in ``module`` by an affine ``nn.InstanceNorm2d`` (same ``weight``
+    and ``bias`` names, no running statistics): each frame is normalised by its own statistics in training and at
+    test alike. Segmentation trains on one frame per batch, where BatchNorm's batch statistics are exactly these
+    and the test's running averages are not: a MobileNetV2 so trained segments the synthetic validation frames
+    far better with its batch statistics than with its running ones, and freezing the statistics instead learns
+    far slower (the measurements: docs/design.md §12). The reference's ResNet has frozen BatchNorm and is left as it is."""
+    for name, child in list(module.named_children()):
+        if type(child) is nn.BatchNorm2d:
+            norm = nn.InstanceNorm2d(child.num_features, eps=child.eps, affine=True)
+            with torch.no_grad():
+                norm.weight.copy_(child.weight)
+                norm.bias.copy_(child.bias)
+            setattr(module, name, norm)
+        else:
+            per_frame_normalisation(child)
 
 
 def upsample(scores: Tensor, size: tuple[int, int]) -> Tensor:
