@@ -1,9 +1,9 @@
 """The contract every shipped experiment config keeps: each YAML under ``experiments/*/cfgs/`` loads, builds its model,
-takes a training step on a small synthetic batch, runs the video engine over a few frames and survives a checkpoint
-round trip with the same detections.
+takes a training step on a small synthetic batch, runs the video engine of its task over a few frames and survives a
+checkpoint round trip with the same detections (a segmentation model: the same label maps).
 
 The cases are globbed: a new YAML is a new case. Only the public calls are used (``load_config``, ``build_model``,
-``forward_train``, ``VideoDetector(...).run``, ``frames_from_arrays``, ``save_checkpoint`` / ``load_model``).
+``forward_train``, ``video_engine(...).run``, ``frames_from_arrays``, ``save_checkpoint`` / ``load_model``).
 Nothing here reads data files: ``build_model`` does not load the ``network.pretrained*`` weights (the trainer does),
 and the batches and frames are synthetic. The configs are shrunk by ``--set`` overrides that keep the network's
 structure (small frames, fewer proposals and sampled anchors); the ResNet-101 configs are still a few seconds per
@@ -19,14 +19,16 @@ import pytest
 import torch
 
 from dff.config import load_config
+from dff.engine.engines import video_engine
 from dff.engine.frames import frames_from_arrays
-from dff.engine.video import VideoDetector
 from dff.models.builder import build_model, load_model
 from dff.utils.checkpoint import save_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(REPO.glob("experiments/*/cfgs/*.yaml"))
-KINDS = {"rfcn": "rfcn", "dff_rfcn": "dff"}  # experiments/<folder>/cfgs -> build_model's kind
+# experiments/<folder>/cfgs -> build_model's kind
+KINDS = {"rfcn": "rfcn", "dff_rfcn": "dff", "deeplab": "deeplab", "dff_deeplab": "dff_deeplab"}
+FLOW_KINDS = ("dff", "dff_deeplab")
 FRAMES = 3
 
 
@@ -79,10 +81,14 @@ def _batch(kind: str, h: int, w: int) -> dict:
     before it, which models without one ignore)."""
     g = torch.Generator().manual_seed(0)
     image = lambda: torch.randn(1, 3, h, w, generator=g) * 50  # noqa: E731
+    label = torch.zeros(1, h, w, dtype=torch.long)  # segmentation: two labelled regions and an ignored strip
+    label[:, int(0.1 * h):int(0.8 * h), int(0.15 * w):int(0.65 * w)] = 1
+    label[:, int(0.3 * h):, int(0.7 * w):] = 2
+    label[:, :, :4] = 255
     batch = {"data": image(), "im_info": torch.tensor([[float(h), float(w), 1.0]]),
              "gt_boxes": torch.tensor([[[0.15 * w, 0.1 * h, 0.65 * w, 0.8 * h, 1.0],
-                                        [0.5 * w, 0.3 * h, 0.95 * w, 0.95 * h, 2.0]]])}
-    if kind == "dff":
+                                        [0.5 * w, 0.3 * h, 0.95 * w, 0.95 * h, 2.0]]]), "label": label}
+    if kind in FLOW_KINDS:
         batch.update(data_ref=batch["data"] + torch.randn(1, 3, h, w, generator=g) * 10, eq_flag=0,
                      data_prev=image(), prev_flag=0)
     return batch
@@ -121,7 +127,7 @@ def test_config_trains_one_step(path, kind):
 
 
 def _run(model, cfg, frames) -> list:
-    return list(VideoDetector(model, cfg).run(frames_from_arrays(frames)))
+    return list(video_engine(model, cfg).run(frames_from_arrays(frames)))
 
 
 @pytest.mark.parametrize("path, kind", CASES)
@@ -132,6 +138,9 @@ def test_config_runs_the_video_engine(path, kind):
     assert results[0].is_key
     num_classes = int(cfg.dataset.NUM_CLASSES)
     for r in results:
+        if model.task == "seg":
+            assert r.detections == [] and r.labels.shape == (h, w) and int(r.labels.max()) < num_classes
+            continue
         assert len(r.detections) == num_classes
         for d in r.detections[1:]:
             assert d.ndim == 2 and d.shape[1] == 5 and np.isfinite(d).all()
@@ -155,6 +164,9 @@ def test_config_checkpoint_round_trip(path, kind, tmp_path):
     frame = _frames(h, w)[:1]
     before, after = _run(model, cfg, frame)[0], _run(fresh, fresh_cfg, frame)[0]
     assert before.is_key and after.is_key
+    if model.task == "seg":
+        np.testing.assert_array_equal(before.labels, after.labels)
+        return
     assert len(before.detections) == len(after.detections)
     for a, b in zip(before.detections, after.detections):
         np.testing.assert_array_equal(a, b)
