@@ -67,6 +67,14 @@ def _clip_boxes(boxes: np.ndarray, height: float, width: float) -> np.ndarray:
     return boxes
 
 
+def _read_failure(epoch: int, index: int, path: str, error: Exception) -> BadSample:
+    """A sample whose file ``path`` could not be read: its message without the path it starts with."""
+    message = str(error)
+    if message.startswith(path + ": "):
+        message = message[len(path) + 2:]
+    return BadSample(epoch, index, path, message)
+
+
 class TrainDataset(Dataset):
     """roidb entries -> training inputs, as the reference's ``get_image`` / ``get_pair_image``.
 
@@ -131,10 +139,7 @@ class TrainDataset(Dataset):
                 trying = prev_path
                 prev = ref if prev_path == ref_path else read_image(prev_path)
         except ImageReadError as e:
-            message = str(e)
-            if message.startswith(trying + ": "):
-                message = message[len(trying) + 2:]
-            return BadSample(epoch, index, trying, message)
+            return _read_failure(epoch, index, trying, e)
         if rec["flipped"]:
             im = im[:, ::-1, :]
             if ref is not None:
@@ -209,10 +214,7 @@ class SegTrainDataset(TrainDataset):
             trying = ref_path
             ref = im if ref_path == path else read_image(ref_path)
         except (ImageReadError, CityscapesError) as e:
-            message = str(e)
-            if message.startswith(trying + ": "):
-                message = message[len(trying) + 2:]
-            return BadSample(epoch, index, trying, message)
+            return _read_failure(epoch, index, trying, e)
         if label.shape != im.shape[:2]:
             return BadSample(epoch, index, rec["label"], f"label is {label.shape[1]}x{label.shape[0]}, its frame "
                                                          f"{im.shape[1]}x{im.shape[0]}")

@@ -144,8 +144,6 @@ class VideoEngine:
         """Forget the cached key frame (call between videos)."""
         self.loop.reset()
         self._last = StepInfo(False)
-        self._host_buffers: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
-        self._flip = 0
 
     # preprocessing runs in the decode workers -----------------------------------------------------
     def prepare(self, image: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -235,6 +233,12 @@ class VideoDetector(VideoEngine):
         out["im_info"] = im_info_dev
         times["head"] = self._tick() - t1
         return out
+
+    def reset(self) -> None:
+        """Forget the cached key frame and the pipelined post-processing's host buffers (call between videos)."""
+        super().reset()
+        self._host_buffers: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
+        self._flip = 0
 
     def post_function(self, rois: Tensor, cls_prob: Tensor, bbox_pred: Tensor, im_info: Tensor) -> tuple[Tensor, Tensor]:
         """The post-processing (a stage of the runner): head outputs -> (rows (M, 6), count (1,))."""

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from dff.config import Config
 from dff.dataset.cityscapes import CityscapesVideo, Snippet
 from dff.dataset.factory import check_class_list, image_set_name, open_dataset
+from dff.engine.segment import label_map
 from dff.models.deeplab import IGNORE_LABEL
 from dff.utils.image import preprocess, read_image
 from dff.utils.io import atomic_write_text
@@ -97,8 +98,8 @@ def predict_labels(model: torch.nn.Module, key_data: torch.Tensor | None, data: 
 
     With ``key_data`` None or the very tensor ``data``, per frame: the frame's own feature. Otherwise (a DFF model:
     ``model.has_flow``) the key frame's feature warped by the flow from ``data`` to ``key_data``, multiplied by the
-    scale map unless ``scale_map`` is False (the paper's ablation). Then the task network's class probabilities,
-    upsampled to ``size`` (the label's resolution, so prediction and label are compared pixel for pixel), argmax.
+    scale map unless ``scale_map`` is False (the paper's ablation). Then the engine's labels
+    (:func:`dff.engine.segment.label_map`: the scores upsampled to ``size``, the label's resolution, and arg-maxed).
     """
     device = _model_device(model)
     per_frame = key_data is None or key_data is data
@@ -113,8 +114,8 @@ def predict_labels(model: torch.nn.Module, key_data: torch.Tensor | None, data: 
             key_data = key_data.to(device)
             flow, scale = model.estimate_flow(data, key_data)
             feat = model.warp(model.extract_feature(key_data), flow, scale if scale_map else None)
-        probs = model.segment(feat, (int(size[0]), int(size[1])))
-    return probs[0].argmax(0).to(device="cpu", dtype=torch.int64).numpy()
+        labels = label_map(model.head_maps(feat)["seg_score"], (int(size[0]), int(size[1])))
+    return labels.astype(np.int64)
 
 
 @dataclasses.dataclass
