@@ -94,9 +94,11 @@ class TrainDataset(Dataset):
       scale (docs/design.md §5.2 **QUIRK**, kept per model);
     * DFF only: ``data_ref`` (1, 3, H, W) the key frame (the image itself for DET entries) and
       ``eq_flag`` (int, 1 when the key frame is the current frame);
-    * for a scheme that aggregates key frames (``trains_on_previous_key``: thp, gru): ``data_prev`` (1, 3, H, W) a previous key frame, drawn at
-      ``TRAIN.THP_PREV_KEY_MIN_OFFSET..MAX_OFFSET`` from the key frame, and ``prev_flag`` (int, 1 when it
-      is the key frame itself: a DET entry or the video's start);
+    * for a scheme that aggregates key frames (``trains_on_previous_key``: thp, gru): ``data_prev`` (P, 3, H, W) the earlier
+      key frames, newest first: the first drawn at ``TRAIN.THP_PREV_KEY_MIN_OFFSET..MAX_OFFSET`` from the key frame,
+      each next one as far from the one before, up to ``TRAIN.THP_PREV_KEYS`` of them (fewer where the chain
+      reaches the video's start), and ``prev_flag`` (int, 1 when there is none: a DET entry or the video's
+      start; ``data_prev`` is then the key frame, P = 1);
     * ``epoch``, ``index``, ``image`` (path), ``ref_image`` (DFF: key-frame path).
     """
 
@@ -111,6 +113,9 @@ class TrainDataset(Dataset):
         self.max_offset = int(cfg.TRAIN.MAX_OFFSET)
         self.prev_keys = pairs and build_scheme(cfg).trains_on_previous_key
         self.prev_offsets = (int(cfg.TRAIN.THP_PREV_KEY_MIN_OFFSET), int(cfg.TRAIN.THP_PREV_KEY_MAX_OFFSET))
+        self.n_prev = int(cfg.TRAIN.THP_PREV_KEYS)
+        if self.prev_keys and self.n_prev < 1:
+            raise ValueError(f"TRAIN.THP_PREV_KEYS must be >= 1, got {self.n_prev}")
 
     def __len__(self) -> int:
         return len(self.roidb)
@@ -123,29 +128,30 @@ class TrainDataset(Dataset):
         ref_id, eq_flag = sample_key_frame(rec, rng, self.min_offset, self.max_offset) if self.pairs else (None, 1)
         target_size, max_size = self.scales[int(rng.integers(len(self.scales)))]
         # THP's previous key frame: drawn after the scale, so a DFF sample's draws are unchanged
-        prev_id = sample_previous_key(rec, ref_id, rng, *self.prev_offsets) if self.prev_keys else None
+        prev_ids = self._previous_keys(rec, ref_id, rng) if self.prev_keys else []
         path = rec["image"]
         ref_path = ref_image_path(rec, ref_id) if self.pairs else path
-        prev_path = ref_image_path(rec, prev_id) if self.prev_keys else ref_path
+        prev_paths = [ref_image_path(rec, i) for i in prev_ids] or [ref_path]
         trying = path
         try:
             im = read_image(path)
-            ref = prev = None
+            ref = None
+            prevs: list[np.ndarray] = []
             if self.pairs:
                 # DET entries (no video) and offset 0 use the current frame itself as the key frame
                 trying = ref_path
                 ref = im if ref_path == path else read_image(ref_path)
             if self.prev_keys:
-                trying = prev_path
-                prev = ref if prev_path == ref_path else read_image(prev_path)
+                for prev_path in prev_paths:
+                    trying = prev_path
+                    prevs.append(ref if prev_path == ref_path else read_image(prev_path))
         except ImageReadError as e:
             return _read_failure(epoch, index, trying, e)
         if rec["flipped"]:
             im = im[:, ::-1, :]
             if ref is not None:
                 ref = ref[:, ::-1, :]
-            if prev is not None:
-                prev = prev[:, ::-1, :]
+            prevs = [p[:, ::-1, :] for p in prevs]
         im_resized, scale = resize(im, target_size, max_size, self.stride)
         data = transform(im_resized, self.pixel_means)
         height, width = data.shape[2], data.shape[3]
@@ -177,16 +183,33 @@ class TrainDataset(Dataset):
             out["eq_flag"] = int(eq_flag)
             out["ref_image"] = ref_path
         if self.prev_keys:
-            assert prev is not None
-            out["prev_flag"] = int(prev_path == ref_path)
-            if prev_path == ref_path:
+            out["prev_flag"] = int(prev_paths[0] == ref_path)
+            if prev_paths[0] == ref_path:
                 out["data_prev"] = out["data_ref"]
             else:
-                prev_resized, _ = resize(prev, target_size, max_size, self.stride)
-                if prev_resized.shape != im_resized.shape:
-                    return BadSample(epoch, index, prev_path, "previous key frame: frames of a video must have one size")
-                out["data_prev"] = torch.from_numpy(transform(prev_resized, self.pixel_means))
+                data_prev = []
+                for prev_path, prev in zip(prev_paths, prevs):
+                    prev_resized, _ = resize(prev, target_size, max_size, self.stride)
+                    if prev_resized.shape != im_resized.shape:
+                        return BadSample(epoch, index, prev_path, "previous key frame: frames of a video must have one size")
+                    data_prev.append(transform(prev_resized, self.pixel_means))
+                out["data_prev"] = torch.from_numpy(np.concatenate(data_prev))
         return out
+
+    def _previous_keys(self, rec: dict[str, Any], ref_id: int | None, rng: np.random.Generator) -> list[int]:
+        """The chain of earlier key frames (newest first), up to ``TRAIN.THP_PREV_KEYS``; it stops where a draw
+        lands on the frame before it (the video's start). Empty for a DET entry or when the first draw is the key
+        frame. The first draw is the one a single previous key frame always had, so THP_PREV_KEYS 1 samples as
+        before."""
+        chain: list[int] = []
+        last = ref_id
+        for _ in range(self.n_prev):
+            prev = sample_previous_key(rec, last, rng, *self.prev_offsets)
+            if prev is None or prev == last:
+                break
+            chain.append(prev)
+            last = prev
+        return chain
 
 
 class SegTrainDataset(TrainDataset):

@@ -58,11 +58,12 @@ from dff.dataset.cityscapes import frame_name as cs_frame_name
 from dff.dataset.cityscapes import label_name as cs_label_name
 from dff.dataset.classlist import ClassList, write_class_file
 from dff.dataset.convert import vid_to_cocovid
+from dff.dataset.degrade import NONE, PRESETS, apply_sensor, draw_degradations, exposure_times, frame_quality
 from dff.dataset.imagenet_vid import DataProblems
 
 __all__ = [
     "SynthConfig", "STYLES", "SHAPES", "class_style", "class_list", "generate", "video_params", "det_params", "render_frame", "layer_map",
-    "frame_annotations", "segmentation_label", "label_frames", "gt_flow", "load_video_params", "SyntheticVID", "vid_xml", "det_xml",
+    "frame_annotations", "segmentation_label", "observed_frame", "label_frames", "gt_flow", "load_video_params", "SyntheticVID", "vid_xml", "det_xml",
 ]
 
 GT_DIR = "SyntheticGT"
@@ -107,6 +108,10 @@ class SynthConfig:
     # --format cityscapes: label every N-th frame of a train snippet (frames 9, 19, 29, ... for 10) instead of
     # Cityscapes' one (the 20th); validation snippets always have the one
     seg_train_label_every: int = 0
+    # "vid": the frames of real video (dff.dataset.degrade: motion blur of the exposure, defocus episodes, noise,
+    # flicker, varying JPEG quality); each video / DET image is degraded with probability degraded_fraction
+    degradations: str = NONE
+    degraded_fraction: float = 1.0
 
     def validate(self) -> None:
         for c in self.classes:
@@ -124,6 +129,11 @@ class SynthConfig:
                              "need 1 <= min_frames <= frames")
         if not self.motion >= 0:
             raise ValueError(f"SynthConfig: motion must be >= 0, got {self.motion}")
+        if self.degradations != NONE and self.degradations not in PRESETS:
+            raise ValueError(f"SynthConfig.degradations: {self.degradations!r} is not a preset "
+                             f"(one of {NONE}, {', '.join(PRESETS)})")
+        if not 0.0 <= self.degraded_fraction <= 1.0:
+            raise ValueError(f"SynthConfig.degraded_fraction must be in [0, 1], got {self.degraded_fraction}")
         if self.train_videos < 0 or self.val_videos < 0 or self.det_images < 0 or self.max_objects < 1:
             raise ValueError("SynthConfig: counts must be >= 0 and max_objects >= 1")
 
@@ -286,11 +296,23 @@ def video_params(cfg: SynthConfig, split: str, k: int) -> dict[str, Any]:
         cls_name = str(cfg.classes[int(rng.integers(len(cfg.classes)))])
         objs.append(_object(rng, cfg, n, o, cls_name))
     depth = rng.permutation(n_obj).tolist()  # back-to-front drawing order (fixed: a depth per object)
-    return {
+    params = {
         "version": 1, "height": cfg.height, "width": cfg.width, "n_frames": n,
         "background": _background(rng), "camera": _camera(rng, n, cfg.motion), "objects": objs, "depth_order": depth,
         "min_box_area": cfg.min_box_area, "min_visible": cfg.min_visible,
     }
+    return _with_degradations(params, cfg, 10 + split_code, k)
+
+
+def _with_degradations(params: dict[str, Any], cfg: SynthConfig, *key: int) -> dict[str, Any]:
+    """``params`` plus, when ``cfg`` asks for degradations and this video / image draws them, its record
+    (``"degradations"``). The draws come from their own stream, so the scene is that of the clean set."""
+    if cfg.degradations == NONE:
+        return params
+    rng = _rng(cfg, *key)
+    if rng.random() < cfg.degraded_fraction:
+        params["degradations"] = draw_degradations(rng, params["n_frames"], cfg.degradations)
+    return params
 
 
 def det_params(cfg: SynthConfig, k: int) -> dict[str, Any]:
@@ -315,46 +337,59 @@ def det_params(cfg: SynthConfig, k: int) -> dict[str, Any]:
         ob["frames"][0][0] = float(rng.uniform(0.25 * w, 0.75 * w))
         ob["frames"][0][1] = float(rng.uniform(0.25 * h, 0.75 * h))
         objs.append(ob)
-    return {
+    params = {
         "version": 1, "height": h, "width": w, "n_frames": 1, "background": _background(rng),
         "camera": _camera(rng, 1), "objects": objs, "depth_order": rng.permutation(n_obj).tolist(),
         "min_box_area": cfg.min_box_area, "min_visible": cfg.min_visible,
     }
+    return _with_degradations(params, cfg, 13, k)
 
 
 # ------------------------------------------------------------------------------------------------
 # rendering
 # ------------------------------------------------------------------------------------------------
-def _obj_matrix(ob: dict[str, Any], t: int) -> np.ndarray:
-    """2x3 affine p = M [q; 1] of object ``ob`` at frame t."""
-    cx, cy, th, s = ob["frames"][t]
+def _state(seq: Sequence[Sequence[float]], t: float) -> Sequence[float]:
+    """Per-frame state ``seq[t]``; at a time between frames (an exposure's sub-frame) the linear interpolation of
+    its neighbours, extended past the last frame along the last step (a 1-frame sequence is constant)."""
+    if isinstance(t, (int, np.integer)):
+        return seq[t]
+    i = min(max(int(math.floor(t)), 0), max(len(seq) - 2, 0))
+    if len(seq) == 1:
+        return seq[0]
+    a, b, f = seq[i], seq[i + 1], t - i
+    return [x + f * (y - x) for x, y in zip(a, b)]
+
+
+def _obj_matrix(ob: dict[str, Any], t: float) -> np.ndarray:
+    """2x3 affine p = M [q; 1] of object ``ob`` at frame t (a time between frames interpolates)."""
+    cx, cy, th, s = _state(ob["frames"], t)
     c, si = math.cos(th), math.sin(th)
     a = np.array([[c, -si], [si, c]]) @ np.diag([s * ob["rx"], s * ob["ry"]])
     return np.hstack([a, [[cx], [cy]]])
 
 
-def _obj_region(ob: dict[str, Any], t: int, h: int, w: int) -> tuple[int, int, int, int] | None:
-    cx, cy, _, s = ob["frames"][t]
+def _obj_region(ob: dict[str, Any], t: float, h: int, w: int) -> tuple[int, int, int, int] | None:
+    cx, cy, _, s = _state(ob["frames"], t)
     r = 1.5 * s * max(ob["rx"], ob["ry"]) + 2
     x0, x1 = max(int(math.floor(cx - r)), 0), min(int(math.ceil(cx + r)) + 1, w)
     y0, y1 = max(int(math.floor(cy - r)), 0), min(int(math.ceil(cy + r)) + 1, h)
     return (x0, x1, y0, y1) if x0 < x1 and y0 < y1 else None
 
 
-def _coverage(ob: dict[str, Any], t: int, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _coverage(ob: dict[str, Any], t: float, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Anti-aliased coverage in [0, 1] and object coordinates (qx, qy) at pixels (xs, ys)."""
     m = _obj_matrix(ob, t)
     inv = np.linalg.inv(m[:, :2])
     dx, dy = xs - m[0, 2], ys - m[1, 2]
     qx = inv[0, 0] * dx + inv[0, 1] * dy
     qy = inv[1, 0] * dx + inv[1, 1] * dy
-    px_per_unit = ob["frames"][t][3] * min(ob["rx"], ob["ry"])
+    px_per_unit = _state(ob["frames"], t)[3] * min(ob["rx"], ob["ry"])
     d = shape_sdf(ob["style"]["shape"], qx, qy) * px_per_unit
     return np.clip(0.5 - d, 0.0, 1.0), qx, qy
 
 
-def _world_coords(params: dict[str, Any], t: int, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    zoom, ex, ey = params["camera"][t]
+def _world_coords(params: dict[str, Any], t: float, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    zoom, ex, ey = _state(params["camera"], t)
     return xs / zoom + ex, ys / zoom + ey
 
 
@@ -363,8 +398,9 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return xs.astype(np.float64), ys.astype(np.float64)
 
 
-def render_frame(params: dict[str, Any], t: int) -> tuple[np.ndarray, np.ndarray]:
-    """Render frame t: ``(image (H,W,3) float32 RGB in [0,1], layer (H,W) int32)``.
+def render_frame(params: dict[str, Any], t: float) -> tuple[np.ndarray, np.ndarray]:
+    """Render frame t, the scene at one instant: ``(image (H,W,3) float32 RGB in [0,1], layer (H,W) int32)``
+    (a time between frames interpolates each motion; :func:`observed_frame` adds the exposure and the sensor).
 
     ``layer`` is 0 for background, ``trackid + 1`` where that object is the front-most with coverage
     > 0.5 (the layer whose motion gives the pixel's flow).
@@ -397,7 +433,41 @@ def render_frame(params: dict[str, Any], t: int) -> tuple[np.ndarray, np.ndarray
     return np.clip(img, 0.0, 1.0).astype(np.float32), layer
 
 
-def layer_map(params: dict[str, Any], t: int) -> np.ndarray:
+def max_displacement(params: dict[str, Any], t: int) -> float:
+    """An upper bound (px) of how far any point of frame ``t`` moves over one frame interval around ``t``: the
+    camera's pan and zoom, and each object's translation, rotation and scale change."""
+    n = params["n_frames"]
+    if n < 2:
+        return 0.0
+    a, b = (t, t + 1) if t + 1 < n else (t - 1, t)
+    h, w = params["height"], params["width"]
+    (za, exa, eya), (zb, exb, eyb) = params["camera"][a], params["camera"][b]
+    d = za * math.hypot(exb - exa, eyb - eya) + abs(zb - za) / za * math.hypot(h, w)
+    for ob in params["objects"]:
+        (xa, ya, tha, sa), (xb, yb, thb, sb) = ob["frames"][a], ob["frames"][b]
+        r = max(ob["rx"], ob["ry"]) * 1.5
+        d = max(d, math.hypot(xb - xa, yb - ya) + r * max(sa, sb) * abs(thb - tha) + r * abs(sb - sa))
+    return d
+
+
+def observed_frame(params: dict[str, Any], t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frame t as the camera records it: :func:`render_frame` for a clean video; with a degradation record, the
+    mean of the sub-frames of its exposure (motion blur along each layer's own motion), then defocus, flicker and
+    noise (:mod:`dff.dataset.degrade`). The layer map is the one at the frame's own time, the mid-exposure
+    instant the annotations describe."""
+    rec = params.get("degradations")
+    if rec is None:
+        return render_frame(params, t)
+    times = exposure_times(t, rec["shutter"], max_displacement(params, t), rec["subframe_px"], rec["max_subframes"])
+    if len(times) == 1:
+        img, layer = render_frame(params, t)
+    else:
+        img = np.mean([render_frame(params, s)[0] for s in times], axis=0)
+        layer = layer_map(params, t)
+    return apply_sensor(img, rec, t), layer
+
+
+def layer_map(params: dict[str, Any], t: float) -> np.ndarray:
     """Layer ids of frame t as in :func:`render_frame` (without the colour work)."""
     h, w = params["height"], params["width"]
     xs, ys = _grid(h, w)
@@ -530,8 +600,9 @@ def _write_video(root: str, cfg: SynthConfig, split: str, k: int) -> int:
     params = video_params(cfg, split, k)
     index = video_index(split, k)
     for t in range(params["n_frames"]):
-        img, layer = render_frame(params, t)
-        _write_bytes(os.path.join(root, "Data", "VID", index, f"{t:06d}.JPEG"), _encode_jpeg(img, cfg.jpeg_quality))
+        img, layer = observed_frame(params, t)
+        quality = frame_quality(params.get("degradations"), t, cfg.jpeg_quality)
+        _write_bytes(os.path.join(root, "Data", "VID", index, f"{t:06d}.JPEG"), _encode_jpeg(img, quality))
         xml = vid_xml(index, f"{t:06d}", params["width"], params["height"], frame_annotations(params, t, layer))
         _write_bytes(os.path.join(root, "Annotations", "VID", index, f"{t:06d}.xml"), xml.encode())
     gt = json.dumps(params, indent=None, separators=(",", ":"), sort_keys=True)
@@ -541,7 +612,7 @@ def _write_video(root: str, cfg: SynthConfig, split: str, k: int) -> int:
 
 def _write_det(root: str, cfg: SynthConfig, k: int) -> None:
     params = det_params(cfg, k)
-    img, layer = render_frame(params, 0)
+    img, layer = observed_frame(params, 0)
     anns = frame_annotations(params, 0, layer)
     if k % 2 == 0:
         folder, name, db = f"ILSVRC2014_train_{k // 1000:04d}", f"ILSVRC2014_train_{k:08d}", "ILSVRC_2014"
@@ -550,7 +621,8 @@ def _write_det(root: str, cfg: SynthConfig, k: int) -> None:
         wnid = params["objects"][0]["wnid"]
         folder, name, db = wnid, f"{wnid}_{k}", "ILSVRC_2013"
         index = f"train/ILSVRC2013_train/{wnid}/{name}"
-    _write_bytes(os.path.join(root, "Data", "DET", index + ".JPEG"), _encode_jpeg(img, cfg.jpeg_quality))
+    quality = frame_quality(params.get("degradations"), 0, cfg.jpeg_quality)
+    _write_bytes(os.path.join(root, "Data", "DET", index + ".JPEG"), _encode_jpeg(img, quality))
     xml = det_xml(folder, name, params["width"], params["height"], anns, db)
     _write_bytes(os.path.join(root, "Annotations", "DET", index + ".xml"), xml.encode())
 
@@ -583,8 +655,9 @@ def _write_cityscapes_video(root: str, cfg: SynthConfig, split: str, k: int) -> 
     city = "synth"
     labelled = set(label_frames(params["n_frames"], split, cfg.seg_train_label_every))
     for t in range(params["n_frames"]):
-        img, layer = render_frame(params, t)
-        jpeg = cv2.imdecode(np.frombuffer(_encode_jpeg(img, cfg.jpeg_quality), np.uint8), cv2.IMREAD_COLOR)
+        img, layer = observed_frame(params, t)
+        quality = frame_quality(params.get("degradations"), t, cfg.jpeg_quality)
+        jpeg = cv2.imdecode(np.frombuffer(_encode_jpeg(img, quality), np.uint8), cv2.IMREAD_COLOR)
         ok, png = cv2.imencode(".png", jpeg)
         if not ok:
             raise RuntimeError("cv2.imencode failed")
@@ -597,6 +670,15 @@ def _write_cityscapes_video(root: str, cfg: SynthConfig, split: str, k: int) -> 
     gt = json.dumps(params, indent=None, separators=(",", ":"), sort_keys=True)
     _write_bytes(os.path.join(root, GT_DIR, "cityscapes", split, f"{city}_{k:06d}.json"), gt.encode())
     return params["n_frames"]
+
+
+def _config_record(cfg: SynthConfig) -> dict[str, Any]:
+    """``SyntheticGT/config.json``: the config; the degradation keys only when on, so a clean set's file is what
+    it was before they existed."""
+    rec = {**asdict(cfg), "classes": list(cfg.classes)}
+    if cfg.degradations == NONE:
+        del rec["degradations"], rec["degraded_fraction"]
+    return rec
 
 
 def generate(root: str, cfg: SynthConfig | None = None, fmt: str = "vid") -> dict[str, int]:
@@ -626,7 +708,7 @@ def generate(root: str, cfg: SynthConfig | None = None, fmt: str = "vid") -> dic
         os.makedirs(root, exist_ok=True)
         write_class_file(root, class_list(cfg))
         with open(os.path.join(root, GT_DIR, "config.json"), "w") as f:
-            json.dump({**asdict(cfg), "classes": list(cfg.classes), "format": fmt}, f, sort_keys=True)
+            json.dump({**_config_record(cfg), "format": fmt}, f, sort_keys=True)
         return {"train_videos": cfg.train_videos, "val_videos": cfg.val_videos, "frames": frames}
     for split, n in (("train", cfg.train_videos), ("val", cfg.val_videos)):
         for k in range(n):
@@ -643,7 +725,7 @@ def generate(root: str, cfg: SynthConfig | None = None, fmt: str = "vid") -> dic
     elif fmt != "vid":
         raise ValueError(f"format {fmt!r}: choose vid, cocovid or cityscapes")
     with open(os.path.join(root, GT_DIR, "config.json"), "w") as f:
-        json.dump({**asdict(cfg), "classes": list(cfg.classes)}, f, sort_keys=True)
+        json.dump(_config_record(cfg), f, sort_keys=True)
     return {"train_videos": cfg.train_videos, "val_videos": cfg.val_videos, "frames": frames,
             "det_images": cfg.det_images, **counts}
 

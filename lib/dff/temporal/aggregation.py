@@ -7,6 +7,7 @@ schemes differ in the combining network (held by the model as ``aggregation``): 
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from dff.config import Config
@@ -24,15 +25,23 @@ class RecursiveAggregation(SparsePropagation):
     trains_on_previous_key = True
 
     def key_frame_feature(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """The feature network on ``data_ref``; unless ``prev_flag``, aggregated with the feature of ``data_prev``
-        (1, 3, H, W) warped to it by the flow network (data_ref -> data_prev), as the loop does at test time."""
-        key_feat = model.extract_feature(batch["data_ref"])
+        """The feature network on ``data_ref``; unless ``prev_flag``, aggregated recursively over ``data_prev``
+        (P, 3, H, W), the earlier key frames newest first, as the loop does at test time: the oldest's feature is
+        warped to the next, aggregated with that one's, and so on up to the key frame. The P feature passes and
+        the P flows run as one batch each."""
+        data_ref = batch["data_ref"]
+        key_feat = model.extract_feature(data_ref)
         if batch_flag(batch.get("prev_flag", 1), "prev_flag"):
             return key_feat
         data_prev = batch["data_prev"]
-        check_same_shape(batch["data_ref"], data_prev, "data_prev", "data_ref")
-        flow, scale = model.estimate_flow(batch["data_ref"], data_prev)
-        return model.aggregate(key_feat, model.warp(model.extract_feature(data_prev), flow, scale))
+        check_same_shape(data_ref, data_prev[:1], "data_prev", "data_ref")
+        prev_feats = model.extract_feature(data_prev)
+        # flow of each frame of the chain (the key frame, then the earlier keys) to the one before it
+        flow, scale = model.estimate_flow(torch.cat((data_ref, data_prev[:-1])), data_prev)
+        agg = prev_feats[-1:]
+        for j in range(data_prev.shape[0] - 2, -1, -1):
+            agg = model.aggregate(prev_feats[j:j + 1], model.warp(agg, flow[j + 1:j + 2], scale[j + 1:j + 2]))
+        return model.aggregate(key_feat, model.warp(agg, flow[:1], scale[:1]))
 
     def options(self, cfg: Config) -> LoopOptions:
         """``TEST.AGGREGATION`` is allowed; THP's Q-based options are not (no Q)."""

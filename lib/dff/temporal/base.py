@@ -247,10 +247,16 @@ class KeyFrameLoop:
         info = StepInfo(False, key_index=ref.index, age=index - ref.index, q=None if q is None else q[0, 0].clone())
         if o.partial and low > 0:
             mask = q[0, 0] <= o.tau
+            warped = feat.clone() if o.aggregate else feat  # the stage's buffer may be reused by the update's warp
             feat, backbone, update = s.update(data, feat, ref.backbone, flow, mask, o.margin)
             t = self._lap(t, times, "update")
             info.updated_fraction = update.area_fraction
             info.update_mask = mask.cpu().numpy() if self.keep_masks else None
+            if o.aggregate:
+                # THP's Eq. 7: the updated feature blended with the warped (aggregated) key feature; where nothing
+                # was recomputed the two are equal and so is the blend
+                feat = s.aggregate(feat, warped)
+                t = self._lap(t, times, "aggregate")
             if o.propagate:
                 self._ref = KeyFrame(data, feat, backbone, ref.index)
         return feat, info

@@ -3,6 +3,9 @@ estimate of how good the warped feature is at each position, drives adaptive key
 feature update; key frames aggregate recursively with FGFA's embedding weights."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -15,6 +18,12 @@ from dff.temporal.registry import register
 # Q's initial bias: sigmoid(3) = 0.95, "the warped feature is as good" everywhere, so an untrained Q head
 # neither triggers key frames nor updates (the model starts as the DFF it is fine-tuned from).
 Q_INIT_BIAS = 3.0
+# trained end to end (TRAIN.THP_Q_TRAINING ste) Q starts inside the straight-through window (logit within 1 of
+# tau's) and below tau: every position recomputed, and the area penalty drives Q up where recomputing does not
+# lower the task loss. Started above tau, no position was ever updated: the task loss's gradient per position is
+# far below the penalty's, and Q drifted out of the window (docs/design.md §9.1)
+Q_INIT_BIAS_STE = -0.5
+FORCED_MASK_STREAM = 5  # the sample-seed stream of the forced masks (the loader's use 0 and 1)
 
 
 class KeyFrameAggregation(nn.Module):
@@ -77,11 +86,13 @@ class THP(RecursiveAggregation):
 
     @torch.no_grad()
     def init_layers(self, model: nn.Module) -> None:
-        """Q's head weight 0 and bias :data:`Q_INIT_BIAS` (Q starts high everywhere); the embedding keeps
-        PyTorch's default initialisation."""
+        """Q's head weight 0 and bias :data:`Q_INIT_BIAS` (Q starts high everywhere), or trained end to end, tau's
+        logit plus :data:`Q_INIT_BIAS_STE`; the embedding keeps PyTorch's default initialisation."""
         q_head = model.flownet.Convolution5_q
         q_head.weight.zero_()
-        q_head.bias.fill_(Q_INIT_BIAS)
+        ste = str(self.cfg.TRAIN.THP_Q_TRAINING) == "ste"
+        q_head.bias.fill_(Q_INIT_BIAS_STE + math.log(self.cfg.TRAIN.THP_TAU / (1 - self.cfg.TRAIN.THP_TAU))
+                          if ste else Q_INIT_BIAS)
 
     def options(self, cfg: Config) -> LoopOptions:
         return LoopOptions.from_config(cfg)
@@ -89,12 +100,21 @@ class THP(RecursiveAggregation):
     def train_feature(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """THP's training feature and Q's loss (docs/design.md §9.4).
 
-        1. key feature: :meth:`key_frame_feature` (aggregated with the previous key frame unless ``prev_flag``);
+        1. key feature: :meth:`key_frame_feature` (aggregated recursively over the earlier key frames unless
+           ``prev_flag``);
         2. with ``eq_flag`` 1 that is the feature (Q is not trained on the pair); else FlowNet(data, data_ref)
-           gives flow, scale and Q, the key feature is warped, the frame's own feature is computed, Q
-           regresses their consistency (:func:`feature_consistency`, binary cross-entropy,
-           ``TRAIN.THP_Q_LOSS_WEIGHT``), and the positions with Q <= ``TRAIN.THP_TAU`` take the own feature
-           (the partial update; the mask carries no gradient, Q learns from its target alone).
+           gives flow, scale and Q, the key feature is warped, the frame's own feature is computed, and the mask U
+           of the partial update takes the own feature where it is 1 (``TRAIN.THP_TAU``). How Q learns is
+           ``TRAIN.THP_Q_TRAINING``:
+
+           * ``ste`` (THP §3.2): the task loss reaches Q through U by the straight-through estimator
+             (:func:`straight_through_mask`), plus the area penalty ``THP_AREA_LAMBDA * mean(U)`` (the ``q_loss``);
+             U is all-0 for a third of the samples and all-1 for another third (:func:`forced_mask`), so both
+             the propagated and the recomputed paths are trained;
+           * ``target``: Q regresses the consistency of the two features (:func:`feature_consistency`, binary
+             cross-entropy, ``THP_Q_LOSS_WEIGHT``); U carries no gradient.
+        3. with ``TRAIN.THP_AGGREGATE_NON_KEY`` the updated feature is aggregated with the warped key feature
+           (THP's Eq. 7), as the loop does on non-key frames with ``TEST.AGGREGATION``.
         """
         data, data_ref = batch["data"], batch["data_ref"]
         check_same_shape(data, data_ref)
@@ -105,7 +125,43 @@ class THP(RecursiveAggregation):
         warped = model.warp(key_feat, flow, scale)
         own = model.extract_feature(data)
         tr = self.cfg.TRAIN
-        target = feature_consistency(warped.detach(), own.detach(), float(tr.THP_Q_SIGMA))
-        q_loss = F.binary_cross_entropy(q.float(), target.float()) * float(tr.THP_Q_LOSS_WEIGHT)
-        update = q.detach() <= float(tr.THP_TAU)
-        return torch.where(update, own, warped), {"q_loss": q_loss}
+        tau = float(tr.THP_TAU)
+        training = str(tr.THP_Q_TRAINING)
+        if training == "ste":
+            forced = forced_mask(batch)
+            if forced is None:
+                update = straight_through_mask(q, tau)
+                q_loss = update.mean() * float(tr.THP_AREA_LAMBDA)
+            else:
+                update = torch.full_like(q, float(forced))
+                q_loss = q.sum() * 0.0  # Q takes no gradient from a forced mask, but stays in the graph
+            feat = update * own + (1.0 - update) * warped
+        elif training == "target":
+            target = feature_consistency(warped.detach(), own.detach(), float(tr.THP_Q_SIGMA))
+            q_loss = F.binary_cross_entropy(q.float(), target.float()) * float(tr.THP_Q_LOSS_WEIGHT)
+            feat = torch.where(q.detach() <= tau, own, warped)
+        else:
+            raise ValueError(f"TRAIN.THP_Q_TRAINING must be ste or target, got {training!r}")
+        if bool(tr.THP_AGGREGATE_NON_KEY):
+            feat = model.aggregate(feat, warped)
+        return feat, {"q_loss": q_loss}
+
+
+def straight_through_mask(q: Tensor, tau: float) -> Tensor:
+    """THP's update mask U = 1[Q <= tau] (N, 1, h, w), with the straight-through gradient dU/dz = -1 where
+    |z - logit(tau)| <= 1 and 0 elsewhere, z being Q's logit: the paper's Q is the conv's raw output with tau 0;
+    ours is its sigmoid, so the window is set on the logit and tau 0.5 is the paper's threshold."""
+    z = torch.logit(q.clamp(1e-6, 1.0 - 1e-6))
+    z_tau = math.log(tau / (1.0 - tau))
+    hard = (z <= z_tau).to(q.dtype)
+    window = ((z - z_tau).abs() <= 1.0).to(q.dtype)
+    return hard - (z - z.detach()) * window
+
+
+def forced_mask(batch: dict[str, Tensor]) -> int | None:
+    """THP's forced masks: 0 (all warped) for a third of the samples, 1 (all recomputed) for another third, None
+    (Q's own mask) for the rest; drawn from the sample's (epoch, index), so a resumed run draws the same."""
+    epoch = int(torch.as_tensor(batch.get("epoch", 0)).reshape(-1)[0])
+    index = int(torch.as_tensor(batch.get("index", 0)).reshape(-1)[0])
+    draw = int(np.random.default_rng([epoch, index, FORCED_MASK_STREAM]).integers(3))
+    return None if draw == 2 else draw
