@@ -209,8 +209,9 @@ def default_config() -> Config:
         # port, THP: how Q is trained. "target": regress the hand-made consistency target above; "ste": as
         # published (THP §3.2), end to end through the update mask by a straight-through estimator, with the
         # area penalty THP_AREA_LAMBDA * mean(U) and the mask forced to all-0 / all-1 a third of the time each
+        # (the paper's lambda 2 is for its sum over positions and its loss scale; docs/design.md §9.1)
         "THP_Q_TRAINING": "target",
-        "THP_AREA_LAMBDA": 2.0,
+        "THP_AREA_LAMBDA": 0.05,
         # port, THP: earlier key frames per training sample (a chain, each drawn at THP_PREV_KEY_*_OFFSET from
         # the next), so the recursive aggregation is trained over that many steps; and whether non-key frames
         # are aggregated with the warped key feature in training (THP's Eq. 7; at test time TEST.AGGREGATION)
