@@ -19,7 +19,7 @@ docs/design.md §13 lists every parameter, its default and how the preset was ca
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -101,7 +101,3 @@ def frame_quality(record: dict[str, Any] | None, t: int, default: int) -> int:
     """Frame ``t``'s JPEG quality: the record's, or ``default`` for a clean frame."""
     return default if record is None else int(record["jpeg_quality"][t])
 
-
-def preset_table() -> dict[str, dict[str, Any]]:
-    """Every preset's parameters (for the docs and ``config.json``)."""
-    return {name: asdict(p) for name, p in PRESETS.items()}
