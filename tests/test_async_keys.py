@@ -36,8 +36,8 @@ def _same(a, b):
 
 @pytest.mark.parametrize("model_file, overrides", [
     ("dff_rfcn_synthetic_tiny.pth", ["TEST.KEY_FRAME_INTERVAL=4"]),
-    ("thp_synthetic_tiny.pth", ["TEST.KEY_FRAME_INTERVAL=4", "TEST.KEY_FRAME_SCHEDULE=adaptive",
-                                "TEST.KEY_FRAME_MAX_INTERVAL=4"]),  # adaptive key frames, the partial update
+    # adaptive key frames, the partial update
+    ("thp_synthetic_tiny.pth", ["TEST.KEY_FRAME_SCHEDULE=adaptive", "TEST.KEY_FRAME_MAX_INTERVAL=4"]),
     ("dff_mobile_synthetic.pth", ["TEST.KEY_FRAME_INTERVAL=4"]),  # the ConvGRU aggregation of the key frames
 ])
 def test_zero_latency_keys_give_the_synchronous_results(clip, model_file, overrides):

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from dff.config import default_config, update_config
+from dff.dataset.imagenet_vid import sample_previous_key
 from dff.dataset.loader import TrainDataset
 from dff.engine.fastpath import StageRunner
 from dff.models.dff import DFF
-from dff.temporal.thp import forced_mask, straight_through_mask
+from dff.temporal.thp import forced_update, straight_through_mask
 from dff.utils.fixture_weights import fixture_state_dict
 
 
@@ -40,10 +41,10 @@ def test_straight_through_mask_is_hard_forward_and_minus_one_inside_the_window()
 
 
 def test_forced_masks_take_a_third_each_and_repeat_per_sample():
-    draws = [forced_mask({"epoch": e, "index": i}) for e in range(3) for i in range(300)]
+    draws = [forced_update({"epoch": e, "index": i}) for e in range(3) for i in range(300)]
     counts = {k: draws.count(k) for k in (0, 1, None)}
     assert all(250 < n < 350 for n in counts.values()), counts
-    assert draws == [forced_mask({"epoch": e, "index": i}) for e in range(3) for i in range(300)]
+    assert draws == [forced_update({"epoch": e, "index": i}) for e in range(3) for i in range(300)]
 
 
 def _batch(n_prev: int, epoch_index: tuple[int, int]):
@@ -56,7 +57,7 @@ def _batch(n_prev: int, epoch_index: tuple[int, int]):
 
 def _sample_with(mode):
     for i in range(100):
-        if forced_mask({"epoch": 0, "index": i}) == mode:
+        if forced_update({"epoch": 0, "index": i}) == mode:
             return (0, i)
     raise AssertionError(mode)
 
@@ -127,7 +128,6 @@ def test_the_loader_draws_a_chain_of_previous_keys():
     assert ds._previous_keys({}, None, rng) == []  # a DET image has none
     # one previous key frame: the draw a single previous key always had
     one = TrainDataset([], _cfg(train={"THP_PREV_KEYS": 1}), pairs=True)
-    from dff.dataset.imagenet_vid import sample_previous_key
     assert one._previous_keys(rec, 25, np.random.default_rng(3)) == [sample_previous_key(rec, 25, np.random.default_rng(3))]
     with pytest.raises(ValueError, match="THP_PREV_KEYS"):
         TrainDataset([], _cfg(train={"THP_PREV_KEYS": 0}), pairs=True)

@@ -131,7 +131,7 @@ class TrainDataset(Dataset):
         prev_ids = self._previous_keys(rec, ref_id, rng) if self.prev_keys else []
         path = rec["image"]
         ref_path = ref_image_path(rec, ref_id) if self.pairs else path
-        prev_paths = [ref_image_path(rec, i) for i in prev_ids] or [ref_path]
+        prev_paths = [ref_image_path(rec, i) for i in prev_ids]
         trying = path
         try:
             im = read_image(path)
@@ -141,10 +141,9 @@ class TrainDataset(Dataset):
                 # DET entries (no video) and offset 0 use the current frame itself as the key frame
                 trying = ref_path
                 ref = im if ref_path == path else read_image(ref_path)
-            if self.prev_keys:
-                for prev_path in prev_paths:
-                    trying = prev_path
-                    prevs.append(ref if prev_path == ref_path else read_image(prev_path))
+            for prev_path in prev_paths:
+                trying = prev_path
+                prevs.append(read_image(prev_path))
         except ImageReadError as e:
             return _read_failure(epoch, index, trying, e)
         if rec["flipped"]:
@@ -183,8 +182,9 @@ class TrainDataset(Dataset):
             out["eq_flag"] = int(eq_flag)
             out["ref_image"] = ref_path
         if self.prev_keys:
-            out["prev_flag"] = int(prev_paths[0] == ref_path)
-            if prev_paths[0] == ref_path:
+            # no earlier key frame (a DET entry, the video's start): the key frame stands in, flagged
+            out["prev_flag"] = int(not prev_ids)
+            if not prev_ids:
                 out["data_prev"] = out["data_ref"]
             else:
                 data_prev = []

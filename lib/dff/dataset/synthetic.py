@@ -353,9 +353,9 @@ def _state(seq: Sequence[Sequence[float]], t: float) -> Sequence[float]:
     its neighbours, extended past the last frame along the last step (a 1-frame sequence is constant)."""
     if isinstance(t, (int, np.integer)):
         return seq[t]
-    i = min(max(int(math.floor(t)), 0), max(len(seq) - 2, 0))
     if len(seq) == 1:
         return seq[0]
+    i = min(max(int(math.floor(t)), 0), len(seq) - 2)
     a, b, f = seq[i], seq[i + 1], t - i
     return [x + f * (y - x) for x, y in zip(a, b)]
 
@@ -589,6 +589,13 @@ def _encode_jpeg(img: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def _observed_jpeg(params: dict[str, Any], t: int, cfg: SynthConfig) -> tuple[bytes, np.ndarray]:
+    """Frame ``t`` as the camera records it (:func:`observed_frame`), JPEG-encoded at its quality (a degraded
+    frame's own, else ``cfg.jpeg_quality``), and its layer map."""
+    img, layer = observed_frame(params, t)
+    return _encode_jpeg(img, frame_quality(params.get("degradations"), t, cfg.jpeg_quality)), layer
+
+
 def video_index(split: str, k: int) -> str:
     """Index (relative to ``Data/VID``) of synthetic video k."""
     if split == "train":
@@ -600,9 +607,8 @@ def _write_video(root: str, cfg: SynthConfig, split: str, k: int) -> int:
     params = video_params(cfg, split, k)
     index = video_index(split, k)
     for t in range(params["n_frames"]):
-        img, layer = observed_frame(params, t)
-        quality = frame_quality(params.get("degradations"), t, cfg.jpeg_quality)
-        _write_bytes(os.path.join(root, "Data", "VID", index, f"{t:06d}.JPEG"), _encode_jpeg(img, quality))
+        jpeg, layer = _observed_jpeg(params, t, cfg)
+        _write_bytes(os.path.join(root, "Data", "VID", index, f"{t:06d}.JPEG"), jpeg)
         xml = vid_xml(index, f"{t:06d}", params["width"], params["height"], frame_annotations(params, t, layer))
         _write_bytes(os.path.join(root, "Annotations", "VID", index, f"{t:06d}.xml"), xml.encode())
     gt = json.dumps(params, indent=None, separators=(",", ":"), sort_keys=True)
@@ -612,7 +618,7 @@ def _write_video(root: str, cfg: SynthConfig, split: str, k: int) -> int:
 
 def _write_det(root: str, cfg: SynthConfig, k: int) -> None:
     params = det_params(cfg, k)
-    img, layer = observed_frame(params, 0)
+    jpeg, layer = _observed_jpeg(params, 0, cfg)
     anns = frame_annotations(params, 0, layer)
     if k % 2 == 0:
         folder, name, db = f"ILSVRC2014_train_{k // 1000:04d}", f"ILSVRC2014_train_{k:08d}", "ILSVRC_2014"
@@ -621,8 +627,7 @@ def _write_det(root: str, cfg: SynthConfig, k: int) -> None:
         wnid = params["objects"][0]["wnid"]
         folder, name, db = wnid, f"{wnid}_{k}", "ILSVRC_2013"
         index = f"train/ILSVRC2013_train/{wnid}/{name}"
-    quality = frame_quality(params.get("degradations"), 0, cfg.jpeg_quality)
-    _write_bytes(os.path.join(root, "Data", "DET", index + ".JPEG"), _encode_jpeg(img, quality))
+    _write_bytes(os.path.join(root, "Data", "DET", index + ".JPEG"), jpeg)
     xml = det_xml(folder, name, params["width"], params["height"], anns, db)
     _write_bytes(os.path.join(root, "Annotations", "DET", index + ".xml"), xml.encode())
 
@@ -655,9 +660,8 @@ def _write_cityscapes_video(root: str, cfg: SynthConfig, split: str, k: int) -> 
     city = "synth"
     labelled = set(label_frames(params["n_frames"], split, cfg.seg_train_label_every))
     for t in range(params["n_frames"]):
-        img, layer = observed_frame(params, t)
-        quality = frame_quality(params.get("degradations"), t, cfg.jpeg_quality)
-        jpeg = cv2.imdecode(np.frombuffer(_encode_jpeg(img, quality), np.uint8), cv2.IMREAD_COLOR)
+        jpeg, layer = _observed_jpeg(params, t, cfg)
+        jpeg = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         ok, png = cv2.imencode(".png", jpeg)
         if not ok:
             raise RuntimeError("cv2.imencode failed")

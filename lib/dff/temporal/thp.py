@@ -109,7 +109,7 @@ class THP(RecursiveAggregation):
 
            * ``ste`` (THP §3.2): the task loss reaches Q through U by the straight-through estimator
              (:func:`straight_through_mask`), plus the area penalty ``THP_AREA_LAMBDA * mean(U)`` (the ``q_loss``);
-             U is all-0 for a third of the samples and all-1 for another third (:func:`forced_mask`), so both
+             U is all-0 for a third of the samples and all-1 for another third (:func:`forced_update`), so both
              the propagated and the recomputed paths are trained;
            * ``target``: Q regresses the consistency of the two features (:func:`feature_consistency`, binary
              cross-entropy, ``THP_Q_LOSS_WEIGHT``); U carries no gradient.
@@ -123,20 +123,20 @@ class THP(RecursiveAggregation):
             return key_feat, {"q_loss": key_feat.new_zeros(())}
         flow, scale, q = model.estimate_flow_q(data, data_ref)
         warped = model.warp(key_feat, flow, scale)
-        own = model.extract_feature(data)
         tr = self.cfg.TRAIN
         tau = float(tr.THP_TAU)
         training = str(tr.THP_Q_TRAINING)
         if training == "ste":
-            forced = forced_mask(batch)
+            forced = forced_update(batch)
             if forced is None:
                 update = straight_through_mask(q, tau)
                 q_loss = update.mean() * float(tr.THP_AREA_LAMBDA)
-            else:
-                update = torch.full_like(q, float(forced))
-                q_loss = q.sum() * 0.0  # Q takes no gradient from a forced mask, but stays in the graph
-            feat = update * own + (1.0 - update) * warped
+                feat = update * model.extract_feature(data) + (1.0 - update) * warped
+            else:  # all warped or all recomputed: the other feature is not needed, and Q takes no gradient
+                feat = model.extract_feature(data) if forced else warped
+                q_loss = q.sum() * 0.0  # stays in the graph
         elif training == "target":
+            own = model.extract_feature(data)
             target = feature_consistency(warped.detach(), own.detach(), float(tr.THP_Q_SIGMA))
             q_loss = F.binary_cross_entropy(q.float(), target.float()) * float(tr.THP_Q_LOSS_WEIGHT)
             feat = torch.where(q.detach() <= tau, own, warped)
@@ -158,7 +158,7 @@ def straight_through_mask(q: Tensor, tau: float) -> Tensor:
     return hard - (z - z.detach()) * window
 
 
-def forced_mask(batch: dict[str, Tensor]) -> int | None:
+def forced_update(batch: dict[str, Tensor]) -> int | None:
     """THP's forced masks: 0 (all warped) for a third of the samples, 1 (all recomputed) for another third, None
     (Q's own mask) for the rest; drawn from the sample's (epoch, index), so a resumed run draws the same."""
     epoch = int(torch.as_tensor(batch.get("epoch", 0)).reshape(-1)[0])
