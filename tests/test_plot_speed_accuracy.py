@@ -35,3 +35,30 @@ def test_bad_input_is_named(tmp_path):
                         f"a:b={tmp_path / 'missing.json'}"], capture_output=True, text=True)
     assert r.returncode == 2 and "missing.json" in r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_fps_axis_reads_the_benchmark_run(tmp_path):
+    sys.path.insert(0, os.path.dirname(TOOL))
+    try:
+        import plot_speed_accuracy as tool  # noqa: PLC0415 - a script, importable only from its folder
+    finally:
+        sys.path.pop(0)
+    gru = _rows(tmp_path / "gru.json", {1: (1.0, 0.8), 10: (0.1, 0.7)})
+    twin = _rows(tmp_path / "twin.json", {1: (1.0, 0.75)})
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"intervals": {"1": {"dff_fps": 20.0, "per_frame_fps": 25.0},
+                                               "10": {"dff_fps": 90.0, "per_frame_fps": 26.0}}}))
+    assert tool.curve_points([f"{gru}@{bench}"], "fps") == [(20.0, 80.0), (90.0, 70.0)]
+    assert tool.curve_points([f"{twin}@{bench}#per_frame"], "fps") == [(25.0, 75.0)]
+    for bad, named in ((gru, "EVAL@BENCH"), (f"{gru}@{bench}#x", "#per_frame"),
+                       (f"{_rows(tmp_path / 'k5.json', {5: (0.2, 0.7)})}@{bench}", "key interval 5")):
+        try:
+            tool.curve_points([bad], "fps")
+        except ValueError as e:
+            assert named in str(e)
+        else:
+            raise AssertionError(f"{bad} was accepted")
+    out = tmp_path / "fps.png"
+    r = subprocess.run([sys.executable, TOOL, "--x", "fps", "--out", str(out), "--curve", f"clean:GRU={gru}@{bench}",
+                        "--curve", f"clean:twin={twin}@{bench}#per_frame"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr and cv2.imread(str(out)) is not None

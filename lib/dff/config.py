@@ -132,6 +132,10 @@ def default_config() -> Config:
         "HEAD": "rfcn",
         "LIGHT_HEAD_DIM": 10,
         "LIGHT_HEAD_FC": 256,
+        # Light Flow's finest prediction, as a stride of its half-resolution input: 4 (the paper; one more
+        # decoder stage, the averaged flow brought down to the feature's grid) or 8 (the feature's own grid,
+        # the models made before 2026-12-08)
+        "LIGHT_FLOW_OUTPUT_STRIDE": 8,
         "GRU_AGGREGATION": False,
         # port: the temporal scheme of a model with a flow network, by name (dff.temporal.registry: dff, gru,
         # thp); empty: the one THP / GRU_AGGREGATION name (dff when both are false), as the reference's YAMLs
@@ -217,6 +221,9 @@ def default_config() -> Config:
         # are aggregated with the warped key feature in training (THP's Eq. 7; at test time TEST.AGGREGATION)
         "THP_PREV_KEYS": 1,
         "THP_AGGREGATE_NON_KEY": False,
+        # port, key-frame aggregation ("... Video Object Detection for Mobiles" §3.4): a DET image (no video)
+        # becomes a static clip, its chain THP_PREV_KEYS copies of the image, instead of a sample without one
+        "STATIC_CLIPS": False,
     }
 
     c.TEST = {
@@ -321,7 +328,7 @@ NO_EFFECT: dict[str, Callable[[Config, Any], str | None]] = {
 MODEL_KEYS = ("CLASS_AGNOSTIC", "dataset.NUM_CLASSES", "dataset.CLASSES", "network.BACKBONE", "network.DFF_FEAT_DIM",
               "network.FLOWNET_WIDTH", "network.FLOW_AVG_POOL", "network.THP", "network.THP_EMBED_DIM",
               "network.MOBILENET_WIDTH", "network.FLOW_NETWORK", "network.HEAD", "network.LIGHT_HEAD_DIM",
-              "network.LIGHT_HEAD_FC", "network.GRU_AGGREGATION", "network.TEMPORAL",
+              "network.LIGHT_HEAD_FC", "network.LIGHT_FLOW_OUTPUT_STRIDE", "network.GRU_AGGREGATION", "network.TEMPORAL",
               "network.ANCHOR_SCALES", "network.ANCHOR_RATIOS", "TRAIN.BBOX_MEANS", "TRAIN.BBOX_STDS")
 
 

@@ -98,7 +98,9 @@ class TrainDataset(Dataset):
       key frames, newest first: the first drawn at ``TRAIN.THP_PREV_KEY_MIN_OFFSET..MAX_OFFSET`` from the key frame,
       each next one as far from the one before, up to ``TRAIN.THP_PREV_KEYS`` of them (fewer where the chain
       reaches the video's start), and ``prev_flag`` (int, 1 when there is none: a DET entry or the video's
-      start; ``data_prev`` is then the key frame, P = 1);
+      start; ``data_prev`` is then the key frame, P = 1); with ``TRAIN.STATIC_CLIPS`` a DET entry is a static clip
+      instead: ``prev_flag`` 0, ``data_prev`` the image (P = 1) and ``static_keys`` = ``THP_PREV_KEYS``, the
+      number of earlier key frames that are copies of it;
     * ``epoch``, ``index``, ``image`` (path), ``ref_image`` (DFF: key-frame path).
     """
 
@@ -114,6 +116,7 @@ class TrainDataset(Dataset):
         self.prev_keys = pairs and build_scheme(cfg).trains_on_previous_key
         self.prev_offsets = (int(cfg.TRAIN.THP_PREV_KEY_MIN_OFFSET), int(cfg.TRAIN.THP_PREV_KEY_MAX_OFFSET))
         self.n_prev = int(cfg.TRAIN.THP_PREV_KEYS)
+        self.static_clips = bool(cfg.TRAIN.STATIC_CLIPS)
         if self.prev_keys and self.n_prev < 1:
             raise ValueError(f"TRAIN.THP_PREV_KEYS must be >= 1, got {self.n_prev}")
 
@@ -182,8 +185,12 @@ class TrainDataset(Dataset):
             out["eq_flag"] = int(eq_flag)
             out["ref_image"] = ref_path
         if self.prev_keys:
-            # no earlier key frame (a DET entry, the video's start): the key frame stands in, flagged
-            out["prev_flag"] = int(not prev_ids)
+            # no earlier key frame (a DET entry, the video's start): the key frame stands in, flagged; a DET
+            # entry of a static-clip recipe is a chain of copies of itself (computed once by the scheme)
+            static = self.static_clips and "frame_seg_len" not in rec
+            out["prev_flag"] = int(not prev_ids and not static)
+            if static:
+                out["static_keys"] = self.n_prev
             if not prev_ids:
                 out["data_prev"] = out["data_ref"]
             else:

@@ -29,7 +29,8 @@ HEADS: dict[str, Callable[[Config, int, int, int], nn.Module]] = {
 FLOW_NETWORKS: dict[str, Callable[[Config, bool], nn.Module]] = {
     "flownet": lambda net, q: FlowNet(feat_dim=int(net.DFF_FEAT_DIM), avg_pool=net.FLOW_AVG_POOL,
                                       width=float(net.FLOWNET_WIDTH), q_output=q),
-    "light_flow": lambda net, q: LightFlow(feat_dim=int(net.DFF_FEAT_DIM), width=float(net.FLOWNET_WIDTH)),
+    "light_flow": lambda net, q: LightFlow(feat_dim=int(net.DFF_FEAT_DIM), width=float(net.FLOWNET_WIDTH),
+                                            output_stride=int(net.LIGHT_FLOW_OUTPUT_STRIDE)),
 }
 # the flow networks that can predict THP's Q
 Q_FLOW_NETWORKS = ("flownet",)

@@ -19,7 +19,9 @@ AGGREGATION = "aggregation"  # the model's name of the combining network (state-
 
 class RecursiveAggregation(SparsePropagation):
     """DFF whose key frames aggregate recursively. Training samples carry ``data_prev``, a key frame before the
-    key frame, and ``prev_flag`` (1 when there is none: a DET image or the video's start)."""
+    key frame, and ``prev_flag`` (1 when there is none: a DET image or the video's start); a static clip (a DET
+    image, ``TRAIN.STATIC_CLIPS``) carries ``static_keys``, the number of earlier key frames that are copies of
+    the key frame."""
 
     new_layer_patterns = (f"{AGGREGATION}.*",)
     trains_on_previous_key = True
@@ -33,6 +35,15 @@ class RecursiveAggregation(SparsePropagation):
         key_feat = model.extract_feature(data_ref)
         if batch_flag(batch.get("prev_flag", 1), "prev_flag"):
             return key_feat
+        static_keys = int(batch.get("static_keys", 0))
+        if static_keys:
+            # every frame of the clip is this one: its feature and its flow to itself are computed once; the
+            # recursion (and so the gradient, summed over the shared tensors) is the unshared chain's
+            flow, scale = model.estimate_flow(data_ref, data_ref)
+            agg = key_feat
+            for _ in range(static_keys):
+                agg = model.aggregate(key_feat, model.warp(agg, flow, scale))
+            return agg
         data_prev = batch["data_prev"]
         check_same_shape(data_ref, data_prev[:1], "data_prev", "data_ref")
         prev_feats = model.extract_feature(data_prev)
