@@ -349,9 +349,10 @@ def test_missing_optional_packages_name_the_install_command(embedded_dff, embedd
 
 
 def test_export_tool_writes_the_rfcn_graph_and_the_manifest(tmp_path, cache, capsys):
-    """tools/export_onnx.py on the embedded R-FCN (its stages from the module's cache, if there)."""
+    """tools/export_onnx.py on the embedded tiny R-FCN (its stages from the module's cache, if there; the tool's
+    default is the demos' mobile twin, tests/test_onnx_mobile.py)."""
     out = tmp_path / "rfcn"
-    assert export_tool(["--kind", "rfcn", "--out", str(out), "--cache", os.path.join(cache, "stages")]) == 0
+    assert export_tool(["--model", EMBEDDED["rfcn"], "--out", str(out), "--cache", os.path.join(cache, "stages")]) == 0
     assert sorted(os.listdir(out)) == ["key.onnx", "model.json"]
     manifest = read_manifest(out)
     assert manifest["kind"] == "rfcn" and list(manifest["graphs"]) == ["key"] and manifest["key_frame_interval"] == 1

@@ -3,8 +3,10 @@ video engine (docs/onnx.md).
 
 * :func:`export_onnx` (``tools/export_onnx.py``): ``key.onnx`` (frame -> key feature and the task
   network's outputs), ``nonkey.onnx`` (frame, key frame, key feature -> the same through the flow network,
-  warp x scale and the task network; DFF only) and ``model.json``; standard ONNX operators only. What
-  differs by the model's task is :data:`dff.deploy.export.TASKS`.
+  warp x scale and the task network; DFF only), ``keyagg.onnx`` (a key frame after the first, with the previous
+  key frame and its aggregated feature -> the new aggregated feature and the task network's outputs; a detector
+  with the ConvGRU key-frame aggregation) and ``model.json``; standard ONNX operators only. What differs by the
+  model's task is :data:`dff.deploy.export.TASKS`.
 * :func:`make_detector`: the engine of a backend and of the model's task, ``"torch"``
   (:func:`dff.engine.engines.video_engine`) or ``"onnxruntime"`` (:func:`onnx_detector`, exporting to a cache
   first when no folder is given).

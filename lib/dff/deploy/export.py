@@ -1,4 +1,5 @@
-"""Export a model to ONNX: ``key.onnx``, ``nonkey.onnx`` (DFF only) and ``model.json``.
+"""Export a model to ONNX: ``key.onnx``, ``nonkey.onnx`` (DFF only), ``keyagg.onnx`` (key-frame aggregation
+only) and ``model.json``.
 
 :func:`export_onnx` exports each stage of :mod:`dff.deploy.graphs` with ``torch.onnx.export`` (the
 ``torch.export``-based exporter: dynamic sizes come out as symbolic dimensions, not as the traced
@@ -8,7 +9,15 @@ as named tensors (``feat``, ``flow``, ``scale``) so a host can time or split the
 * ``key.onnx``: ``data``, ``im_info`` -> ``feat`` (the key feature: the state to keep), ``rois``,
   ``cls_prob``, ``bbox_pred``;
 * ``nonkey.onnx``: ``data``, ``im_info``, ``key_data``, ``key_feat`` -> ``feat`` (the warped feature),
-  ``rois``, ``cls_prob``, ``bbox_pred``, ``flow``, ``scale``.
+  ``rois``, ``cls_prob``, ``bbox_pred``, ``flow``, ``scale``;
+* ``keyagg.onnx``, a detector that aggregates its key frames (the mobile variant's ConvGRU): a key frame after
+  the first, ``data``, ``prev_key_data``, ``prev_feat``, ``im_info`` -> ``feat`` (the key frame's own feature
+  aggregated with the previous aggregated key feature warped to it: the new state), ``rois``, ``cls_prob``,
+  ``bbox_pred``, ``flow``, ``scale`` (the flow to the previous key frame).
+
+Format version 2 added ``keyagg.onnx`` and each graph's ``stage_io`` (its stages' tensor names, which
+``keyagg.onnx`` renames); a version 1 manifest (no aggregation, every stage named as :data:`STAGE_IO`) still
+loads.
 
 A segmentation model (``model.task == "seg"``, :mod:`dff.models.deeplab`) exports the same way with its task
 network, the 1x1 score convolution, in place of the detection head (:data:`TASKS`, the one table of what
@@ -32,17 +41,21 @@ import shutil
 import sys
 import tempfile
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from dff.config import Config, ConfigError, mobile_parts
 from dff.deploy.graphs import (
+    GRAPH_NAMES,
     STAGE_IO,
     STAGE_PARAMS,
     STAGE_SETTINGS,
     TASK_GRAPHS,
+    aggregates,
     build_stage,
+    graph_inputs,
+    stage_io,
     task_graphs,
     task_stages,
 )
@@ -52,6 +65,7 @@ from dff.models.builder import FIXTURE, load_run_model
 from dff.models.deeplab import DeepLab
 from dff.models.dff import FlowModel
 from dff.models.flownet import FlowNet
+from dff.models.heads import LightHead
 from dff.models.light_flow import LightFlow
 from dff.models.mobilenet import MobileNetV2Backbone
 from dff.models.resnet import ResNetV1
@@ -59,6 +73,7 @@ from dff.models.rfcn import RFCN
 from dff.models.rpn import generate_anchors, rpn_inv_normalize
 from dff.ops.layers import SeparableConv2d
 from dff.ops.prepack import conv_leaky_relu
+from dff.temporal.gru import FlowGuidedGRU
 from dff.utils.checkpoint import CheckpointError, detect_format
 from dff.utils.io import atomic_write_text
 
@@ -70,11 +85,12 @@ except ImportError:
 
 __all__ = ["OPSET", "FORMAT", "FORMAT_VERSION", "MANIFEST", "DEPLOY_HINT", "DeployUnavailable", "export_onnx",
            "cached_export", "default_cache_dir", "export_signature", "stage_signature", "read_manifest", "graph_files",
-           "run_export_onnx", "BAKED_KEYS", "TASKS", "TaskExport", "baked_keys", "manifest_task", "model_task"]
+           "run_export_onnx", "BAKED_KEYS", "TASKS", "TaskExport", "baked_keys", "manifest_task", "model_task",
+           "model_graphs", "manifest_stage_io"]
 
 OPSET = 18
 FORMAT = "dff-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: keyagg.onnx and the graphs' stage_io (read_manifest reads 1 too)
 MANIFEST = "model.json"
 DEPLOY_HINT = "pip install -e .[deploy]  (onnx, onnxscript, onnxruntime)"
 _EXAMPLE_HW = (96, 160)  # the traced example's input size; every size works after export
@@ -106,7 +122,14 @@ def _det_manifest(model: FeatureModel, cfg: Config) -> dict[str, Any]:
         "in_graph": {"proposal_nms": "ONNX NonMaxSuppression on [x1, y1, x2 + 1, y2 + 1] with rank scores: the same "
                                      "keeps as dff.ops.nms_fixed (docs/onnx.md)",
                      "psroi_pooling": "standard operators, the reference's rounding (float32 sums)",
-                     "warp": "standard operators (Gather): the values of dff.ops.warp_scale"},
+                     "head": "R-FCN: position-sensitive score maps, PSROI pooling, mean of the bins"
+                             if str(cfg.network.HEAD) == "rfcn" else
+                             "light head: thin maps, PSROI pooling, fc + ReLU, the class and box layers",
+                     "warp": "standard operators (Gather): the values of dff.ops.warp_scale",
+                     **({"key_frame_aggregation": "keyagg.onnx: the flow to the previous key frame, the warp x scale "
+                                                  "of its aggregated feature and the model's aggregation network "
+                                                  "(the ConvGRU: separable convolutions, Sigmoid, Relu)"}
+                        if aggregates(model) else {})},
         "host": {"detection_post_processing": "box decoding (float64), per-class NMS and max_per_image: "
                                               "dff.engine.postprocess.pred_eval_fixed, as the PyTorch engine",
                  "why": "the reference decodes and suppresses in float64 and ONNX NonMaxSuppression takes float32 "
@@ -156,22 +179,25 @@ class TaskExport:
 
 
 # the code of every task's graphs: the stages, the export forms of the operators, the networks of the reference
-_TRACED_COMMON = (build_stage, psroi_pool_std, FlowNet, ResNetV1, FeatureModel, FlowModel)
+# and the mobile variant's feature and flow networks (docs/design.md §10)
+_TRACED_COMMON = (build_stage, psroi_pool_std, FlowNet, ResNetV1, FeatureModel, FlowModel, LightFlow,
+                  MobileNetV2Backbone, conv_leaky_relu, SeparableConv2d)
 TASKS: dict[str, TaskExport] = {
     "det": TaskExport(
         outputs={"key": ("feat", "rois", "cls_prob", "bbox_pred"),
-                 "nonkey": ("feat", "rois", "cls_prob", "bbox_pred", "flow", "scale")},
-        exportable=("network.BACKBONE",),
-        refusal="ONNX export covers the reference's networks (FlowNet, the R-FCN head, no key-frame aggregation)",
-        traced=_TRACED_COMMON + (RFCN, generate_anchors, rpn_inv_normalize),
+                 "nonkey": ("feat", "rois", "cls_prob", "bbox_pred", "flow", "scale"),
+                 "keyagg": ("feat", "rois", "cls_prob", "bbox_pred", "flow", "scale")},
+        exportable=("network.BACKBONE", "network.HEAD", "network.FLOW_NETWORK", "network.GRU_AGGREGATION"),
+        refusal="ONNX export of a detector covers its backbone (ResNet or MobileNetV2), its flow network (FlowNet or "
+                "Light Flow), its head (R-FCN or light) and the ConvGRU key-frame aggregation",
+        traced=_TRACED_COMMON + (RFCN, LightHead, FlowGuidedGRU, generate_anchors, rpn_inv_normalize),
         manifest=_det_manifest),
     "seg": TaskExport(
         outputs={"key": ("feat", "seg_score"), "nonkey": ("feat", "seg_score", "flow", "scale")},
         exportable=("network.BACKBONE", "network.FLOW_NETWORK", "network.HEAD"),  # a DeepLab has no network.HEAD
         refusal="ONNX export of a segmentation model covers its backbone (ResNet or MobileNetV2), its flow network "
                 "(FlowNet or Light Flow) and the score convolution, no key-frame aggregation",
-        traced=_TRACED_COMMON + (DeepLab, LightFlow, MobileNetV2Backbone,
-                                 conv_leaky_relu, SeparableConv2d),
+        traced=_TRACED_COMMON + (DeepLab,),
         manifest=_seg_manifest),
 }
 assert set(TASKS) == set(TASK_GRAPHS)
@@ -258,7 +284,7 @@ def stage_signature(stage: str, model: FeatureModel, opset: int = OPSET) -> str:
 def export_signature(model: FeatureModel, opset: int = OPSET) -> str:
     """A digest of what the export of ``model`` depends on: its kind and its stages' :func:`stage_signature`."""
     graphs = task_graphs(model_task(model))
-    stages = dict.fromkeys(s for g in graph_files(model.has_flow) for s in graphs[g])
+    stages = dict.fromkeys(s for g in model_graphs(model) for s in graphs[g])
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([model.kind, {s: stage_signature(s, model, opset) for s in stages}], sort_keys=True).encode())
     return h.hexdigest()
@@ -271,7 +297,7 @@ def _example(name: str, model: FeatureModel) -> dict[str, torch.Tensor]:
     fh, fw = -(-hh // 16), -(-ww // 16)
     c = model.feat_dim
     shapes = {"data": (1, 3, hh, ww), "key_data": (1, 3, hh, ww), "feat": (1, c, fh, fw), "key_feat": (1, c, fh, fw),
-              "flow": (1, 2, fh, fw), "scale": (1, c, fh, fw)}
+              "flow": (1, 2, fh, fw), "scale": (1, c, fh, fw), "own_feat": (1, c, fh, fw), "prev_warped": (1, c, fh, fw)}
     device = next(model.parameters()).device
     out = {}
     for arg in STAGE_IO[name][0]:
@@ -315,14 +341,21 @@ def export_stage(name: str, model: FeatureModel, opset: int = OPSET) -> "onnx.Mo
     return program.model_proto
 
 
-def _prefixed(model: "onnx.ModelProto", prefix: str) -> "onnx.GraphProto":
+def _prefixed(model: "onnx.ModelProto", prefix: str, io_names: Mapping[str, str] | None = None) -> "onnx.GraphProto":
     """A copy of ``model``'s graph with every name but its inputs' and outputs' prefixed (nodes, edges,
-    initializers, value infos). The graphs here have no subgraphs (no control flow)."""
+    initializers, value infos), and its inputs and outputs renamed by ``io_names`` (old -> new; the others
+    keep theirs). The graphs here have no subgraphs (no control flow)."""
     g = onnx.GraphProto()
     g.CopyFrom(model.graph)
     keep = {v.name for v in g.input} | {v.name for v in g.output}
     names = {o for n in g.node for o in n.output} | {t.name for t in g.initializer} | {v.name for v in g.value_info}
     rename = {n: prefix + n for n in names if n and n not in keep}
+    unknown = set(io_names or {}) - keep
+    if unknown:
+        raise ValueError(f"compose: {sorted(unknown)} are not inputs or outputs of the {prefix.rstrip('/')} stage")
+    rename.update(io_names or {})  # the new names cannot meet a prefixed one: those contain the prefix
+    for v in (*g.input, *g.output):
+        v.name = rename.get(v.name, v.name)
     for n in g.node:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
             raise ValueError(f"compose: node {n.name} ({n.op_type}) has a subgraph; not supported")
@@ -336,17 +369,19 @@ def _prefixed(model: "onnx.ModelProto", prefix: str) -> "onnx.GraphProto":
     return g
 
 
-def compose(stages: Sequence[tuple[str, "onnx.ModelProto"]], outputs: Sequence[str], name: str) -> "onnx.ModelProto":
+def compose(stages: Sequence[tuple[str, "onnx.ModelProto"]], outputs: Sequence[str], name: str,
+            io_names: Mapping[str, Mapping[str, str]] | None = None) -> "onnx.ModelProto":
     """Join stage models into one graph: a stage input named like an earlier stage's output is that
     output; every other name inside a stage gets the prefix ``<stage>/`` (so stages never collide and a
-    stage's nodes and weights can be found again). ``outputs``: the joined graph's outputs, in order."""
+    stage's nodes and weights can be found again). ``outputs``: the joined graph's outputs, in order.
+    ``io_names``: stage -> {its input or output name: the name in this graph} (:data:`dff.deploy.graphs.GRAPH_NAMES`)."""
     graph = onnx.GraphProto(name=name)
     produced: dict[str, onnx.ValueInfoProto] = {}
     opsets: dict[str, int] = {}
     for stage, model in stages:
         if model.functions:
             raise ValueError(f"compose: the {stage} stage has local functions; not supported")
-        g = _prefixed(model, f"{stage}/")
+        g = _prefixed(model, f"{stage}/", (io_names or {}).get(stage))
         known = {i.name for i in graph.input}
         graph.input.extend(i for i in g.input if i.name not in produced and i.name not in known)
         graph.node.extend(g.node)
@@ -360,6 +395,8 @@ def compose(stages: Sequence[tuple[str, "onnx.ModelProto"]], outputs: Sequence[s
     if missing:
         raise ValueError(f"compose: no stage produces {missing}")
     graph.output.extend(produced[o] for o in outputs)
+    # a stage boundary inside the graph keeps its type and shape: a host cuts the graph there (onnx.utils.Extractor)
+    graph.value_info.extend(v for name, v in produced.items() if name not in outputs)
     out = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opsets.items()],
                                  producer_name="dff.deploy", producer_version=str(FORMAT_VERSION))
     out.ir_version = stages[0][1].ir_version
@@ -378,16 +415,45 @@ def _manifest(model: FeatureModel, cfg: Config, graphs: dict[str, str], signatur
     spec, stages_of = TASKS[task], task_graphs(task)
     own = spec.manifest(model, cfg)
     names = model.class_names
-    used = {a for stages in stages_of.values() for s in stages for a in STAGE_IO[s][0]}  # the task's stages' inputs
+    used = {a for g in graphs for a in graph_inputs(task, g)}
+    feat_shape = [1, model.feat_dim, "feat_height", "feat_width"]
     inputs = {
         "data": {"shape": [1, 3, "height", "width"], "dtype": "float32",
                  "what": "the frame resized by input_size, RGB, minus pixel_means (RGB order), not divided"},
         "im_info": {"shape": [1, 3], "dtype": "float32", "what": "[height, width, scale] of data"},
         "key_data": {"shape": [1, 3, "height", "width"], "dtype": "float32", "what": "data of the key frame"},
-        "key_feat": {"shape": [1, model.feat_dim, "feat_height", "feat_width"], "dtype": "float32",
+        "key_feat": {"shape": feat_shape, "dtype": "float32",
                      "what": "feat of the key frame (feat_height, feat_width = ceil(height/16), ceil(width/16))"},
+        "prev_key_data": {"shape": [1, 3, "height", "width"], "dtype": "float32",
+                          "what": "data of the previous key frame (keyagg.onnx)"},
+        "prev_feat": {"shape": feat_shape, "dtype": "float32",
+                      "what": "feat of the previous key frame: its aggregated feature (keyagg.onnx)"},
     }
     flow_net = "FlowNet" if str(net.FLOW_NETWORK) == "flownet" else "the flow network"
+    first: dict[str, str] = {}  # stage -> the first graph that has it: the stage's entry
+    for g in graphs:
+        for s in stages_of[g]:
+            first.setdefault(s, g)
+    state = {
+        "key_feat": "output 'feat' of key.onnx on the latest key frame",
+        "key_data": "input 'data' of key.onnx on the latest key frame",
+        "note": "keep both from the last key frame and pass them to nonkey.onnx for the frames until the next "
+                "one; a key frame is frame i % key_frame_interval == 0 of a video, and any frame whose size "
+                "differs from the key frame's",
+    }
+    if "keyagg" in graphs:
+        state = {
+            "key_feat": "output 'feat' of the latest key frame's graph (key.onnx or keyagg.onnx): with aggregation "
+                        "the aggregated key feature",
+            "key_data": "input 'data' of the latest key frame",
+            "note": "keep both from the last key frame and pass them to nonkey.onnx for the frames until the next one "
+                    "(a key frame is frame i % key_frame_interval == 0 of a video, and any frame whose size differs "
+                    "from the key frame's). With TEST.AGGREGATION true (config), a key frame that has a previous key "
+                    "frame of the same size runs keyagg.onnx with them as prev_key_data and prev_feat, and its "
+                    "output feat is the new key_feat; the first key frame of a video (or after a size change) runs "
+                    "key.onnx. With TEST.AGGREGATION false every key frame runs key.onnx",
+            "aggregation": bool(test.AGGREGATION),
+        }
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -395,25 +461,20 @@ def _manifest(model: FeatureModel, cfg: Config, graphs: dict[str, str], signatur
         "kind": model.kind,
         "opset": OPSET,
         "signature": signature,
-        "graphs": {g: {"file": f, "stages": list(stages_of[g]),
-                       "inputs": list(dict.fromkeys(a for s in stages_of[g] for a in STAGE_IO[s][0]
-                                                    if a not in {o for t in stages_of[g] for o in STAGE_IO[t][1]})),
-                       "outputs": list(spec.outputs[g])} for g, f in graphs.items()},
-        "stages": {s: {"graph": g, "prefix": f"{s}/", "inputs": list(STAGE_IO[s][0]), "outputs": list(STAGE_IO[s][1])}
-                   for g in graphs for s in stages_of[g]},
-        "state": {
-            "key_feat": "output 'feat' of key.onnx on the latest key frame",
-            "key_data": "input 'data' of key.onnx on the latest key frame",
-            "note": "keep both from the last key frame and pass them to nonkey.onnx for the frames until the next "
-                    "one; a key frame is frame i % key_frame_interval == 0 of a video, and any frame whose size "
-                    "differs from the key frame's",
-        },
+        "graphs": {g: {"file": f, "stages": list(stages_of[g]), "inputs": list(graph_inputs(task, g)),
+                       "outputs": list(spec.outputs[g]),
+                       "stage_io": {s: dict(zip(("inputs", "outputs"), map(list, stage_io(g, s))))
+                                    for s in stages_of[g]}} for g, f in graphs.items()},
+        "stages": {s: {"graph": g, "prefix": f"{s}/", **dict(zip(("inputs", "outputs"), map(list, stage_io(g, s))))}
+                   for s, g in first.items()},
+        "state": state,
         "inputs": {k: v for k, v in inputs.items() if k in used},
         "outputs": {
-            "feat": {"shape": [1, model.feat_dim, "feat_height", "feat_width"]},
+            "feat": {"shape": feat_shape},
             **own["outputs"],
-            "flow": {"shape": [1, 2, "feat_height", "feat_width"], "what": "flow to the key frame, feature pixels"},
-            "scale": {"shape": [1, model.feat_dim, "feat_height", "feat_width"], "what": f"{flow_net}'s scale map"},
+            "flow": {"shape": [1, 2, "feat_height", "feat_width"],
+                     "what": "flow to the key frame (keyagg.onnx: to the previous key frame), feature pixels"},
+            "scale": {"shape": feat_shape, "what": f"{flow_net}'s scale map"},
         },
         "input_size": {"scales": _jsonable(cfg.SCALES), "image_stride": int(net.IMAGE_STRIDE),
                        "pixel_means_bgr": _jsonable(net.PIXEL_MEANS), "feature_stride": int(net.RPN_FEAT_STRIDE),
@@ -429,9 +490,27 @@ def _manifest(model: FeatureModel, cfg: Config, graphs: dict[str, str], signatur
     }
 
 
-def graph_files(has_flow: bool) -> dict[str, str]:
-    """The graphs of a model: ``key``, and ``nonkey`` where it has a flow network (DFF)."""
-    return {"key": "key.onnx", "nonkey": "nonkey.onnx"} if has_flow else {"key": "key.onnx"}
+def graph_files(has_flow: bool, aggregates: bool = False) -> dict[str, str]:
+    """The graphs of a model: ``key``, ``nonkey`` where it has a flow network (DFF), ``keyagg`` where it also
+    aggregates its key frames."""
+    files = {"key": "key.onnx"}
+    if has_flow:
+        files["nonkey"] = "nonkey.onnx"
+        if aggregates:
+            files["keyagg"] = "keyagg.onnx"
+    return files
+
+
+def model_graphs(model: FeatureModel) -> dict[str, str]:
+    """:func:`graph_files` of ``model`` (``keyagg`` only where its task has that graph)."""
+    return graph_files(model.has_flow, aggregates(model) and "keyagg" in task_graphs(model_task(model)))
+
+
+def manifest_stage_io(manifest: dict[str, Any], graph: str, stage: str) -> tuple[list[str], list[str]]:
+    """(inputs, outputs) of ``stage`` as named in ``graph`` of an export: the graph's ``stage_io`` (format
+    version 2), else the stage's entry (version 1: every graph names a stage's tensors alike)."""
+    io = manifest["graphs"][graph].get("stage_io", {}).get(stage) or manifest["stages"][stage]
+    return list(io["inputs"]), list(io["outputs"])
 
 
 def _stage_model(stage: str, model: FeatureModel, opset: int, stage_cache: str | None, say) -> "onnx.ModelProto":
@@ -457,7 +536,8 @@ def export_onnx(model: FeatureModel, out_dir: str | os.PathLike, cfg: Config | N
                 log=None, stage_cache: str | os.PathLike | None = None) -> dict[str, Any]:
     """Export ``model`` (an :class:`~dff.models.rfcn.RFCN` or :class:`~dff.models.dff.DFF`; a
     :class:`~dff.models.deeplab.DeepLab` or :class:`~dff.models.deeplab.DFFDeepLab`: :data:`TASKS`) to
-    ``out_dir``: ``key.onnx``, for DFF ``nonkey.onnx``, and ``model.json`` (:data:`MANIFEST`).
+    ``out_dir``: ``key.onnx``, for DFF ``nonkey.onnx``, for a detector with the ConvGRU key-frame aggregation
+    ``keyagg.onnx`` (:func:`model_graphs`), and ``model.json`` (:data:`MANIFEST`).
 
     ``cfg`` is the model's config (default ``model.cfg``); it goes into ``model.json``. ``stage_cache``:
     a folder of exported stages to reuse and add to (a stage is reused when its weights and baked
@@ -475,7 +555,7 @@ def export_onnx(model: FeatureModel, out_dir: str | os.PathLike, cfg: Config | N
         raise ValueError(f"{spec.refusal}; this model has {', '.join(unsupported)} (the mobile variant runs on the "
                          f"PyTorch engine)")
     say = log or (lambda _msg: None)
-    files = graph_files(model.has_flow)
+    files = model_graphs(model)
     cache = os.fspath(stage_cache) if stage_cache is not None else None
     was_training = model.training
     model.eval()
@@ -490,7 +570,8 @@ def export_onnx(model: FeatureModel, out_dir: str | os.PathLike, cfg: Config | N
     tmp = tempfile.mkdtemp(prefix=".onnx-", dir=parent)
     try:
         for g, f in files.items():
-            joined = compose([(s, stages[s]) for s in stages_of[g]], spec.outputs[g], name=g)
+            joined = compose([(s, stages[s]) for s in stages_of[g]], spec.outputs[g], name=g,
+                             io_names=GRAPH_NAMES.get(g))
             onnx.checker.check_model(joined)
             _save(joined, os.path.join(tmp, f))
         manifest = _manifest(model, cfg, files, export_signature(model, opset))

@@ -1,4 +1,4 @@
-"""The stages of a model as exportable modules: what goes into ``key.onnx`` and ``nonkey.onnx``.
+"""The stages of a model as exportable modules: what goes into ``key.onnx``, ``nonkey.onnx`` and ``keyagg.onnx``.
 
 Each stage is an ``nn.Module`` over the model's own submodules (no weights are copied) whose forward
 uses only what exports to standard ONNX operators with dynamic input sizes:
@@ -11,6 +11,7 @@ flow      data, key_data (1, 3, H, W)         flow (1, 2, h, w), scale (1, C, h,
 warp      key_feat, flow, scale (1, *, h, w)  feat (1, C, h, w)
 head      feat (1, C, h, w), im_info (1, 3)   rois (R, 5), cls_prob (1, R, K), bbox_pred (1, R, 4k)
 task_maps feat (1, C, h, w)                   seg_score (1, K, h, w)
+aggregate own_feat, prev_warped (1, C, h, w)  feat (1, C, h, w)
 ========  ==================================  ===========================================
 
 with ``h, w = ceil(H/16), ceil(W/16)``, ``R = TEST.RPN_POST_NMS_TOP_N``, ``K`` classes with the
@@ -18,10 +19,19 @@ background and ``k`` regression classes (2 when ``CLASS_AGNOSTIC``). The task ne
 the model's ``task`` (:data:`TASK_GRAPHS`): a detector's ``head`` (the R-FCN with the proposal NMS), a
 segmentation model's ``task_maps`` (its 1x1 score convolution, :meth:`dff.models.deeplab.DeepLab.head_maps`;
 the engine's stage of that name). ``key.onnx`` is feature then the task network, ``nonkey.onnx`` flow,
-warp, then the task network. Eagerly each stage computes what the engine computes
-(``tests/test_onnx_export.py``, ``tests/test_seg_onnx.py``): the feature network, the flow network and
-the warp exactly, the detection head within float32 rounding (its score maps come from a matrix
-product and PSROI pooling sums in float32, :func:`dff.deploy.ops.psroi_conv_std`).
+warp, then the task network. A detector with a key-frame aggregation (the mobile variant's flow-guided ConvGRU,
+:mod:`dff.temporal.gru`) also has ``keyagg.onnx``, a key frame after the first: feature, flow to the previous key
+frame, warp of the previous aggregated key feature, *aggregate* (:meth:`dff.models.dff.FlowModel.aggregate`),
+then the task network; its state (the previous key frame and its aggregated feature) is an input and the new
+aggregated feature an output. A stage's tensors have the names of :data:`STAGE_IO` except where a graph renames
+them (:data:`GRAPH_NAMES`, :func:`stage_io`: ``keyagg.onnx`` has two features and two key frames).
+
+The detection head is the model's (``network.HEAD``): R-FCN's position-sensitive score maps or Light-Head
+R-CNN's thin maps, each pooled by :func:`dff.deploy.ops.psroi_conv_std` (the 1x1 convolution that makes the maps
+inside the pooling), the light head then its fully connected layers. Eagerly each stage computes what the
+engine computes (``tests/test_onnx_export.py``, ``tests/test_onnx_mobile.py``, ``tests/test_seg_onnx.py``): the
+feature network, the flow network, the warp and the aggregation exactly, the detection head within float32
+rounding (PSROI pooling sums in float32, R-FCN's score maps come from a matrix product).
 """
 from __future__ import annotations
 
@@ -31,12 +41,15 @@ from torch.nn import functional as F
 
 from dff.deploy.ops import proposal_pick, psroi_conv_std, warp_scale_std
 from dff.models.base import FeatureModel
-from dff.models.heads import PSROI_GROUP, PSROI_SPATIAL_SCALE
+from dff.models.heads import PSROI_GROUP, PSROI_SPATIAL_SCALE, LightHead, RFCNHead
 from dff.models.rfcn import RFCN
 from dff.models.rpn import generate_anchors, rpn_inv_normalize
+from dff.temporal.aggregation import AGGREGATION
 
-__all__ = ["STAGE_IO", "GRAPHS", "TASK_GRAPHS", "STAGE_PARAMS", "STAGE_SETTINGS", "FeatureStage", "FlowStage",
-           "WarpStage", "HeadStage", "TaskMapsStage", "candidates_std", "build_stage", "task_graphs", "task_stages"]
+__all__ = ["STAGE_IO", "GRAPHS", "TASK_GRAPHS", "GRAPH_NAMES", "STAGE_PARAMS", "STAGE_SETTINGS", "FeatureStage",
+           "FlowStage", "WarpStage", "HeadStage", "TaskMapsStage", "AggregateStage", "candidates_std", "build_stage",
+           "task_graphs", "task_stages", "stage_io", "graph_inputs", "aggregates", "AGGREGATING_SCHEMES", "pad_to_even",
+           "takes_odd_sizes_as_even"]
 
 # stage -> (input names, output names); the names are the graphs' tensor names
 STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -45,18 +58,32 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "warp": (("key_feat", "flow", "scale"), ("feat",)),
     "head": (("feat", "im_info"), ("rois", "cls_prob", "bbox_pred")),
     "task_maps": (("feat",), ("seg_score",)),
+    "aggregate": (("own_feat", "prev_warped"), ("feat",)),
 }
 # the model's task -> graph -> its stages in order (a stage's inputs come from the graph's inputs or an earlier
-# stage): the feature and flow stages are every task's, the task network the task's own
+# stage): the feature and flow stages are every task's, the task network the task's own. ``keyagg`` is a model's
+# only when it aggregates its key frames (:func:`aggregates`)
 TASK_GRAPHS: dict[str, dict[str, tuple[str, ...]]] = {
-    "det": {"key": ("feature", "head"), "nonkey": ("flow", "warp", "head")},
+    "det": {"key": ("feature", "head"), "nonkey": ("flow", "warp", "head"),
+            "keyagg": ("feature", "flow", "warp", "aggregate", "head")},
     "seg": {"key": ("feature", "task_maps"), "nonkey": ("flow", "warp", "task_maps")},
 }
 GRAPHS: dict[str, tuple[str, ...]] = TASK_GRAPHS["det"]  # a detector's
+# graph -> stage -> {STAGE_IO name: the name in that graph}: keyagg.onnx holds the frame's own feature and the
+# aggregated one, the frame and the previous key frame, so its feature, flow and warp stages name theirs apart
+GRAPH_NAMES: dict[str, dict[str, dict[str, str]]] = {
+    "keyagg": {"feature": {"feat": "own_feat"}, "flow": {"key_data": "prev_key_data"},
+               "warp": {"key_feat": "prev_feat", "feat": "prev_warped"}},
+}
+# the temporal schemes (network.TEMPORAL) whose key-frame aggregation has keyagg.onnx: the ConvGRU's
+# (dff.temporal.gru). THP's aggregation would trace too, but its loop reads the flow network's Q on every
+# non-key frame, which the flow stage does not export, so a THP model runs on the PyTorch engine
+AGGREGATING_SCHEMES = ("gru",)
 # stage -> the model's parameters it holds (state_dict prefixes) and the config keys it bakes in: together
 # they decide the stage's graph (dff.deploy.export.stage_signature)
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {"feature": ("backbone.", "feat_conv_3x3."), "flow": ("flownet.",),
-                                            "warp": (), "head": ("rpn_head.", "rfcn_head."), "task_maps": ("score.",)}
+                                            "warp": (), "head": ("rpn_head.", "rfcn_head."), "task_maps": ("score.",),
+                                            "aggregate": (f"{AGGREGATION}.",)}
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "feature": ("network.BACKBONE", "network.DFF_FEAT_DIM"),
     "flow": ("network.DFF_FEAT_DIM", "network.FLOWNET_WIDTH", "network.FLOW_AVG_POOL"),
@@ -66,6 +93,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
              "network.RPN_FEAT_STRIDE", "TEST.RPN_PRE_NMS_TOP_N", "TEST.RPN_POST_NMS_TOP_N", "TEST.RPN_NMS_THRESH",
              "TEST.RPN_MIN_SIZE"),
     "task_maps": ("dataset.NUM_CLASSES", "network.DFF_FEAT_DIM"),
+    "aggregate": ("network.DFF_FEAT_DIM",),
 }
 
 
@@ -83,6 +111,31 @@ def task_stages(task: str) -> tuple[str, ...]:
     return tuple(s for s in STAGE_IO if s in used)
 
 
+def stage_io(graph: str, stage: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(inputs, outputs) of ``stage`` as named in ``graph``: :data:`STAGE_IO`'s, renamed by :data:`GRAPH_NAMES`."""
+    rename = GRAPH_NAMES.get(graph, {}).get(stage, {})
+    inputs, outputs = STAGE_IO[stage]
+    return tuple(rename.get(n, n) for n in inputs), tuple(rename.get(n, n) for n in outputs)
+
+
+def graph_inputs(task: str, graph: str) -> tuple[str, ...]:
+    """The inputs of ``task``'s ``graph``: its stages' inputs that no earlier stage of it produces, in order."""
+    produced: set[str] = set()
+    inputs: dict[str, None] = {}
+    for stage in task_graphs(task)[graph]:
+        ins, outs = stage_io(graph, stage)
+        inputs.update((n, None) for n in ins if n not in produced)
+        produced.update(outs)
+    return tuple(inputs)
+
+
+def aggregates(model: FeatureModel) -> bool:
+    """The model aggregates its key frames with an aggregation that exports (:data:`AGGREGATING_SCHEMES`: the
+    mobile variant's ConvGRU): its export has ``keyagg.onnx``."""
+    return (model.has_flow and model.scheme.name in AGGREGATING_SCHEMES
+            and isinstance(getattr(model, AGGREGATION, None), nn.Module))
+
+
 class FeatureStage(nn.Module):
     """The feature network: data (1, 3, H, W) -> feat (1, C, h, w) (:meth:`dff.models.base.FeatureModel.extract_feature`)."""
 
@@ -96,17 +149,46 @@ class FeatureStage(nn.Module):
 
 class FlowStage(nn.Module):
     """The flow network: data, key_data (1, 3, H, W) -> flow (1, 2, h, w), scale (1, C, h, w): the model's own
-    forward, traced as it is (:class:`dff.models.flownet.FlowNet` avoids what has no ONNX form;
-    :class:`dff.models.light_flow.LightFlow` is convolutions, pooling and resizes)."""
+    (:meth:`dff.models.dff.FlowModel.estimate_flow`), traced as it is (:class:`dff.models.flownet.FlowNet` avoids
+    what has no ONNX form; :class:`dff.models.light_flow.LightFlow` is convolutions, slices and resizes).
+
+    A flow network that halves its input as Light Flow does (an odd last row or column taken twice) gives the same
+    values on the frames padded to even sizes by repeating that row and column; the stage then pads them first
+    (``pad``, :func:`takes_odd_sizes_as_even`). The padding is in the graph for every size (zero rows for an even
+    one), so the network's own branch on the parity of the size, which ``torch.export`` would fix at the traced
+    example's (even) size and an odd frame would then fail in the runtime, never sees an odd size."""
 
     def __init__(self, model: FeatureModel) -> None:
         super().__init__()
         if not model.has_flow:
             raise ValueError("the flow stage needs a DFF model (with FlowNet), got a per-frame model")
-        self.flownet = model.flownet
+        self.model = model
+        self.pad = takes_odd_sizes_as_even(model)
 
     def forward(self, data: Tensor, key_data: Tensor) -> tuple[Tensor, Tensor]:
-        return self.flownet(data, key_data)
+        if self.pad:
+            data, key_data = pad_to_even(data), pad_to_even(key_data)
+        return self.model.estimate_flow(data, key_data)
+
+
+def pad_to_even(x: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N, C, H + H % 2, W + W % 2): an odd last row and column repeated (ONNX ``Pad`` edge mode;
+    the amounts are computed from the size, no branch)."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+
+
+@torch.no_grad()
+def takes_odd_sizes_as_even(model: FeatureModel, size: tuple[int, int] = (65, 97)) -> bool:
+    """The model's flow network gives, on frames of an odd ``size``, exactly its values on the frames padded by
+    :func:`pad_to_even` (checked on random frames: what a network that halves its input with the odd edge taken
+    twice does, e.g. Light Flow; FlowNet does not)."""
+    g = torch.Generator().manual_seed(0)
+    device = next(model.parameters()).device
+    cur, key = (torch.randn(1, 3, *size, generator=g).mul_(40).to(device) for _ in range(2))
+    plain = model.estimate_flow(cur, key)
+    padded = model.estimate_flow(pad_to_even(cur), pad_to_even(key))
+    return all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(plain, padded))
 
 
 class WarpStage(nn.Module):
@@ -174,11 +256,18 @@ def candidates_std(cls_prob: Tensor, deltas: Tensor, im_info: Tensor, base_ancho
 class HeadStage(nn.Module):
     """The task network with the proposal NMS: feat (1, C, h, w), im_info (1, 3) -> rois (R, 5),
     cls_prob (1, R, K), bbox_pred (1, R, 4k) -- :meth:`dff.models.rfcn.RFCN.detect`'s outputs of those
-    names. The ``TEST.RPN_*`` settings of the model's config are part of the graph."""
+    names, for either detection head (:data:`HEAD_SCORES`). The ``TEST.RPN_*`` settings of the model's config
+    are part of the graph."""
 
     def __init__(self, model: RFCN) -> None:
         super().__init__()
         self.model = model
+        head = model.rfcn_head
+        kind = next((k for k in HEAD_SCORES if isinstance(head, k)), None)
+        if kind is None:
+            raise ValueError(f"no ONNX export of the detection head {type(head).__name__} (network.HEAD); the heads "
+                             f"with one are {', '.join(k.__name__ for k in HEAD_SCORES)}")
+        self.scores = HEAD_SCORES[kind]
         net, test = model.cfg.network, model.cfg.TEST
         self.stride = int(net.RPN_FEAT_STRIDE)
         base = generate_anchors(self.stride, tuple(net.ANCHOR_RATIOS), tuple(net.ANCHOR_SCALES))
@@ -200,14 +289,55 @@ class HeadStage(nn.Module):
         pick = proposal_pick(boxes, self.nms_thresh, self.post_nms_top_n)
         batch = torch.zeros_like(boxes[:1, :1]).expand(self.post_nms_top_n, 1)  # one image: batch index 0
         rois = torch.cat([batch, boxes.index_select(0, pick)], dim=1)
-        # head_maps' R-FCN half (the 1x1 score-map convolutions) with the pooling: psroi_conv_std
-        head, x = m.rfcn_head, feat[:, m.feat_dim // 2:]
-        pool = (rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP)
-        cls = psroi_conv_std(x, head.rfcn_cls.weight, head.rfcn_cls.bias, *pool, head.num_classes)
-        box = psroi_conv_std(x, head.rfcn_bbox.weight, head.rfcn_bbox.bias, *pool, 4 * head.num_reg_classes)
-        cls_prob = F.softmax(cls.mean(dim=(2, 3)), dim=1)
-        bbox_pred = box.mean(dim=(2, 3)).reshape(1, -1, 4 * head.num_reg_classes)
-        return rois, cls_prob.reshape(1, -1, head.num_classes), bbox_pred
+        head = m.rfcn_head
+        cls_score, bbox_pred = self.scores(head, feat[:, m.feat_dim // 2:], rois)
+        cls_prob = F.softmax(cls_score, dim=1)
+        return rois, cls_prob.reshape(1, -1, head.num_classes), bbox_pred.reshape(1, -1, 4 * head.num_reg_classes)
+
+
+def rfcn_scores_std(head: RFCNHead, x: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+    """:meth:`dff.models.heads.RFCNHead.forward` in standard operators: x (1, C/2, h, w), rois (R, 5) ->
+    (cls_score (R, K), bbox_pred (R, 4k)). The 1x1 score-map convolutions are inside the pooling
+    (:func:`dff.deploy.ops.psroi_conv_std`: the maps come out in the layout its lookups read)."""
+    pool = (rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP)
+    cls = psroi_conv_std(x, head.rfcn_cls.weight, head.rfcn_cls.bias, *pool, head.num_classes)
+    box = psroi_conv_std(x, head.rfcn_bbox.weight, head.rfcn_bbox.bias, *pool, 4 * head.num_reg_classes)
+    return cls.mean(dim=(2, 3)), box.mean(dim=(2, 3))
+
+
+def light_scores_std(head: LightHead, x: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+    """:meth:`dff.models.heads.LightHead.forward` in standard operators: x (1, C/2, h, w), rois (R, 5) ->
+    (cls_score (R, K), bbox_pred (R, 4k)). The thin maps (the head's 1x1 convolution ``thin``, ``dim`` x 7 x 7
+    channels) pooled to (R, dim, 7, 7) as R-FCN's score maps are (:func:`dff.deploy.ops.psroi_conv_std`, the
+    convolution inside the pooling: onnxruntime's head took 5.9 ms a frame at 320 x 512 with the maps transposed
+    for :func:`~dff.deploy.ops.psroi_pool_std`, 4.3 ms so), then the head's fully connected layers as its ``pool``
+    runs them (fc, ReLU, the two sibling outputs)."""
+    pooled = psroi_conv_std(x, head.thin.weight, head.thin.bias, rois, PSROI_SPATIAL_SCALE, PSROI_GROUP, PSROI_GROUP,
+                            head.dim)
+    hidden = F.relu(head.fc(pooled.flatten(1)))
+    return head.rfcn_cls(hidden), head.rfcn_bbox(hidden)
+
+
+# the detection head's class (network.HEAD) -> its scores in standard operators: (head, the feature's R-FCN half,
+# rois) -> (cls_score (R, K), bbox_pred (R, 4k)); the operator dff.ops.psroi_pool has no ONNX form
+HEAD_SCORES = {RFCNHead: rfcn_scores_std, LightHead: light_scores_std}
+
+
+class AggregateStage(nn.Module):
+    """The key-frame aggregation: own_feat (the key frame's own feature), prev_warped (the previous aggregated key
+    feature warped to this key frame), (1, C, h, w) each -> feat (1, C, h, w), the aggregated feature: the
+    model's own (:meth:`dff.models.dff.FlowModel.aggregate`, e.g. the ConvGRU of :mod:`dff.temporal.gru`)."""
+
+    def __init__(self, model: FeatureModel) -> None:
+        super().__init__()
+        if not aggregates(model):
+            raise ValueError(f"the aggregate stage needs a model with the key-frame aggregation of a scheme of "
+                             f"{', '.join(AGGREGATING_SCHEMES)} (network.GRU_AGGREGATION), got "
+                             f"{model.scheme.name!r}")
+        self.model = model
+
+    def forward(self, own_feat: Tensor, prev_warped: Tensor) -> Tensor:
+        return self.model.aggregate(own_feat, prev_warped)
 
 
 class TaskMapsStage(nn.Module):
@@ -226,7 +356,7 @@ class TaskMapsStage(nn.Module):
 def build_stage(name: str, model: FeatureModel) -> nn.Module:
     """The stage module ``name`` (a key of :data:`STAGE_IO`) of ``model``, in eval mode."""
     stages = {"feature": FeatureStage, "flow": FlowStage, "warp": lambda _m: WarpStage(), "head": HeadStage,
-              "task_maps": TaskMapsStage}
+              "task_maps": TaskMapsStage, "aggregate": AggregateStage}
     if name not in stages:
         raise ValueError(f"unknown stage {name!r}; the stages are {', '.join(STAGE_IO)}")
     return stages[name](model).eval()
