@@ -27,15 +27,14 @@ import argparse
 import os
 import sys
 
+# the embedded mobile DFF and its per-frame twin (docs/design.md §10): measured when neither --model nor --cfg is given
+from dff.api import DEFAULT_MODEL, DEFAULT_TWIN
 from dff.apps.benchmark import run_benchmark
 from dff.apps.cli import add_backend_options, add_device_option, add_fast_option, add_schedule_option, add_set_option
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_CFG = os.path.join(REPO, "experiments", "dff_rfcn", "cfgs",
                              "resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml")
-# the embedded mobile DFF and its per-frame twin (docs/design.md §10): measured when neither --model nor --cfg is given
-DEFAULT_MODEL = os.path.join(REPO, "data", "models", "dff_mobile_synthetic.pth")
-DEFAULT_TWIN = os.path.join(REPO, "data", "models", "rfcn_mobile_synthetic.pth")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,13 +27,12 @@ import os
 import sys
 
 from dff.api import DEFAULT_MODEL as DEMO_MODEL
+from dff.api import DEFAULT_TWIN as DEMO_TWIN
 from dff.apps.cli import add_set_option
 from dff.deploy.export import run_export_onnx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# the demos' default model (dff.api.DEFAULT_MODEL, dff_rfcn/demo.py's) and, beside it, its per-frame twin
-# (rfcn/demo.py's default, dff_rfcn/demo.py --compare's baseline)
-DEMO_TWIN = os.path.join(os.path.dirname(DEMO_MODEL), "rfcn_mobile_synthetic.pth")
+# the demos' default models (dff.api): the mobile DFF and its per-frame twin
 DEFAULT_CFG = {"dff": os.path.join(REPO, "experiments", "dff_rfcn", "cfgs", "dff_rfcn_vid_demo.yaml"),
                "rfcn": os.path.join(REPO, "experiments", "rfcn", "cfgs", "rfcn_vid_demo.yaml"),
                "dff_deeplab": os.path.join(REPO, "experiments", "dff_deeplab", "cfgs",

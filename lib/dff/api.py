@@ -46,7 +46,7 @@ from dff.models.builder import load_model
 from dff.temporal.async_keys import key_worker
 from dff.utils.checkpoint import CheckpointError
 
-__all__ = ["DEFAULT_MODEL", "JSON_THRESH", "THRESH", "Box", "CheckpointError", "DetectionFrame", "DetectionRun",
+__all__ = ["DEFAULT_MODEL", "DEFAULT_TWIN", "JSON_THRESH", "THRESH", "Box", "CheckpointError", "DetectionFrame", "DetectionRun",
            "Detector", "SourceLost", "SourceOpenError", "VideoReadError", "auto_device", "frame_record", "load_detector"]
 
 _log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ _log = logging.getLogger(__name__)
 #: The embedded mobile DFF model (the demo's default), in the source checkout's ``data/models/``.
 DEFAULT_MODEL = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "data",
                                               "models", "dff_mobile_synthetic.pth"))
+#: Its per-frame twin (the same backbone and head on every frame): ``--compare``'s and the benchmark's baseline.
+DEFAULT_TWIN = os.path.join(os.path.dirname(DEFAULT_MODEL), "rfcn_mobile_synthetic.pth")
 #: The default score threshold of the detections per model kind: the demos' ``--thresh`` (the reference's,
 #: the same as :data:`dff.eval.tester.DEFAULT_THRESH`).
 THRESH = {"dff": 1e-4, "rfcn": 1e-3}

@@ -516,7 +516,7 @@ def config_stem(cfg_path: str | os.PathLike | None) -> str:
 
 def mobile_parts(cfg: Config) -> list[str]:
     """The parts of ``cfg``'s network that the reference does not have (the mobile variant's, docs/design.md §10):
-    they have no MXNet parameter names and no stage graph in the ONNX export."""
+    they have no MXNet parameter names (their checkpoints are native only)."""
     net = cfg.network
     return [part for part, on in (("network.BACKBONE mobilenet_v2", str(net.BACKBONE) == "mobilenet_v2"),
                                   ("network.HEAD light", str(net.HEAD) != "rfcn"),

@@ -34,6 +34,7 @@ from torch.profiler import profile as torch_profile
 from dff.apps.evaluate import evaluate_intervals, evaluate_schedules
 from dff.config import Config, ConfigError, update_config
 from dff.deploy import DeployUnavailable, cached_export, make_detector
+from dff.deploy.graphs import aggregates
 from dff.engine.fastpath import FastPath
 from dff.engine.frames import Frame, FrameSource, VideoReadError, frames_from_arrays
 from dff.engine.partial import forced_mask
@@ -220,9 +221,12 @@ def load_bench(cfg_path: str, overrides: Sequence[str], model_path: str | None, 
         short, long_ = (int(v) for v in scale.split(","))
         update_config(cfg, {"SCALES": [short, long_]}, "--scale")
     options = LoopOptions.from_config(cfg)
-    if options.active and backend != "torch":  # the onnxruntime engine would silently run plain DFF
-        raise ValueError("the THP options (TEST.KEY_FRAME_SCHEDULE adaptive, TEST.PARTIAL_UPDATE, TEST.AGGREGATION) "
-                         "run on the PyTorch engine only; leave out --backend onnxruntime or turn them off")
+    # the onnxruntime engine runs the exported key-frame aggregation (keyagg.onnx) and nothing else of THP's
+    exported = options.aggregate and not options.needs_q and not options.partial and aggregates(model)
+    if options.active and backend != "torch" and not exported:
+        raise ValueError("the THP options (TEST.KEY_FRAME_SCHEDULE adaptive, TEST.PARTIAL_UPDATE, TEST.AGGREGATION "
+                         "but the ConvGRU's) run on the PyTorch engine only; leave out --backend onnxruntime or turn "
+                         "them off")
     fast = FastPath.from_name(fast_name, device)
     if backend == "onnxruntime":
         if onnx_dir is None:
