@@ -13,6 +13,7 @@ from dff.config import ConfigError, default_config, load_config, update_config
 from dff.dataset.loader import TrainDataset
 from dff.models.dff import DFF
 from dff.models.light_flow import LightFlow, half_resolution
+from dff.utils.fixture_weights import fixture_state_dict
 
 
 @pytest.mark.parametrize("size", [(64, 96), (71, 101), (17, 33)])
@@ -97,3 +98,19 @@ def test_the_mobile_config_trains_the_published_recipe():
     assert cfg.TRAIN.STATIC_CLIPS is True
     with pytest.raises(ConfigError):
         update_config(cfg, {"network": {"LIGHT_FLOW_OUTPUT_STRIDE": 8}}, "test", fixed=("network.LIGHT_FLOW_OUTPUT_STRIDE",))
+
+
+def test_fixture_weights_fill_the_mobile_parts_deterministically():
+    """`tools/benchmark.py --cfg <a mobile config>` times deterministic weights: the port's layers (no MXNet names)
+    get them too."""
+
+    cfg = load_config("experiments/dff_rfcn/cfgs/dff_mobile_synthetic.yaml", [])
+    update_config(cfg, {"network": {"MOBILENET_WIDTH": 0.35, "FLOWNET_WIDTH": 0.25, "DFF_FEAT_DIM": 32,
+                                    "LIGHT_HEAD_FC": 32}}, "test")
+    model = DFF(cfg)
+    a, b = fixture_state_dict(model), fixture_state_dict(DFF(cfg))
+    model.load_state_dict(a)  # strict: every key filled, with its shape
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    bn = "backbone.features.1.conv.0.1"
+    assert a[f"{bn}.running_var"].min() >= 0.5 and torch.allclose(a[f"{bn}.weight"].mean(), torch.tensor(1.0), atol=0.1)
+    assert a["flownet.conv1.weight"].std() > 0

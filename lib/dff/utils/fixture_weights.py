@@ -68,14 +68,28 @@ def make_params(shapes: Mapping[str, Iterable[int]]) -> dict[str, np.ndarray]:
 def fixture_state_dict(model) -> dict:
     """A state dict for ``model`` filled by the recipe, keyed like ``model.state_dict()``.
 
-    Any model whose parameters map to MXNet names works (the parity fixtures, a demo run that only
-    checks the pipeline): the values depend only on the MXNet name and the shape.
+    The values depend only on the MXNet name and the shape (the parity fixtures, a demo or benchmark run that only
+    checks the pipeline or times it). The port's own layers (the mobile variant's, docs/design.md §10) have no
+    MXNet name: they get the recipe of :func:`_port_name`'s stand-in, a name made from the PyTorch key.
     """
 
     out = {}
     for key, value in model.state_dict().items():
         name = torch_to_mxnet_name(key)
-        if name is None:
-            raise KeyError(f"no MXNet name for model key {key!r}")
-        out[key] = torch.from_numpy(make_param(name.split(":", 1)[-1], value.shape))
+        if name is None and key.endswith("num_batches_tracked"):
+            out[key] = torch.zeros_like(value)
+            continue
+        name = name.split(":", 1)[-1] if name is not None else _port_name(key, value.dim())
+        out[key] = torch.from_numpy(make_param(name, value.shape))
     return out
+
+
+def _port_name(key: str, ndim: int) -> str:
+    """A recipe name for a PyTorch key without an MXNet one: BatchNorm statistics as MXNet's moving ones, a 1-D
+    ``weight`` as a BatchNorm scale (gamma), any other ``weight`` or ``bias`` as such."""
+    stem, _, leaf = key.rpartition(".")
+    stem = stem.replace(".", "_")
+    leaf = {"running_mean": "moving_mean", "running_var": "moving_var"}.get(leaf, leaf)
+    if leaf == "weight" and ndim == 1:
+        leaf = "gamma"
+    return f"{stem}_{leaf}"
