@@ -26,7 +26,7 @@ EXP = REPO / "experiments"
 
 
 def test_all_shipped_configs_load():
-    assert len(CFGS) >= 4 and len(ABLATIONS) == 13
+    assert len(CFGS) >= 4 and len(ABLATIONS) == 14
     for p in CFGS + ABLATIONS:
         cfg = load_config(p)
         assert cfg.SCALES[0][0] > 0 and cfg.dataset.NUM_CLASSES == 31, p

@@ -188,7 +188,8 @@ def test_dff_starts_from_its_per_frame_twin_and_the_pretrained_flow(tmp_path):
     twin = build_model("rfcn", small_cfg(RFCN_CFG))
     twin_path = tmp_path / "twin.pth"
     save_checkpoint(twin_path, model_state=twin, config=twin.cfg, extra={"weights": "train", "model_kind": "rfcn"})
-    flow = LightFlow(feat_dim=32, width=0.25)
+    cfg = small_cfg(DFF_CFG)
+    flow = LightFlow(feat_dim=32, width=0.25, output_stride=int(cfg.network.LIGHT_FLOW_OUTPUT_STRIDE))
     flow_path = tmp_path / "flow.pth"
     save_flownet_checkpoint(str(flow_path), flow)
     cfg = small_cfg(DFF_CFG, pretrained_flow=str(flow_path))

@@ -90,8 +90,8 @@ def test_the_loader_makes_det_images_static_clips_only_when_asked(tmp_path):
     assert plain["prev_flag"] == 1 and "static_keys" not in plain
 
 
-def test_the_mobile_config_trains_the_published_recipe():
-    cfg = load_config("experiments/dff_rfcn/cfgs/dff_mobile_synthetic.yaml", [])
+def test_the_paper_config_trains_the_published_recipe():
+    cfg = load_config("experiments/dff_rfcn/ablations/dff_mobile_synthetic_paper.yaml", [])
     assert int(cfg.network.LIGHT_FLOW_OUTPUT_STRIDE) == 4
     assert int(cfg.TRAIN.THP_PREV_KEYS) + 1 == 8  # n = 8 key frames
     assert cfg.TRAIN.THP_PREV_KEY_MIN_OFFSET == cfg.TRAIN.THP_PREV_KEY_MAX_OFFSET == -10  # l = 10
