@@ -133,8 +133,8 @@ def default_config() -> Config:
         "LIGHT_HEAD_DIM": 10,
         "LIGHT_HEAD_FC": 256,
         # Light Flow's finest prediction, as a stride of its half-resolution input: 4 (the paper; one more
-        # decoder stage, the averaged flow brought down to the feature's grid) or 8 (the feature's own grid,
-        # the models made before 2026-12-08)
+        # decoder stage, the averaged flow brought down to the feature's grid) or 8 (the feature's own grid:
+        # the embedded models')
         "LIGHT_FLOW_OUTPUT_STRIDE": 8,
         "GRU_AGGREGATION": False,
         # port: the temporal scheme of a model with a flow network, by name (dff.temporal.registry: dff, gru,
