@@ -12,24 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import torch
 
+from dff.apps.benchmark import median_ms
 from dff.engine.fastpath import FastPath, StageRunner
 from dff.models.builder import load_model
 from dff.utils.io import atomic_write_text
 
 DEFAULT_MODEL = "data/models/dff_mobile_synthetic.pth"
-
-
-def _time(fn, repeat: int) -> float:
-    for _ in range(max(3, repeat // 10)):
-        fn()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - start) / repeat * 1000.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         flow, scale = stages.flow(cur, key)
         key_maps = model.head_maps(key_feat)
         convs = [k for k in ("rpn_cls_prob", "rpn_bbox_pred", "thin_maps", "cls_maps", "bbox_maps") if k in key_maps]
-        recompute = _time(lambda: model.head_maps(stages.warp(key_feat, flow, scale)), args.repeat)
-        warp_maps = _time(lambda: [model.warp(key_maps[k], flow, None) for k in convs], args.repeat)
+        # the benchmark's timer (median of the calls): one way to time a stage in this project
+        cpu = torch.device("cpu")
+        recompute = median_ms(lambda: model.head_maps(stages.warp(key_feat, flow, scale)), cpu, args.repeat)[0]
+        warp_maps = median_ms(lambda: [model.warp(key_maps[k], flow, None) for k in convs], cpu, args.repeat)[0]
     channels = {k: int(key_maps[k].shape[1]) for k in convs}
     out = {"recompute_ms": recompute, "warp_maps_ms": warp_maps, "ratio_warp_over_recompute": warp_maps / recompute,
            "feature_channels": int(key_feat.shape[1]), "map_channels": channels, "grid": list(key_feat.shape[-2:]),

@@ -47,7 +47,7 @@ from dff.utils.checkpoint import CheckpointError, detect_format
 from dff.utils.hardware import describe_hardware
 from dff.utils.io import atomic_write_text
 
-__all__ = ["NET_STAGES", "THP_STAGES", "Bench", "load_bench", "synthetic_clip", "stream_frames", "time_network",
+__all__ = ["NET_STAGES", "median_ms", "THP_STAGES", "Bench", "load_bench", "synthetic_clip", "stream_frames", "time_network",
            "time_end_to_end", "time_post", "time_partial_update", "parse_fractions", "profile", "measure_intervals",
            "measure_adaptive", "measure_backends", "measure_maps", "measure_lengths", "format_header", "format_post",
            "format_length", "format_table", "format_backends", "format_maps", "format_partial", "build_report",
@@ -358,7 +358,7 @@ def parse_fractions(text: str) -> list[float]:
     return fractions
 
 
-def _median_ms(fn, device: torch.device, repeats: int) -> tuple[float, Any]:
+def median_ms(fn, device: torch.device, repeats: int) -> tuple[float, Any]:
     """Median ms of ``repeats`` calls of ``fn`` after one warm-up call; also the last call's result."""
     result = fn()
     _sync(device)
@@ -387,15 +387,15 @@ def time_partial_update(bench: Bench, fractions: Sequence[float], repeats: int =
     margin = int(bench.cfg.TEST.PARTIAL_UPDATE_MARGIN)
     data = bench.prepared[0][0]
     with torch.inference_mode():
-        full_ms, feat = _median_ms(lambda: runner.feature(data), bench.device, repeats)
+        full_ms, feat = median_ms(lambda: runner.feature(data), bench.device, repeats)
         h, w = feat.shape[-2:]
         backbone = runner.backbone(data)  # stands in for the reference's backbone map (any of its shape would)
         flow, _ = runner.flow(data, data)
-        warp_ms, _ = _median_ms(lambda: runner.warp(backbone, flow, None), bench.device, repeats)
+        warp_ms, _ = median_ms(lambda: runner.warp(backbone, flow, None), bench.device, repeats)
         rows = {}
         for f in fractions:
             mask = forced_mask(h, w, f, device=feat.device)
-            ms, (_, _, info) = _median_ms(lambda m=mask: runner.update(data, feat, backbone, flow, m, margin),
+            ms, (_, _, info) = median_ms(lambda m=mask: runner.update(data, feat, backbone, flow, m, margin),
                                           bench.device, repeats)
             rows[str(f)] = {"area_fraction": info.area_fraction,
                             "crop_cells_fraction": info.crop_cells / info.total_cells, "crops": len(info.crops),
